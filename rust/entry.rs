@@ -1,0 +1,388 @@
+//! The cache entry envelope: a fixed 44-byte head (status, times, digest, lengths), a compact
+//! header block, then the body. Layout in `docs/formats.md`.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::etag::{digest, format_etag, DETACH_THRESHOLD};
+use crate::EntryError;
+
+pub const MAGIC: &[u8; 3] = b"OXC";
+pub const VERSION: u8 = 1;
+pub const HEAD_SIZE: usize = 44;
+
+/// Well-known header pairs written as `0x00, code`.
+const WELL_KNOWN: [(&[u8], &[u8]); 3] = [
+    (b"content-type", b"application/json"),
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-type", b"text/html; charset=utf-8"),
+];
+
+/// A stored header: name and value bytes, borrowed from the entry.
+pub type HeaderPair<'a> = (&'a [u8], &'a [u8]);
+
+/// The fixed-size head of an entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub digest: u128,
+    pub body_len: u32,
+    pub headers_len: u16,
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Read the head; errors name what is wrong.
+pub fn read_head(data: &[u8]) -> Result<Head, String> {
+    if data.len() < HEAD_SIZE {
+        return Err(format!(
+            "too short for a cache entry ({} bytes, the head alone is {HEAD_SIZE})",
+            data.len()
+        ));
+    }
+    if &data[..3] != MAGIC {
+        return Err("not an oxcache entry (wrong magic bytes)".to_owned());
+    }
+    if data[3] != VERSION {
+        return Err(format!(
+            "cache entry of format version {}, this oxcache reads version {VERSION}",
+            data[3]
+        ));
+    }
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&data[22..38]);
+    Ok(Head {
+        status: u16::from_be_bytes([data[4], data[5]]),
+        created_ms: be_u64(&data[6..14]),
+        expires_ms: be_u64(&data[14..22]),
+        digest: u128::from_be_bytes(digest),
+        body_len: u32::from_be_bytes([data[38], data[39], data[40], data[41]]),
+        headers_len: u16::from_be_bytes([data[42], data[43]]),
+    })
+}
+
+/// Encode the header block.
+pub fn encode_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        if let Some(code) = WELL_KNOWN
+            .iter()
+            .position(|(n, v)| *n == name.as_slice() && *v == value.as_slice())
+        {
+            block.push(0);
+            block.push(code as u8 + 1);
+            continue;
+        }
+        if name.is_empty() || name.len() > 255 {
+            return Err(format!(
+                "a header name must be 1 to 255 bytes, got {}",
+                name.len()
+            ));
+        }
+        if value.len() > usize::from(u16::MAX) {
+            return Err(format!(
+                "a header value must be at most 65535 bytes, got {}",
+                value.len()
+            ));
+        }
+        block.push(name.len() as u8);
+        block.extend_from_slice(name);
+        block.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        block.extend_from_slice(value);
+    }
+    if block.len() > usize::from(u16::MAX) {
+        return Err(format!(
+            "the header block must be at most 65535 bytes, got {}",
+            block.len()
+        ));
+    }
+    Ok(block)
+}
+
+/// Decode the header block into (name, value) slices.
+pub fn decode_headers(block: &[u8]) -> Result<Vec<HeaderPair<'_>>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let truncated = || "truncated header block".to_owned();
+    while i < block.len() {
+        let n = usize::from(block[i]);
+        if n == 0 {
+            let code = usize::from(*block.get(i + 1).ok_or_else(truncated)?);
+            let pair = code
+                .checked_sub(1)
+                .and_then(|c| WELL_KNOWN.get(c))
+                .ok_or_else(|| format!("unknown well-known header code {code}"))?;
+            out.push(*pair);
+            i += 2;
+            continue;
+        }
+        let name = block.get(i + 1..i + 1 + n).ok_or_else(truncated)?;
+        let at = i + 1 + n;
+        let len = block.get(at..at + 2).ok_or_else(truncated)?;
+        let v = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let value = block.get(at + 2..at + 2 + v).ok_or_else(truncated)?;
+        out.push((name, value));
+        i = at + 2 + v;
+    }
+    Ok(out)
+}
+
+/// Write a whole entry into `out` (which must be exactly the entry's size).
+fn write_entry(
+    out: &mut [u8],
+    status: u16,
+    created_ms: u64,
+    expires_ms: u64,
+    digest: u128,
+    block: &[u8],
+    body: &[u8],
+) {
+    out[..3].copy_from_slice(MAGIC);
+    out[3] = VERSION;
+    out[4..6].copy_from_slice(&status.to_be_bytes());
+    out[6..14].copy_from_slice(&created_ms.to_be_bytes());
+    out[14..22].copy_from_slice(&expires_ms.to_be_bytes());
+    out[22..38].copy_from_slice(&digest.to_be_bytes());
+    out[38..42].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    out[42..44].copy_from_slice(&(block.len() as u16).to_be_bytes());
+    out[HEAD_SIZE..HEAD_SIZE + block.len()].copy_from_slice(block);
+    out[HEAD_SIZE + block.len()..].copy_from_slice(body);
+}
+
+/// Plain-Rust encoder for the tests (`encode_entry` writes straight into a Python bytes).
+#[cfg(test)]
+pub fn encode(
+    status: u16,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: &[u8],
+    created_ms: u64,
+    expires_ms: u64,
+) -> Result<Vec<u8>, String> {
+    let block = encode_headers(headers)?;
+    let mut out = vec![0u8; HEAD_SIZE + block.len() + body.len()];
+    write_entry(
+        &mut out,
+        status,
+        created_ms,
+        expires_ms,
+        xxh3_128(body),
+        &block,
+        body,
+    );
+    Ok(out)
+}
+
+fn extract_u64(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    value
+        .extract::<u64>()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be an int from 0 to 2**64-1")))
+}
+
+/// Encode a cache entry (see `docs/formats.md`): status, headers as `(name, value)` bytes
+/// pairs, body, and creation and expiry times in Unix milliseconds.
+#[pyfunction]
+pub fn encode_entry<'py>(
+    py: Python<'py>,
+    status: &Bound<'py, PyAny>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: &[u8],
+    created_ms: &Bound<'py, PyAny>,
+    expires_ms: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let status = status
+        .extract::<u16>()
+        .ok()
+        .filter(|s| (100..=999).contains(s))
+        .ok_or_else(|| PyValueError::new_err("status must be an int from 100 to 999"))?;
+    let created_ms = extract_u64(created_ms, "created_ms")?;
+    let expires_ms = extract_u64(expires_ms, "expires_ms")?;
+    if u32::try_from(body.len()).is_err() {
+        return Err(PyValueError::new_err("the body must be under 4 GiB"));
+    }
+    let block = encode_headers(&headers).map_err(PyValueError::new_err)?;
+    let digest = digest(py, body);
+    PyBytes::new_with(py, HEAD_SIZE + block.len() + body.len(), |out| {
+        write_entry(out, status, created_ms, expires_ms, digest, &block, body);
+        Ok(())
+    })
+}
+
+/// A decoded cache entry.
+#[pyclass(frozen, get_all, module = "oxcache._core")]
+pub struct Entry {
+    /// The response status code.
+    pub status: u16,
+    /// The stored response headers, as `(name, value)` bytes pairs.
+    pub headers: Py<PyList>,
+    /// The response body.
+    pub body: Py<PyBytes>,
+    /// The body's strong ETag, as `etag(body)` gives it.
+    pub etag: String,
+    /// When the entry was stored, in Unix milliseconds.
+    pub created_ms: u64,
+    /// When the entry stops being fresh, in Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+#[pymethods]
+impl Entry {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Entry(status={}, etag={:?}, created_ms={}, expires_ms={}, body=<{} bytes>)",
+            self.status,
+            self.etag,
+            self.created_ms,
+            self.expires_ms,
+            self.body.bind(py).as_bytes().len()
+        )
+    }
+}
+
+/// The fixed-size head of a cache entry: what a conditional request needs, without the body.
+#[pyclass(frozen, get_all, module = "oxcache._core")]
+pub struct EntryHead {
+    /// The response status code.
+    pub status: u16,
+    /// The body's strong ETag.
+    pub etag: String,
+    /// When the entry was stored, in Unix milliseconds.
+    pub created_ms: u64,
+    /// When the entry stops being fresh, in Unix milliseconds.
+    pub expires_ms: u64,
+    /// The length of the body in bytes.
+    pub body_len: u32,
+}
+
+#[pymethods]
+impl EntryHead {
+    fn __repr__(&self) -> String {
+        format!(
+            "EntryHead(status={}, etag={:?}, created_ms={}, expires_ms={}, body_len={})",
+            self.status, self.etag, self.created_ms, self.expires_ms, self.body_len
+        )
+    }
+}
+
+/// Check lengths and the header block; returns the head, the decoded headers and the body.
+pub fn split(data: &[u8]) -> Result<(Head, Vec<HeaderPair<'_>>, &[u8]), String> {
+    let head = read_head(data)?;
+    let block_end = HEAD_SIZE + usize::from(head.headers_len);
+    let expected = block_end + head.body_len as usize;
+    if expected != data.len() {
+        return Err(format!(
+            "cache entry length {} does not match its head ({expected})",
+            data.len()
+        ));
+    }
+    let headers = decode_headers(&data[HEAD_SIZE..block_end])?;
+    Ok((head, headers, &data[block_end..]))
+}
+
+/// Decode a cache entry; raises `EntryError` for anything but an intact entry of this version.
+#[pyfunction]
+pub fn decode_entry(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
+    let (head, headers, body) = split(data).map_err(EntryError::new_err)?;
+    let actual = if body.len() >= DETACH_THRESHOLD {
+        py.detach(|| xxh3_128(body))
+    } else {
+        xxh3_128(body)
+    };
+    if actual != head.digest {
+        return Err(EntryError::new_err(
+            "cache entry body does not match its digest (corrupted)",
+        ));
+    }
+    let list = PyList::empty(py);
+    for (name, value) in headers {
+        list.append(PyTuple::new(
+            py,
+            [PyBytes::new(py, name), PyBytes::new(py, value)],
+        )?)?;
+    }
+    Ok(Entry {
+        status: head.status,
+        headers: list.unbind(),
+        body: PyBytes::new(py, body).unbind(),
+        etag: format_etag(head.digest),
+        created_ms: head.created_ms,
+        expires_ms: head.expires_ms,
+    })
+}
+
+/// Read only the fixed-size head of an entry (`data` may be just its first 44 bytes).
+#[pyfunction]
+pub fn peek_entry(data: &[u8]) -> PyResult<EntryHead> {
+    let head = read_head(data).map_err(EntryError::new_err)?;
+    Ok(EntryHead {
+        status: head.status,
+        etag: format_etag(head.digest),
+        created_ms: head.created_ms,
+        expires_ms: head.expires_ms,
+        body_len: head.body_len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let headers = vec![
+            (b"content-type".to_vec(), b"application/json".to_vec()),
+            (b"x-custom".to_vec(), b"yes".to_vec()),
+        ];
+        encode(200, &headers, b"{\"a\":1}", 1_000, 61_000).expect("valid entry")
+    }
+
+    #[test]
+    fn round_trip() {
+        let data = sample();
+        assert_eq!(data.len(), HEAD_SIZE + 2 + (1 + 8 + 2 + 3) + 7);
+        let (head, headers, body) = split(&data).expect("decodes");
+        assert_eq!(head.status, 200);
+        assert_eq!((head.created_ms, head.expires_ms), (1_000, 61_000));
+        assert_eq!(head.digest, xxh3_128(b"{\"a\":1}"));
+        assert_eq!(body, b"{\"a\":1}");
+        assert_eq!(
+            headers,
+            vec![
+                (&b"content-type"[..], &b"application/json"[..]),
+                (&b"x-custom"[..], &b"yes"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_damage() {
+        let data = sample();
+        assert!(split(&data[..HEAD_SIZE - 1]).is_err());
+        assert!(split(&data[..data.len() - 1]).is_err());
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(split(&longer).is_err());
+        let mut magic = data.clone();
+        magic[0] = b'X';
+        assert!(read_head(&magic).is_err());
+        let mut version = data.clone();
+        version[3] = 2;
+        assert!(read_head(&version).unwrap_err().contains("version 2"));
+        assert!(decode_headers(&[0, 9]).is_err());
+        assert!(decode_headers(&[0]).is_err());
+        assert!(decode_headers(&[5, b'a']).is_err());
+    }
+
+    #[test]
+    fn refuses_oversized_headers() {
+        assert!(encode_headers(&[(vec![], b"v".to_vec())]).is_err());
+        assert!(encode_headers(&[(vec![b'a'; 256], b"v".to_vec())]).is_err());
+        assert!(encode_headers(&[(b"a".to_vec(), vec![b'v'; 65_536])]).is_err());
+    }
+}

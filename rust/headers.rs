@@ -1,0 +1,321 @@
+//! HTTP request headers: `If-None-Match` (RFC 9110 13.1.2) and `Cache-Control` (RFC 9111 5.2.1).
+//!
+//! Both scan bytes: every delimiter is ASCII, and every non-ASCII byte of UTF-8 is a valid
+//! `etagc`, so byte scanning gives the same answer as scanning code points.
+
+use pyo3::prelude::*;
+
+/// RFC 9111 section 1.2.2: delta-seconds too large to represent are sent as 2^31.
+pub const DELTA_MAX: u64 = 2_147_483_648;
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn is_etagc(b: u8) -> bool {
+    b > 0x20 && b != 0x7f && b != b'"'
+}
+
+fn skip_ows(h: &[u8], mut i: usize) -> usize {
+    while i < h.len() && is_ows(h[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether the member ends at `i` (after optional whitespace): a comma or the end.
+fn member_ends(h: &[u8], i: usize) -> Option<usize> {
+    let j = skip_ows(h, i);
+    if j == h.len() || h[j] == b',' {
+        Some(j)
+    } else {
+        None
+    }
+}
+
+fn opaque(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+/// RFC 9110 weak comparison of `header` (an If-None-Match value) against our `etag`.
+pub fn matches(header: &str, etag: &str) -> bool {
+    let ours = opaque(etag).as_bytes();
+    let h = header.as_bytes();
+    let mut i = 0;
+    while i < h.len() {
+        let b = h[i];
+        if is_ows(b) || b == b',' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if b == b'*' {
+            if member_ends(h, i + 1).is_some() {
+                return true;
+            }
+        } else {
+            let mut j = i;
+            if h[j..].starts_with(b"W/") {
+                j += 2;
+            }
+            if j < h.len() && h[j] == b'"' {
+                let open = j;
+                j += 1;
+                while j < h.len() && is_etagc(h[j]) {
+                    j += 1;
+                }
+                if j < h.len() && h[j] == b'"' {
+                    if let Some(end) = member_ends(h, j + 1) {
+                        if &h[open..=j] == ours {
+                            return true;
+                        }
+                        i = end;
+                        continue;
+                    }
+                }
+            }
+        }
+        // Malformed: resume after the next comma from the member's start.
+        i = match h[start..].iter().position(|&c| c == b',') {
+            Some(offset) => start + offset + 1,
+            None => h.len(),
+        };
+    }
+    false
+}
+
+/// Whether `header`, an `If-None-Match` value, matches `etag` (RFC 9110 section 13.1.2).
+///
+/// `*` matches; otherwise the comma-separated entity-tags are compared weakly (a `W/` on
+/// either side is ignored). Malformed members are skipped. Never raises.
+#[pyfunction]
+pub fn if_none_match(header: &str, etag: &str) -> bool {
+    matches(header, etag)
+}
+
+/// The request directives of a `Cache-Control` header (RFC 9111 section 5.2.1).
+#[pyclass(frozen, eq, get_all, module = "oxcache._core")]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestCacheControl {
+    /// `no-cache`: the client wants a response not served from a cache without validation.
+    pub no_cache: bool,
+    /// `no-store`: nothing of this request or its response may be stored.
+    pub no_store: bool,
+    /// `max-age=N`: the client accepts no response older than N seconds.
+    pub max_age: Option<u64>,
+    /// `max-stale[=N]`: the client accepts a response stale by up to N seconds (2^31: any).
+    pub max_stale: Option<u64>,
+    /// `min-fresh=N`: the client wants a response fresh for at least N more seconds.
+    pub min_fresh: Option<u64>,
+    /// `only-if-cached`: the client wants only a stored response.
+    pub only_if_cached: bool,
+}
+
+#[pymethods]
+impl RequestCacheControl {
+    fn __repr__(&self) -> String {
+        fn opt(v: Option<u64>) -> String {
+            v.map_or_else(|| "None".to_owned(), |n| n.to_string())
+        }
+        format!(
+            "RequestCacheControl(no_cache={}, no_store={}, max_age={}, max_stale={}, min_fresh={}, only_if_cached={})",
+            py_bool(self.no_cache),
+            py_bool(self.no_store),
+            opt(self.max_age),
+            opt(self.max_stale),
+            opt(self.min_fresh),
+            py_bool(self.only_if_cached),
+        )
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn strip_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !is_ows(b)).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Split at commas outside quoted strings.
+fn split_members(h: &[u8]) -> Vec<&[u8]> {
+    let mut members = Vec::new();
+    let mut start = 0;
+    let mut in_quote = false;
+    let mut i = 0;
+    while i < h.len() {
+        let b = h[i];
+        if in_quote {
+            if b == b'\\' {
+                i += 1;
+            } else if b == b'"' {
+                in_quote = false;
+            }
+        } else if b == b'"' {
+            in_quote = true;
+        } else if b == b',' {
+            members.push(&h[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    members.push(&h[start..]);
+    members
+}
+
+/// Unquote a quoted-string value; None if it is not exactly one well-formed quoted string.
+fn unquote(v: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 1;
+    while i < v.len() {
+        match v[i] {
+            b'\\' => {
+                out.push(*v.get(i + 1)?);
+                i += 2;
+            }
+            b'"' => return (i == v.len() - 1).then_some(out),
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+fn delta_seconds(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        n = n.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+        if n > DELTA_MAX {
+            return Some(DELTA_MAX);
+        }
+    }
+    Some(n)
+}
+
+/// Parse request Cache-Control directives as `docs/formats.md` specifies.
+pub fn parse(header: &str) -> RequestCacheControl {
+    let mut cc = RequestCacheControl::default();
+    for member in split_members(header.as_bytes()) {
+        let member = strip_ows(member);
+        let (name, value) = match member.iter().position(|&b| b == b'=') {
+            Some(eq) => (strip_ows(&member[..eq]), Some(strip_ows(&member[eq + 1..]))),
+            None => (member, None),
+        };
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            continue;
+        }
+        let name = name.to_ascii_lowercase();
+        // Some(Some(v)): a valid value; Some(None): an invalid one; None: no value at all.
+        let value: Option<Option<Vec<u8>>> = value.map(|v| {
+            if v.first() == Some(&b'"') {
+                unquote(v)
+            } else {
+                Some(v.to_vec())
+            }
+        });
+        let number = || match &value {
+            Some(Some(v)) => delta_seconds(v),
+            _ => None,
+        };
+        match name.as_slice() {
+            b"no-cache" => cc.no_cache = true,
+            b"no-store" => cc.no_store = true,
+            b"only-if-cached" => cc.only_if_cached = true,
+            b"max-age" => {
+                if let Some(n) = number() {
+                    cc.max_age = Some(cc.max_age.map_or(n, |old| old.min(n)));
+                }
+            }
+            b"min-fresh" => {
+                if let Some(n) = number() {
+                    cc.min_fresh = Some(cc.min_fresh.map_or(n, |old| old.max(n)));
+                }
+            }
+            b"max-stale" => {
+                let n = if value.is_none() {
+                    Some(DELTA_MAX)
+                } else {
+                    number()
+                };
+                if let Some(n) = n {
+                    cc.max_stale = Some(cc.max_stale.map_or(n, |old| old.min(n)));
+                }
+            }
+            _ => {}
+        }
+    }
+    cc
+}
+
+/// Parse the request directives of a `Cache-Control` header (RFC 9111 section 5.2.1).
+///
+/// Case-insensitive names, quoted values, repeated directives (the most restrictive wins),
+/// delta-seconds clamped at 2147483648; unknown directives and garbage are ignored. Never raises.
+#[pyfunction]
+pub fn parse_cache_control(header: &str) -> RequestCacheControl {
+    parse(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: &str = "\"abc\"";
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(matches("\"abc\"", TAG));
+        assert!(matches("W/\"abc\"", TAG));
+        assert!(matches("\"abc\"", "W/\"abc\""));
+        assert!(matches("*", TAG));
+        assert!(matches(" * ", TAG));
+        assert!(matches("\"x\", \"abc\"", TAG));
+        assert!(matches("\"x\" ,\t W/\"abc\" ", TAG));
+        assert!(matches("garbage, \"abc\"", TAG));
+        assert!(matches("\"a,b\", \"abc\"", TAG));
+        assert!(!matches("", TAG));
+        assert!(!matches("\"abcd\"", TAG));
+        assert!(!matches("abc", TAG));
+        assert!(!matches("\"abc", TAG));
+        assert!(!matches("\"abc\"x", TAG));
+        assert!(!matches("w/\"abc\"", TAG));
+        assert!(!matches("*x", TAG));
+        assert!(!matches("\"ab c\"", "\"ab c\""));
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let cc = parse("No-Cache, MAX-AGE=\"60\", max-age=30, min-fresh=5, min-fresh=9, max-stale");
+        assert!(cc.no_cache);
+        assert!(!cc.no_store);
+        assert_eq!(cc.max_age, Some(30));
+        assert_eq!(cc.min_fresh, Some(9));
+        assert_eq!(cc.max_stale, Some(DELTA_MAX));
+        let cc = parse("max-age=99999999999999999999999, max-stale=10, max-stale");
+        assert_eq!(cc.max_age, Some(DELTA_MAX));
+        assert_eq!(cc.max_stale, Some(10));
+        assert_eq!(parse(""), RequestCacheControl::default());
+        assert_eq!(
+            parse(",,,=,\"\",max-age=abc,max-age=-1,max-age="),
+            RequestCacheControl::default()
+        );
+        assert!(parse("x=\"a,no-store\", only-if-cached").only_if_cached);
+        assert!(!parse("x=\"a,no-store\"").no_store);
+        assert_eq!(parse("max-age=\"6\"0").max_age, None);
+    }
+}

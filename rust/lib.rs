@@ -1,0 +1,53 @@
+//! `oxcache._core`: the byte work of oxcache, specified in `docs/formats.md`.
+//!
+//! This file only registers; each concern lives in its own module with its tests beside it.
+
+use pyo3::prelude::*;
+
+mod entry;
+mod etag;
+mod headers;
+mod key;
+
+pyo3::create_exception!(
+    _core,
+    OxcacheError,
+    pyo3::exceptions::PyException,
+    "Base class of every error oxcache raises."
+);
+pyo3::create_exception!(
+    _core,
+    KeyBuildError,
+    OxcacheError,
+    "An argument cannot be turned into a stable cache key."
+);
+pyo3::create_exception!(
+    _core,
+    EntryError,
+    OxcacheError,
+    "Bytes that are not a valid cache entry of this version."
+);
+
+/// Canonical cache keys, XXH3 ETags, HTTP header parsing and cache entries for oxcache.
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("OxcacheError", py.get_type::<OxcacheError>())?;
+    m.add("KeyBuildError", py.get_type::<KeyBuildError>())?;
+    m.add("EntryError", py.get_type::<EntryError>())?;
+    m.add("KEY_FORMAT_VERSION", key::KEY_FORMAT_VERSION)?;
+    m.add("KEY_HASH_THRESHOLD", key::HASH_THRESHOLD)?;
+    m.add("ENTRY_VERSION", entry::VERSION)?;
+    m.add("ENTRY_HEAD_SIZE", entry::HEAD_SIZE)?;
+    m.add_function(wrap_pyfunction!(key::cache_key, m)?)?;
+    m.add_function(wrap_pyfunction!(etag::etag, m)?)?;
+    m.add_function(wrap_pyfunction!(headers::if_none_match, m)?)?;
+    m.add_function(wrap_pyfunction!(headers::parse_cache_control, m)?)?;
+    m.add_class::<headers::RequestCacheControl>()?;
+    m.add_function(wrap_pyfunction!(entry::encode_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(entry::decode_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(entry::peek_entry, m)?)?;
+    m.add_class::<entry::Entry>()?;
+    m.add_class::<entry::EntryHead>()?;
+    Ok(())
+}
