@@ -1,0 +1,40 @@
+"""oxcache: response caching for FastAPI, with a Rust core.
+
+Correct HTTP semantics (ETag, 304, Cache-Control, Age), keys that never collide, a
+non-blocking Redis client or an in-memory store, and drop-in compatibility with
+fastapi-redis-cache (change the import).
+"""
+
+from oxcache.backends import Backend, MemoryBackend, RedisBackend
+from oxcache.compat import FastApiRedisCache
+from oxcache.decorator import (
+    cache,
+    cache_one_day,
+    cache_one_hour,
+    cache_one_minute,
+    cache_one_month,
+    cache_one_week,
+    cache_one_year,
+)
+from oxcache.errors import ConfigError, EntryError, KeyBuildError, OxcacheError
+from oxcache.store import Cache, default_store
+
+__all__ = [
+    "Backend",
+    "Cache",
+    "ConfigError",
+    "EntryError",
+    "FastApiRedisCache",
+    "KeyBuildError",
+    "MemoryBackend",
+    "OxcacheError",
+    "RedisBackend",
+    "cache",
+    "cache_one_day",
+    "cache_one_hour",
+    "cache_one_minute",
+    "cache_one_month",
+    "cache_one_week",
+    "cache_one_year",
+    "default_store",
+]

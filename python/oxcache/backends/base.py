@@ -1,0 +1,44 @@
+"""The small async interface every storage backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+
+class Backend(abc.ABC):
+    """Where entries live. Only backends talk to storage; values are opaque bytes to them.
+
+    Every method may raise on a storage failure; the store turns failures into misses
+    (fail open), so a backend never needs to swallow errors itself.
+    """
+
+    #: Whether `close()` should run when the owning store shuts down.
+    owns_connection: bool = True
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """Return the value stored under `key`, or None."""
+
+    @abc.abstractmethod
+    async def get_head(self, key: str, size: int) -> bytes | None:
+        """Return at most the first `size` bytes of the value under `key`, or None."""
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        """Store `value` under `key` for `ttl_ms` milliseconds (at least 1)."""
+
+    @abc.abstractmethod
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Delete the given keys; return how many existed."""
+
+    @abc.abstractmethod
+    async def clear(self, prefix: str) -> int:
+        """Delete every key that starts with `prefix`; return how many were deleted."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the storage cannot be reached."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release connections. Called once when the owning store shuts down."""

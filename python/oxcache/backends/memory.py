@@ -1,0 +1,91 @@
+"""In-process backend: the embedded default when no Redis URL is given."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from oxcache.backends.base import Backend
+
+
+class MemoryBackend(Backend):
+    """A bounded LRU map with per-entry expiry, private to its instance.
+
+    Bounded by `max_entries` and `max_bytes` (the sum of value sizes); the least recently
+    used entries are evicted first, and expired entries are dropped when touched or evicted.
+    A lock makes it safe when several event loops or threads share one instance (for example
+    two `TestClient`s); no operation awaits while holding it.
+    """
+
+    def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("MemoryBackend bounds must be positive")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def size_bytes(self) -> int:
+        """The sum of the stored values' sizes."""
+        return self._bytes
+
+    def _lookup(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, deadline = item
+        if deadline <= time.monotonic():
+            self._remove(key)
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def _remove(self, key: str) -> bool:
+        item = self._data.pop(key, None)
+        if item is None:
+            return False
+        self._bytes -= len(item[0])
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._lookup(key)
+
+    async def get_head(self, key: str, size: int) -> bytes | None:
+        with self._lock:
+            value = self._lookup(key)
+        # Slicing copies; a memory entry is already local, so the whole value is as cheap.
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        if len(value) > self.max_bytes:
+            return  # could never fit; storing it would only evict everything else
+        deadline = time.monotonic() + max(ttl_ms, 1) / 1000.0
+        with self._lock:
+            self._remove(key)
+            self._data[key] = (value, deadline)
+            self._bytes += len(value)
+            while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+                oldest = next(iter(self._data))
+                self._remove(oldest)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            return sum(1 for key in keys if self._remove(key))
+
+    async def clear(self, prefix: str) -> int:
+        with self._lock:
+            doomed = [key for key in self._data if key.startswith(prefix)]
+            for key in doomed:
+                self._remove(key)
+            return len(doomed)
+
+    async def ping(self) -> None:
+        return None

@@ -1,0 +1,46 @@
+"""fastapi-redis-cache compatibility: `FastApiRedisCache().init(...)` as that library documents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from oxcache.store import Cache, _schedule, _set_default
+
+
+class FastApiRedisCache:
+    """Configures the default store the way fastapi-redis-cache's class of the same name does.
+
+    Call `init` from a startup handler (or at import time). An unreachable `host_url` logs
+    CONNECT_FAIL and never raises; requests are then served uncached until Redis answers,
+    and caching resumes by itself (fastapi-redis-cache disabled it for good).
+    """
+
+    store: Cache | None = None
+
+    def init(
+        self,
+        host_url: str,
+        prefix: str | None = None,
+        response_header: str | None = None,
+        ignore_arg_types: Iterable[type[Any]] | None = None,
+    ) -> None:
+        """Create the Redis-backed default store. Arguments as in fastapi-redis-cache."""
+        previous = FastApiRedisCache.store
+        store = Cache(
+            host_url,
+            prefix=prefix,
+            response_header=response_header,
+            ignore_arg_types=ignore_arg_types,
+        )
+        FastApiRedisCache.store = store
+        _set_default(store)
+        _schedule(store.connect())
+        if previous is not None:
+            _schedule(previous.close())
+
+    @property
+    def connected(self) -> bool:
+        """Whether the configured store's backend answered its last request."""
+        store = FastApiRedisCache.store
+        return store is not None and store._healthy

@@ -1,0 +1,12 @@
+"""The exceptions oxcache raises. All derive from `OxcacheError`."""
+
+from __future__ import annotations
+
+from oxcache._core import EntryError, KeyBuildError, OxcacheError
+
+
+class ConfigError(OxcacheError, ValueError):
+    """A decorator or store was configured with values that cannot work."""
+
+
+__all__ = ["ConfigError", "EntryError", "KeyBuildError", "OxcacheError"]

@@ -1,0 +1,79 @@
+"""HTTP semantics: which requests may use the cache, and the headers a cached response carries.
+
+Rules and their RFC text: RFC 9110 (conditional requests, 304), RFC 9111 (Cache-Control, Age,
+Expires). Parsing itself is done by the Rust core.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+from starlette.datastructures import Headers
+
+from oxcache._core import RequestCacheControl, parse_cache_control
+
+#: Response headers oxcache computes itself; the endpoint's own values are not stored.
+OWN_HEADERS = frozenset(
+    {b"content-length", b"cache-control", b"expires", b"etag", b"age", b"date", b"set-cookie"}
+)
+
+_date_memo: tuple[int, bytes] = (-1, b"")
+
+
+def http_date(seconds: int) -> bytes:
+    """Format a Unix time as an IMF-fixdate (RFC 9110 section 5.6.7), memoized per second."""
+    global _date_memo
+    memo = _date_memo
+    if memo[0] == seconds:
+        return memo[1]
+    value = formatdate(seconds, usegmt=True).encode("ascii")
+    _date_memo = (seconds, value)
+    return value
+
+
+def request_directives(headers: Headers) -> RequestCacheControl | None:
+    """Parse the request's Cache-Control, or treat `Pragma: no-cache` as `no-cache`.
+
+    RFC 9111 section 5.4: Pragma is only looked at when Cache-Control is absent.
+    Returns None when the request says nothing about caching (the common case).
+    """
+    raw = headers.get("cache-control")
+    if raw is not None:
+        return parse_cache_control(raw)
+    pragma = headers.get("pragma")
+    if pragma is not None and "no-cache" in pragma.lower():
+        return parse_cache_control("no-cache")
+    return None
+
+
+def cache_headers(
+    *,
+    etag: str,
+    created_ms: int,
+    expires_ms: int,
+    now_ms: int,
+    hit: bool,
+    hit_header: bytes,
+    weak: bool,
+    private: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The validator and freshness headers of a cached response (miss, hit or 304).
+
+    `max-age` is the entry's whole lifetime and `Age` the time since it was stored, so any
+    RFC 9111 cache downstream computes the remaining freshness as max-age - Age, which is
+    exactly the seconds left; `Expires` gives the same instant for HTTP/1.0 caches.
+    """
+    lifetime = max((expires_ms - created_ms) // 1000, 0)
+    directive = b"private, max-age=" if private else b"max-age="
+    headers = [
+        (b"cache-control", directive + str(lifetime).encode("ascii")),
+        (b"expires", http_date(expires_ms // 1000)),
+        (b"etag", (b"W/" + etag.encode("ascii")) if weak else etag.encode("ascii")),
+    ]
+    if hit:
+        age = max((now_ms - created_ms) // 1000, 0)
+        headers.append((b"age", str(age).encode("ascii")))
+        headers.append((hit_header, b"Hit"))
+    else:
+        headers.append((hit_header, b"Miss"))
+    return headers
