@@ -3,7 +3,11 @@
 //! Both scan bytes: every delimiter is ASCII, and every non-ASCII byte of UTF-8 is a valid
 //! `etagc`, so byte scanning gives the same answer as scanning code points.
 
+use std::borrow::Cow;
+
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
 
 /// RFC 9111 section 1.2.2: delta-seconds too large to represent are sent as 2^31.
 pub const DELTA_MAX: u64 = 2_147_483_648;
@@ -33,14 +37,26 @@ fn member_ends(h: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-fn opaque(tag: &str) -> &str {
-    tag.strip_prefix("W/").unwrap_or(tag)
+fn opaque(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
+/// The UTF-8 bytes of a Python str; lone surrogates (which no `&str` can hold) are kept as
+/// their 3-byte encodings, all >= 0x80 like any other non-ASCII code point, so scanning
+/// the bytes treats them as the spec treats every non-ASCII code point.
+fn str_bytes<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(text) = s.to_str() {
+        return Ok(Cow::Borrowed(text.as_bytes()));
+    }
+    let py = s.py();
+    let encoded = s.call_method1(intern!(py, "encode"), ("utf-8", "surrogatepass"))?;
+    Ok(Cow::Owned(encoded.cast::<PyBytes>()?.as_bytes().to_vec()))
 }
 
 /// RFC 9110 weak comparison of `header` (an If-None-Match value) against our `etag`.
-pub fn matches(header: &str, etag: &str) -> bool {
-    let ours = opaque(etag).as_bytes();
-    let h = header.as_bytes();
+pub fn matches(header: &[u8], etag: &[u8]) -> bool {
+    let ours = opaque(etag);
+    let h = header;
     let mut i = 0;
     while i < h.len() {
         let b = h[i];
@@ -89,8 +105,11 @@ pub fn matches(header: &str, etag: &str) -> bool {
 /// `*` matches; otherwise the comma-separated entity-tags are compared weakly (a `W/` on
 /// either side is ignored). Malformed members are skipped. Never raises.
 #[pyfunction]
-pub fn if_none_match(header: &str, etag: &str) -> bool {
-    matches(header, etag)
+pub fn if_none_match(header: &Bound<'_, PyString>, etag: &Bound<'_, PyString>) -> bool {
+    match (str_bytes(header), str_bytes(etag)) {
+        (Ok(h), Ok(e)) => matches(&h, &e),
+        _ => false,
+    }
 }
 
 /// The request directives of a `Cache-Control` header (RFC 9111 section 5.2.1).
@@ -208,9 +227,9 @@ fn delta_seconds(v: &[u8]) -> Option<u64> {
 }
 
 /// Parse request Cache-Control directives as `docs/formats.md` specifies.
-pub fn parse(header: &str) -> RequestCacheControl {
+pub fn parse(header: &[u8]) -> RequestCacheControl {
     let mut cc = RequestCacheControl::default();
-    for member in split_members(header.as_bytes()) {
+    for member in split_members(header) {
         let member = strip_ows(member);
         let (name, value) = match member.iter().position(|&b| b == b'=') {
             Some(eq) => (strip_ows(&member[..eq]), Some(strip_ows(&member[eq + 1..]))),
@@ -267,55 +286,55 @@ pub fn parse(header: &str) -> RequestCacheControl {
 /// Case-insensitive names, quoted values, repeated directives (the most restrictive wins),
 /// delta-seconds clamped at 2147483648; unknown directives and garbage are ignored. Never raises.
 #[pyfunction]
-pub fn parse_cache_control(header: &str) -> RequestCacheControl {
-    parse(header)
+pub fn parse_cache_control(header: &Bound<'_, PyString>) -> RequestCacheControl {
+    str_bytes(header).map_or_else(|_| RequestCacheControl::default(), |h| parse(&h))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TAG: &str = "\"abc\"";
+    const TAG: &[u8] = b"\"abc\"";
 
     #[test]
     fn if_none_match_forms() {
-        assert!(matches("\"abc\"", TAG));
-        assert!(matches("W/\"abc\"", TAG));
-        assert!(matches("\"abc\"", "W/\"abc\""));
-        assert!(matches("*", TAG));
-        assert!(matches(" * ", TAG));
-        assert!(matches("\"x\", \"abc\"", TAG));
-        assert!(matches("\"x\" ,\t W/\"abc\" ", TAG));
-        assert!(matches("garbage, \"abc\"", TAG));
-        assert!(matches("\"a,b\", \"abc\"", TAG));
-        assert!(!matches("", TAG));
-        assert!(!matches("\"abcd\"", TAG));
-        assert!(!matches("abc", TAG));
-        assert!(!matches("\"abc", TAG));
-        assert!(!matches("\"abc\"x", TAG));
-        assert!(!matches("w/\"abc\"", TAG));
-        assert!(!matches("*x", TAG));
-        assert!(!matches("\"ab c\"", "\"ab c\""));
+        assert!(matches(b"\"abc\"", TAG));
+        assert!(matches(b"W/\"abc\"", TAG));
+        assert!(matches(b"\"abc\"", b"W/\"abc\""));
+        assert!(matches(b"*", TAG));
+        assert!(matches(b" * ", TAG));
+        assert!(matches(b"\"x\", \"abc\"", TAG));
+        assert!(matches(b"\"x\" ,\t W/\"abc\" ", TAG));
+        assert!(matches(b"garbage, \"abc\"", TAG));
+        assert!(matches(b"\"a,b\", \"abc\"", TAG));
+        assert!(!matches(b"", TAG));
+        assert!(!matches(b"\"abcd\"", TAG));
+        assert!(!matches(b"abc", TAG));
+        assert!(!matches(b"\"abc", TAG));
+        assert!(!matches(b"\"abc\"x", TAG));
+        assert!(!matches(b"w/\"abc\"", TAG));
+        assert!(!matches(b"*x", TAG));
+        assert!(!matches(b"\"ab c\"", b"\"ab c\""));
     }
 
     #[test]
     fn cache_control_directives() {
-        let cc = parse("No-Cache, MAX-AGE=\"60\", max-age=30, min-fresh=5, min-fresh=9, max-stale");
+        let cc = parse(b"No-Cache, MAX-AGE=\"60\", max-age=30, min-fresh=5, min-fresh=9, max-stale");
         assert!(cc.no_cache);
         assert!(!cc.no_store);
         assert_eq!(cc.max_age, Some(30));
         assert_eq!(cc.min_fresh, Some(9));
         assert_eq!(cc.max_stale, Some(DELTA_MAX));
-        let cc = parse("max-age=99999999999999999999999, max-stale=10, max-stale");
+        let cc = parse(b"max-age=99999999999999999999999, max-stale=10, max-stale");
         assert_eq!(cc.max_age, Some(DELTA_MAX));
         assert_eq!(cc.max_stale, Some(10));
-        assert_eq!(parse(""), RequestCacheControl::default());
+        assert_eq!(parse(b""), RequestCacheControl::default());
         assert_eq!(
-            parse(",,,=,\"\",max-age=abc,max-age=-1,max-age="),
+            parse(b",,,=,\"\",max-age=abc,max-age=-1,max-age="),
             RequestCacheControl::default()
         );
-        assert!(parse("x=\"a,no-store\", only-if-cached").only_if_cached);
-        assert!(!parse("x=\"a,no-store\"").no_store);
-        assert_eq!(parse("max-age=\"6\"0").max_age, None);
+        assert!(parse(b"x=\"a,no-store\", only-if-cached").only_if_cached);
+        assert!(!parse(b"x=\"a,no-store\"").no_store);
+        assert_eq!(parse(b"max-age=\"6\"0").max_age, None);
     }
 }

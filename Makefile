@@ -1,0 +1,73 @@
+# Developer commands. `make test` and `make demo` work on a fresh machine: they create the
+# virtualenv, build the Rust extension and (for tests) install and start Redis themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# maturin installs into the virtualenv named by VIRTUAL_ENV.
+MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
+STAMP := $(VENV)/.installed
+
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench all clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml Cargo.toml
+	$(BIN)/pip install --quiet "maturin>=1.7,<2"
+	$(MATURIN) --extras test,dev
+	touch $(STAMP)
+
+## install: the virtualenv with oxcache (editable, release build) and its test/dev tools
+install: $(STAMP)
+
+## build-dev: rebuild the Rust extension into the virtualenv
+build-dev: $(STAMP)
+	$(MATURIN)
+
+format: $(STAMP)
+	$(BIN)/ruff format python tests benches examples
+	$(BIN)/ruff check --fix python tests benches examples
+	cargo fmt
+
+lint-python: $(STAMP)
+	$(BIN)/ruff check python tests benches examples
+	$(BIN)/ruff format --check python tests benches examples
+
+lint-rust:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+mypy: $(STAMP)
+	$(BIN)/mypy --strict python/oxcache
+
+## stubtest: the hand-written _core.pyi must match the built module
+stubtest: build-dev
+	$(BIN)/python -m mypy.stubtest oxcache._core
+
+lint: lint-python lint-rust mypy stubtest
+
+test-rust:
+	cargo test --quiet
+
+## test: build, install and start Redis if needed, run every Python test
+test: build-dev
+	@scripts/ensure-redis
+	$(BIN)/python -m pytest tests -q
+
+## demo: the example app on the embedded (in-memory) store: a miss, a hit and a 304
+demo: build-dev
+	$(BIN)/python examples/demo.py
+
+## bench: benchmarks against the peers; writes benches/RESULTS.md
+bench: build-dev
+	@scripts/ensure-redis
+	$(MATURIN) --extras test,bench
+	$(BIN)/python -m pytest benches --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
+	$(BIN)/python benches/report.py benches/results.json
+
+all: lint test-rust test
+
+clean:
+	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,202 @@
+"""Regenerate tests/golden/*.json from tests/reference.py (refuses to overwrite without --force).
+
+Only for a deliberate format change: bump the format version and note it in CHANGELOG.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import reference
+from tests.test_golden import GOLDEN, decode_value
+
+
+def tv(t: str, v: object = None) -> dict[str, object]:
+    return {"t": t, "v": v}
+
+
+KEY_CASES = [
+    ("myapi-cache", "api", "get_user", [("id", tv("int", "1"))]),
+    (None, "api", "get_immutable_data", []),
+    ("", "app", "q", [("x", tv("int", "1")), ("y", tv("none"))]),
+    ("p", "m", "f", [("a", tv("str", "1,b=2")), ("b", tv("str", "3"))]),
+    ("p", "m", "f", [("a", tv("str", "1")), ("b", tv("str", "2,b=3"))]),
+    ("p", "m", "f", [("s", tv("str", 'quote" back\\ nl\n tab\t del\x7f é ☃ 😀'))]),
+    ("p", "m", "f", [("n", tv("int", "-12345678901234567890123"))]),
+    (
+        "p",
+        "m",
+        "f",
+        [("f", tv("float", "1.5")), ("g", tv("float", "1e+20")), ("h", tv("float", "-0.0"))],
+    ),
+    ("p", "m", "f", [("f", tv("float", "nan")), ("g", tv("float", "-inf"))]),
+    ("p", "m", "f", [("b", tv("bool", True)), ("c", tv("bool", False))]),
+    ("p", "m", "f", [("raw", tv("bytes", "00ff10"))]),
+    ("p", "m", "f", [("u", tv("uuid", "12345678-1234-5678-1234-567812345678"))]),
+    ("p", "m", "f", [("d", tv("date", "2024-01-02")), ("t", tv("time", "03:04:05.000006"))]),
+    ("p", "m", "f", [("dt", tv("datetime", "2024-01-02T03:04:05.123456+00:00"))]),
+    ("p", "m", "f", [("dt", tv("datetime", "2024-01-02T03:04:05"))]),
+    ("p", "m", "f", [("x", tv("decimal", "1.10")), ("y", tv("decimal", "-1E+3"))]),
+    ("p", "m", "f", [("e", tv("enum", "HEARTS"))]),
+    ("p", "m", "f", [("l", tv("list", [tv("int", "1"), tv("str", "a"), tv("none")]))]),
+    ("p", "m", "f", [("t", tv("tuple", [tv("int", "1")])), ("u", tv("tuple", []))]),
+    ("p", "m", "f", [("s", tv("set", [tv("str", "b"), tv("str", "a"), tv("int", "3")]))]),
+    ("p", "m", "f", [("s", tv("set", []))]),
+    (
+        "p",
+        "m",
+        "f",
+        [("d", tv("dict", [[tv("str", "z"), tv("int", "1")], [tv("str", "a"), tv("list", [])]]))],
+    ),
+    ("p", "m", "f", [("long", tv("str", "x" * 300))]),
+    (
+        "p",
+        "m",
+        "f",
+        [("tags", tv("list", [tv("str", c) for c in "abcde"])), ("id", tv("int", "7"))],
+    ),
+]
+
+ETAG_CASES = [
+    {"body_hex": ""},
+    {"body_hex": b'{"a":1}'.hex()},
+    {"body_hex": b"hello world".hex()},
+    {"body_hex": bytes(range(256)).hex(), "repeat": 512},
+]
+
+INM_CASES = [
+    ('"abc"', '"abc"'),
+    ('W/"abc"', '"abc"'),
+    ('"abc"', 'W/"abc"'),
+    ("*", '"abc"'),
+    (" * ", '"abc"'),
+    ('"x", "abc"', '"abc"'),
+    ('"x" ,\t W/"abc" ', '"abc"'),
+    ('garbage, "abc"', '"abc"'),
+    ('"a,b", "abc"', '"abc"'),
+    ("", '"abc"'),
+    ('"abcd"', '"abc"'),
+    ("abc", '"abc"'),
+    ('"abc', '"abc"'),
+    ('"abc"x', '"abc"'),
+    ('w/"abc"', '"abc"'),
+    ("*x", '"abc"'),
+    ('"ab c"', '"ab c"'),
+    ("W/-5480454928453453778", "W/-5480454928453453778"),
+]
+
+CC_CASES = [
+    "",
+    "no-cache",
+    "NO-STORE",
+    "max-age=0",
+    'max-age="60"',
+    "max-age=60, max-age=30",
+    "min-fresh=5, min-fresh=9",
+    "max-stale",
+    "max-stale=10, max-stale",
+    "max-age=99999999999999999999",
+    "max-age=abc",
+    "max-age=-1",
+    "max-age=",
+    'x="a,no-store", only-if-cached',
+    ",,=,",
+    "private, public",
+    'max-age="6"0',
+    "No-Cache , Max-Age = 5",
+]
+
+ENTRY_CASES = [
+    (
+        200,
+        [(b"content-type", b"application/json")],
+        b'{"a":1}',
+        1_700_000_000_000,
+        1_700_000_060_000,
+    ),
+    (201, [(b"content-type", b"text/plain; charset=utf-8"), (b"x-custom", b"yes")], b"hi", 0, 1),
+    (
+        203,
+        [(b"content-type", b"text/html; charset=utf-8"), (b"vary", b"accept")],
+        b"",
+        5,
+        2**64 - 1,
+    ),
+    (200, [(b"content-type", b"application/octet-stream")], bytes(range(256)), 10, 20),
+]
+
+
+def build() -> dict[str, object]:
+    keys = []
+    for prefix, module, name, args in KEY_CASES:
+        values = [(arg, decode_value(value)) for arg, value in args]
+        keys.append(
+            {
+                "prefix": prefix,
+                "module": module,
+                "name": name,
+                "args": args,
+                "key": reference.cache_key(prefix, module, name, values),
+            }
+        )
+    etags = [
+        {
+            **case,
+            "etag": reference.etag(bytes.fromhex(case["body_hex"]) * int(case.get("repeat", 1))),
+        }
+        for case in ETAG_CASES
+    ]
+    inm = [{"header": h, "etag": e, "match": reference.if_none_match(h, e)} for h, e in INM_CASES]
+    cc = []
+    for header in CC_CASES:
+        p = reference.parse_cache_control(header)
+        cc.append(
+            {
+                "header": header,
+                "fields": [
+                    p.no_cache,
+                    p.no_store,
+                    p.max_age,
+                    p.max_stale,
+                    p.min_fresh,
+                    p.only_if_cached,
+                ],
+            }
+        )
+    entries = [
+        {
+            "status": s,
+            "headers": [[n.hex(), v.hex()] for n, v in h],
+            "body_hex": b.hex(),
+            "created_ms": c,
+            "expires_ms": x,
+            "entry_hex": reference.encode_entry(s, h, b, c, x).hex(),
+        }
+        for s, h, b, c, x in ENTRY_CASES
+    ]
+    return {
+        "keys.json": keys,
+        "etags.json": etags,
+        "if_none_match.json": inm,
+        "cache_control.json": cc,
+        "entries.json": entries,
+    }
+
+
+def main() -> None:
+    files = build()
+    existing = [name for name in files if (GOLDEN / name).exists()]
+    if existing and "--force" not in sys.argv:
+        sys.exit(f"refusing to overwrite {existing}: pass --force for a deliberate format change")
+    GOLDEN.mkdir(exist_ok=True)
+    for name, cases in files.items():
+        (GOLDEN / name).write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n")
+        print("wrote", GOLDEN / name, len(cases), "cases")
+
+
+if __name__ == "__main__":
+    main()

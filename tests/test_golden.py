@@ -1,0 +1,103 @@
+"""Golden vectors: keys, ETags, header parsing and entries that must never change silently.
+
+A failure here means a format change: bump KEY_FORMAT_VERSION or ENTRY_VERSION, note it in
+CHANGELOG.md, and regenerate with `python tests/gen_golden.py --force` in the same commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import oxcache._core as core
+from tests import reference
+
+GOLDEN = Path(__file__).parent / "golden"
+IMPLS = [pytest.param(core, id="rust"), pytest.param(reference, id="reference")]
+
+
+class Suit(enum.Enum):
+    HEARTS = "h"
+
+
+def decode_value(tagged: Any) -> Any:
+    """Rebuild a Python value from its JSON description `{"t": type, "v": value}`."""
+    t, v = tagged["t"], tagged.get("v")
+    simple = {
+        "none": lambda: None,
+        "bool": lambda: bool(v),
+        "int": lambda: int(v),
+        "float": lambda: float(v),
+        "str": lambda: v,
+        "bytes": lambda: bytes.fromhex(v),
+        "uuid": lambda: uuid.UUID(v),
+        "date": lambda: dt.date.fromisoformat(v),
+        "datetime": lambda: dt.datetime.fromisoformat(v),
+        "time": lambda: dt.time.fromisoformat(v),
+        "decimal": lambda: decimal.Decimal(v),
+        "enum": lambda: Suit[v],
+        "list": lambda: [decode_value(x) for x in v],
+        "tuple": lambda: tuple(decode_value(x) for x in v),
+        "set": lambda: {decode_value(x) for x in v},
+        "dict": lambda: {decode_value(k): decode_value(x) for k, x in v},
+    }
+    return simple[t]()
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads((GOLDEN / name).read_text())
+    return cases
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_golden_keys(impl: ModuleType) -> None:
+    for case in load("keys.json"):
+        args = [(name, decode_value(value)) for name, value in case["args"]]
+        assert impl.cache_key(case["prefix"], case["module"], case["name"], args) == case["key"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_golden_etags(impl: ModuleType) -> None:
+    for case in load("etags.json"):
+        body = bytes.fromhex(case["body_hex"]) * case.get("repeat", 1)
+        assert impl.etag(body) == case["etag"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_golden_if_none_match(impl: ModuleType) -> None:
+    for case in load("if_none_match.json"):
+        assert impl.if_none_match(case["header"], case["etag"]) is case["match"], case
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_golden_cache_control(impl: ModuleType) -> None:
+    for case in load("cache_control.json"):
+        cc = impl.parse_cache_control(case["header"])
+        got = [cc.no_cache, cc.no_store, cc.max_age, cc.max_stale, cc.min_fresh, cc.only_if_cached]
+        assert got == case["fields"], case
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_golden_entries(impl: ModuleType) -> None:
+    for case in load("entries.json"):
+        headers = [(bytes.fromhex(n), bytes.fromhex(v)) for n, v in case["headers"]]
+        body = bytes.fromhex(case["body_hex"])
+        data = impl.encode_entry(
+            case["status"], headers, body, case["created_ms"], case["expires_ms"]
+        )
+        assert data.hex() == case["entry_hex"]
+        entry = impl.decode_entry(bytes.fromhex(case["entry_hex"]))
+        assert (entry.status, list(entry.headers), entry.body) == (case["status"], headers, body)
+
+
+def test_format_versions() -> None:
+    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (1, 1, 44)
+    assert core.KEY_HASH_THRESHOLD == 256
