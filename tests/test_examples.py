@@ -58,8 +58,9 @@ def test_etag_is_the_same_in_processes_with_different_hash_seeds() -> None:
 
 def test_seed_readme_scenarios_on_the_example_app() -> None:
     sys.path.insert(0, str(ROOT))
-    from examples.app import app, get_user, store
     from fastapi.testclient import TestClient
+
+    from examples.app import app, get_user, store
 
     with TestClient(app) as client:
         assert client.get("/data_no_cache").headers.get("x-myapi-cache") is None

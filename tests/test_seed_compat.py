@@ -8,10 +8,10 @@ import warnings
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from tests.conftest import free_port
 
 import oxcache.store
 from oxcache import FastApiRedisCache, cache
+from tests.conftest import free_port
 
 
 @pytest.fixture(autouse=True)
