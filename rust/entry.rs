@@ -1,9 +1,10 @@
 //! The cache entry envelope: a fixed 44-byte head (status, times, digest, lengths), a compact
 //! header block, then the body. Layout in `docs/formats.md`.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyInt, PyList, PyTuple};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::etag::{digest, format_etag, DETACH_THRESHOLD};
@@ -70,13 +71,10 @@ pub fn read_head(data: &[u8]) -> Result<Head, String> {
 }
 
 /// Encode the header block.
-pub fn encode_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
+pub fn encode_headers(headers: &[HeaderPair<'_>]) -> Result<Vec<u8>, String> {
     let mut block = Vec::new();
     for (name, value) in headers {
-        if let Some(code) = WELL_KNOWN
-            .iter()
-            .position(|(n, v)| *n == name.as_slice() && *v == value.as_slice())
-        {
+        if let Some(code) = WELL_KNOWN.iter().position(|(n, v)| n == name && v == value) {
             block.push(0);
             block.push(code as u8 + 1);
             continue;
@@ -161,11 +159,12 @@ fn write_entry(
 #[cfg(test)]
 pub fn encode(
     status: u16,
-    headers: &[(Vec<u8>, Vec<u8>)],
+    headers: &[HeaderPair<'_>],
     body: &[u8],
     created_ms: u64,
     expires_ms: u64,
 ) -> Result<Vec<u8>, String> {
+    check_status_and_body(status, body.len())?;
     let block = encode_headers(headers)?;
     let mut out = vec![0u8; HEAD_SIZE + block.len() + body.len()];
     write_entry(
@@ -180,39 +179,104 @@ pub fn encode(
     Ok(out)
 }
 
-fn extract_u64(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    value
-        .extract::<u64>()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be an int from 0 to 2**64-1")))
+/// The checks of `encode_entry` that do not concern headers.
+pub fn check_status_and_body(status: u16, body_len: usize) -> Result<(), String> {
+    if !(100..=999).contains(&status) {
+        return Err(format!("status must be from 100 to 999, got {status}"));
+    }
+    if u32::try_from(body_len).is_err() {
+        return Err(format!(
+            "the body must be at most 4 GiB - 1 bytes, got {body_len}"
+        ));
+    }
+    Ok(())
+}
+
+/// An int argument as `T`; `TypeError` for a non-int, `ValueError` for an int out of range.
+fn extract_int<T: for<'a, 'py> FromPyObject<'a, 'py>>(
+    value: &Bound<'_, PyAny>,
+    what: &str,
+    range: &str,
+) -> PyResult<T> {
+    if !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an int, not {}",
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        )));
+    }
+    value.extract::<T>().map_err(|_| {
+        PyValueError::new_err(format!("{what} must be an int from {range}, got {value}"))
+    })
 }
 
 /// Encode a cache entry (see `docs/formats.md`): status, headers as `(name, value)` bytes
 /// pairs, body, and creation and expiry times in Unix milliseconds.
+///
+/// Raises `ValueError` for a status outside 100..=999, a header name of 0 or over 255 bytes,
+/// a header value or the header block over 65535 bytes, a body of 4 GiB or more, or times
+/// outside 0..2**64.
 #[pyfunction]
+#[pyo3(signature = (status, headers, body, created_ms, expires_ms))]
 pub fn encode_entry<'py>(
     py: Python<'py>,
     status: &Bound<'py, PyAny>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    headers: &Bound<'py, PyAny>,
     body: &[u8],
     created_ms: &Bound<'py, PyAny>,
     expires_ms: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let status = status
-        .extract::<u16>()
-        .ok()
-        .filter(|s| (100..=999).contains(s))
-        .ok_or_else(|| PyValueError::new_err("status must be an int from 100 to 999"))?;
-    let created_ms = extract_u64(created_ms, "created_ms")?;
-    let expires_ms = extract_u64(expires_ms, "expires_ms")?;
-    if u32::try_from(body.len()).is_err() {
-        return Err(PyValueError::new_err("the body must be under 4 GiB"));
+    let status_err =
+        || PyValueError::new_err(format!("status must be from 100 to 999, got {status}"));
+    let status: u16 = extract_int::<i64>(status, "status", "100 to 999")
+        .and_then(|s| u16::try_from(s).map_err(|_| status_err()))?;
+    let created_ms: u64 = extract_int(created_ms, "created_ms", "0 to 2**64-1")?;
+    let expires_ms: u64 = extract_int(expires_ms, "expires_ms", "0 to 2**64-1")?;
+    check_status_and_body(status, body.len()).map_err(PyValueError::new_err)?;
+    // Keep the bytes objects alive while their slices are borrowed.
+    let mut owned: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> = Vec::new();
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = item
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err("headers must hold (name, value) tuples of bytes")
+            })?;
+        let as_bytes = |i: usize| -> PyResult<Bound<'py, PyBytes>> {
+            pair.get_item(i)?
+                .cast_into::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err("a header name and value must be bytes"))
+        };
+        owned.push((as_bytes(0)?, as_bytes(1)?));
     }
-    let block = encode_headers(&headers).map_err(PyValueError::new_err)?;
+    let pairs: Vec<HeaderPair<'_>> = owned
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    let block = encode_headers(&pairs).map_err(PyValueError::new_err)?;
     let digest = digest(py, body);
-    PyBytes::new_with(py, HEAD_SIZE + block.len() + body.len(), |out| {
-        write_entry(out, status, created_ms, expires_ms, digest, &block, body);
-        Ok(())
-    })
+    let len = HEAD_SIZE + block.len() + body.len();
+    let size = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err("cache entry too large"))?;
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes object of
+    // n bytes (or NULL with an exception set), which we own and fill completely before anyone
+    // else can see it; this skips the zero-filling of `PyBytes::new_with`.
+    unsafe {
+        let obj = Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+        )?
+        .cast_into_unchecked::<PyBytes>();
+        let buf =
+            std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>(), len);
+        write_entry(buf, status, created_ms, expires_ms, digest, &block, body);
+        Ok(obj)
+    }
 }
 
 /// A decoded cache entry.
@@ -236,7 +300,7 @@ pub struct Entry {
 impl Entry {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "Entry(status={}, etag={:?}, created_ms={}, expires_ms={}, body=<{} bytes>)",
+            "Entry(status={}, etag='{}', created_ms={}, expires_ms={}, body=<{} bytes>)",
             self.status,
             self.etag,
             self.created_ms,
@@ -265,7 +329,7 @@ pub struct EntryHead {
 impl EntryHead {
     fn __repr__(&self) -> String {
         format!(
-            "EntryHead(status={}, etag={:?}, created_ms={}, expires_ms={}, body_len={})",
+            "EntryHead(status={}, etag='{}', created_ms={}, expires_ms={}, body_len={})",
             self.status, self.etag, self.created_ms, self.expires_ms, self.body_len
         )
     }
@@ -335,9 +399,9 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let headers = vec![
-            (b"content-type".to_vec(), b"application/json".to_vec()),
-            (b"x-custom".to_vec(), b"yes".to_vec()),
+        let headers: [HeaderPair<'_>; 2] = [
+            (b"content-type", b"application/json"),
+            (b"x-custom", b"yes"),
         ];
         encode(200, &headers, b"{\"a\":1}", 1_000, 61_000).expect("valid entry")
     }
@@ -380,9 +444,69 @@ mod tests {
     }
 
     #[test]
-    fn refuses_oversized_headers() {
-        assert!(encode_headers(&[(vec![], b"v".to_vec())]).is_err());
-        assert!(encode_headers(&[(vec![b'a'; 256], b"v".to_vec())]).is_err());
-        assert!(encode_headers(&[(b"a".to_vec(), vec![b'v'; 65_536])]).is_err());
+    fn refuses_what_the_format_cannot_hold() {
+        let v: &[u8] = b"v";
+        assert!(encode_headers(&[(b"", v)]).is_err());
+        let long_name = vec![b'a'; 256];
+        assert!(encode_headers(&[(&long_name, v)]).is_err());
+        let max_name = vec![b'a'; 255];
+        assert!(encode_headers(&[(&max_name, v)]).is_ok());
+        let long_value = vec![b'v'; 65_536];
+        assert!(encode_headers(&[(b"a", &long_value)]).is_err());
+        let max_value = vec![b'v'; 65_535];
+        assert!(encode_headers(&[(b"a", &max_value)]).is_err()); // block = 1 + 1 + 2 + 65535
+        let value = vec![b'v'; 65_535 - 4];
+        assert_eq!(
+            encode_headers(&[(b"a", &value)]).map(|b| b.len()),
+            Ok(65_535)
+        );
+        assert!(encode(99, &[], b"", 0, 0).is_err());
+        assert!(encode(1000, &[], b"", 0, 0).is_err());
+        assert!(encode(999, &[], b"", 0, u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn well_known_pairs_take_two_bytes() {
+        let pairs: [HeaderPair<'_>; 4] = [
+            (b"content-type", b"application/json"),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"Content-Type", b"application/json"),
+        ];
+        let block = encode_headers(&pairs).expect("encodes");
+        assert_eq!(&block[..6], &[0, 1, 0, 2, 0, 3]);
+        assert_eq!(block[6], 12);
+        assert_eq!(decode_headers(&block).expect("decodes"), pairs.to_vec());
+    }
+
+    #[test]
+    fn head_layout_is_big_endian() {
+        let data = encode(304, &[], b"", 0x0102, 0x0304).expect("encodes");
+        assert_eq!(data.len(), HEAD_SIZE);
+        assert_eq!(&data[..6], b"OXC\x01\x01\x30");
+        assert_eq!(&data[6..14], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&data[14..22], &[0, 0, 0, 0, 0, 0, 3, 4]);
+        assert_eq!(&data[22..38], &xxh3_128(b"").to_be_bytes());
+        assert_eq!(&data[38..44], &[0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            format_etag(read_head(&data).expect("head").digest),
+            "\"99aa06d3014798d86001c324468d497f\""
+        );
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let data = sample();
+        for cut in 0..data.len() {
+            let _ = split(&data[..cut]);
+            let _ = decode_headers(&data[HEAD_SIZE.min(cut)..cut]);
+        }
+        for i in 0..data.len() {
+            for b in [0u8, 1, 0x7f, 0xff] {
+                let mut bad = data.clone();
+                bad[i] = b;
+                let _ = split(&bad);
+            }
+        }
     }
 }

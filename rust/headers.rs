@@ -113,8 +113,8 @@ pub fn if_none_match(header: &Bound<'_, PyString>, etag: &Bound<'_, PyString>) -
 }
 
 /// The request directives of a `Cache-Control` header (RFC 9111 section 5.2.1).
-#[pyclass(frozen, eq, get_all, module = "oxcache._core")]
-#[derive(Debug, Default, PartialEq, Eq)]
+#[pyclass(frozen, eq, hash, get_all, module = "oxcache._core")]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct RequestCacheControl {
     /// `no-cache`: the client wants a response not served from a cache without validation.
     pub no_cache: bool,
@@ -132,6 +132,26 @@ pub struct RequestCacheControl {
 
 #[pymethods]
 impl RequestCacheControl {
+    #[new]
+    #[pyo3(signature = (*, no_cache=false, no_store=false, max_age=None, max_stale=None, min_fresh=None, only_if_cached=false))]
+    fn new(
+        no_cache: bool,
+        no_store: bool,
+        max_age: Option<u64>,
+        max_stale: Option<u64>,
+        min_fresh: Option<u64>,
+        only_if_cached: bool,
+    ) -> Self {
+        Self {
+            no_cache,
+            no_store,
+            max_age,
+            max_stale,
+            min_fresh,
+            only_if_cached,
+        }
+    }
+
     fn __repr__(&self) -> String {
         fn opt(v: Option<u64>) -> String {
             v.map_or_else(|| "None".to_owned(), |n| n.to_string())
@@ -315,11 +335,31 @@ mod tests {
         assert!(!matches(b"w/\"abc\"", TAG));
         assert!(!matches(b"*x", TAG));
         assert!(!matches(b"\"ab c\"", b"\"ab c\""));
+        assert!(matches(b"W/\"abc\"", b"W/\"abc\""));
+        assert!(matches(b"*,", TAG));
+        assert!(matches(b"\t*\t,\"x\"", TAG));
+        assert!(!matches(b"* x, \"y\"", TAG));
+        assert!(matches(b"* x, \"abc\"", TAG));
+        assert!(!matches(b"\"abc\" x", TAG));
+        assert!(matches(b"\"abc\" x, \"abc\"", TAG));
+        assert!(matches(b"W/W/\"x\", \"abc\"", TAG));
+        assert!(matches(b"\"\"", b"\"\""));
+        assert!(matches(
+            "\"\u{e9}\u{80}\"".as_bytes(),
+            "\"\u{e9}\u{80}\"".as_bytes()
+        ));
+        assert!(!matches(b"\"a\x7f\", \"a\x7f\"", b"\"a\x7f\""));
+        assert!(!matches(b",,, ,\t", TAG));
+        assert!(!matches(b"W/", TAG));
+        assert!(!matches(b"W/abc", TAG));
+        assert!(matches(b"x\"abc\", \"abc\"", TAG));
+        assert!(!matches(b"\"abc\"\"abc\"", TAG));
     }
 
     #[test]
     fn cache_control_directives() {
-        let cc = parse(b"No-Cache, MAX-AGE=\"60\", max-age=30, min-fresh=5, min-fresh=9, max-stale");
+        let cc =
+            parse(b"No-Cache, MAX-AGE=\"60\", max-age=30, min-fresh=5, min-fresh=9, max-stale");
         assert!(cc.no_cache);
         assert!(!cc.no_store);
         assert_eq!(cc.max_age, Some(30));
@@ -336,5 +376,25 @@ mod tests {
         assert!(parse(b"x=\"a,no-store\", only-if-cached").only_if_cached);
         assert!(!parse(b"x=\"a,no-store\"").no_store);
         assert_eq!(parse(b"max-age=\"6\"0").max_age, None);
+        assert_eq!(parse(b"max-age=\"6\\0\"").max_age, Some(60));
+        assert_eq!(parse(b"max-age=\"60").max_age, None);
+        assert_eq!(parse(b"max-age=\"60\\\"").max_age, None);
+        assert_eq!(parse(b"max-age=\"\"").max_age, None);
+        assert_eq!(parse(b" \tmax-age \t= \t 7 \t").max_age, Some(7));
+        assert_eq!(parse(b"max-age=2147483648").max_age, Some(DELTA_MAX));
+        assert_eq!(parse(b"max-age=2147483649").max_age, Some(DELTA_MAX));
+        assert_eq!(parse(b"max-age=007").max_age, Some(7));
+        assert_eq!(parse(b"max-age=+7").max_age, None);
+        assert_eq!(parse("max-age=\u{0663}".as_bytes()).max_age, None);
+        assert_eq!(parse(b"max-stale=").max_stale, None);
+        assert_eq!(parse(b"max-stale=x").max_stale, None);
+        assert_eq!(parse(b"max-stale=5, max-stale").max_stale, Some(5));
+        assert!(parse(b"no-store=\"junk").no_store);
+        assert!(parse(b"NO-STORE=").no_store);
+        assert!(!parse(b"no store").no_store);
+        assert!(!parse("no-stor\u{e9}".as_bytes()).no_store);
+        assert!(!parse(b"\"a,no-store").no_store);
+        assert!(parse(b"x=\"a\\\",\", no-store").no_store);
+        assert!(!parse(b"x=\"a\\\",no-store\"").no_store);
     }
 }

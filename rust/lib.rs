@@ -28,7 +28,12 @@ pyo3::create_exception!(
     "Bytes that are not a valid cache entry of this version."
 );
 
-/// Canonical cache keys, XXH3 ETags, HTTP header parsing and cache entries for oxcache.
+/// The Rust core of oxcache: canonical cache keys, XXH3 ETags, HTTP header parsing and
+/// cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
+/// strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
+/// headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
+/// `peek_entry` read and write the versioned binary envelope a cached response is stored in.
+/// Every output is specified byte for byte in `docs/formats.md`; users import from `oxcache`.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

@@ -1,7 +1,9 @@
-"""Canonical cache keys, XXH3 ETags, HTTP header parsing and cache entries for oxcache.
-
-The byte-level core, written in Rust; its formats are specified in `docs/formats.md` and
-mirrored by the plain-Python twins in `tests/reference.py`. Users import from `oxcache`.
+"""The Rust core of oxcache: canonical cache keys, XXH3 ETags, HTTP header parsing and
+cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
+strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
+headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
+`peek_entry` read and write the versioned binary envelope a cached response is stored in.
+Every output is specified byte for byte in `docs/formats.md`; users import from `oxcache`.
 """
 
 from collections.abc import Iterable
@@ -28,9 +30,13 @@ __all__ = [
 ]
 
 KEY_FORMAT_VERSION: int
+"""Version of the cache key format; bumped whenever any key would change."""
 KEY_HASH_THRESHOLD: int
+"""Canonical argument values longer than this many UTF-8 bytes are written as `#` + XXH3-128."""
 ENTRY_VERSION: int
+"""Version of the cache entry envelope (byte 3 of every entry)."""
 ENTRY_HEAD_SIZE: int
+"""Size of an entry's fixed head: status, times, digest and lengths (44 bytes)."""
 
 class OxcacheError(Exception):
     """Base class of every error oxcache raises."""
@@ -46,11 +52,11 @@ def cache_key(
 ) -> str:
     """Build the canonical cache key of a call: `[prefix:]module.name(arg=value,...)`.
 
-    Values are written in canonical, type-tagged form (strings quoted, sets and dicts
-    sorted), so different arguments never share a key; a value over `KEY_HASH_THRESHOLD`
-    bytes is replaced by `#` and its XXH3-128. Raises `KeyBuildError` for a value whose
-    `str()` holds a memory address, a value nested over 32 levels, or a failing
-    `__cache_key__`/`__str__`.
+    `args` holds `(name, value)` pairs in signature order. Values are written in canonical,
+    type-tagged form (strings quoted, sets and dicts sorted), so different arguments never
+    share a key; a value over `KEY_HASH_THRESHOLD` bytes is replaced by `#` and its XXH3-128.
+    Raises `KeyBuildError` for a value whose `str()` holds a memory address, a value nested
+    over 32 levels (or a cycle), or a failing `__cache_key__`, `model_dump` or `__str__`.
     """
 
 def etag(body: bytes) -> str:
@@ -67,30 +73,44 @@ def if_none_match(header: str, etag: str) -> bool:
 class RequestCacheControl:
     """The request directives of a `Cache-Control` header (RFC 9111 section 5.2.1)."""
 
+    def __new__(
+        cls,
+        *,
+        no_cache: bool = False,
+        no_store: bool = False,
+        max_age: int | None = None,
+        max_stale: int | None = None,
+        min_fresh: int | None = None,
+        only_if_cached: bool = False,
+    ) -> RequestCacheControl: ...
     @property
     def no_cache(self) -> bool:
-        """`no-cache`: do not serve from a cache without validation."""
+        """`no-cache`: the client wants no response served from a cache without validation."""
     @property
     def no_store(self) -> bool:
-        """`no-store`: store nothing of this request or its response."""
+        """`no-store`: nothing of this request or its response may be stored."""
     @property
     def max_age(self) -> int | None:
-        """`max-age=N`: accept no response older than N seconds."""
+        """`max-age=N`: the client accepts no response older than N seconds."""
     @property
     def max_stale(self) -> int | None:
-        """`max-stale[=N]`: accept a response stale by up to N seconds (2**31: any)."""
+        """`max-stale[=N]`: the client accepts a response stale by up to N seconds (2**31: any)."""
     @property
     def min_fresh(self) -> int | None:
-        """`min-fresh=N`: want a response fresh for at least N more seconds."""
+        """`min-fresh=N`: the client wants a response fresh for at least N more seconds."""
     @property
     def only_if_cached(self) -> bool:
-        """`only-if-cached`: want only a stored response."""
+        """`only-if-cached`: the client wants only a stored response."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
 
 def parse_cache_control(header: str) -> RequestCacheControl:
-    """Parse request `Cache-Control` directives; never raises.
+    """Parse the request directives of a `Cache-Control` header (RFC 9111 section 5.2.1).
 
     Case-insensitive names, quoted values, repeated directives (the most restrictive wins),
-    delta-seconds clamped at 2147483648; unknown directives and garbage are ignored.
+    delta-seconds clamped at 2147483648; unknown directives and garbage are ignored. Never
+    raises.
     """
 
 @final
@@ -102,7 +122,7 @@ class Entry:
         """The response status code."""
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """The stored response headers."""
+        """The stored response headers, as `(name, value)` bytes pairs."""
     @property
     def body(self) -> bytes:
         """The response body."""
@@ -118,7 +138,7 @@ class Entry:
 
 @final
 class EntryHead:
-    """The fixed-size head of an entry: what a conditional request needs, without the body."""
+    """The fixed-size head of a cache entry: what a conditional request needs, without the body."""
 
     @property
     def status(self) -> int:
@@ -143,10 +163,20 @@ def encode_entry(
     created_ms: int,
     expires_ms: int,
 ) -> bytes:
-    """Encode a cache entry; `ValueError` for values the format cannot hold."""
+    """Encode a cache entry: status, headers as `(name, value)` bytes pairs, body, and the
+    creation and expiry times in Unix milliseconds.
+
+    Raises `ValueError` for a status outside 100..=999, a header name of 0 or over 255
+    bytes, a header value or the header block over 65535 bytes, a body of 4 GiB or more, or
+    times outside 0..2**64; `TypeError` for arguments of the wrong type.
+    """
 
 def decode_entry(data: bytes) -> Entry:
     """Decode a cache entry; `EntryError` for anything but an intact entry of this version."""
 
 def peek_entry(data: bytes) -> EntryHead:
-    """Read only the head of an entry (`data` may be just its first `ENTRY_HEAD_SIZE` bytes)."""
+    """Read only the head of an entry (`data` may be just its first `ENTRY_HEAD_SIZE` bytes).
+
+    Raises `EntryError` for a short head, wrong magic bytes or another version; the body is
+    not checked.
+    """
