@@ -64,7 +64,7 @@ demo: build-dev
 bench: build-dev
 	@scripts/ensure-redis
 	$(MATURIN) --extras test,bench
-	$(BIN)/python -m pytest benches --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
+	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
 	$(BIN)/python benches/report.py benches/results.json
 
 all: lint test-rust test

@@ -1,0 +1,191 @@
+"""Turn a pytest-benchmark JSON file into benches/RESULTS.md: tables of ratios, the machine,
+and the command that made them.  Usage: python benches/report.py benches/results.json"""
+
+import json
+import platform
+import sys
+from collections import defaultdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+COMMAND = "make bench"
+E2E_COLUMNS = (
+    "library",
+    "µs / request",
+    "requests / s",
+    "x floor A",
+    "x floor B",
+    "x best peer, same backend",
+)
+PEERS = ("fastapi-redis-cache", "fastapi-cache2", "cashews", "fastapi-cachex")
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import os
+
+    libs = ["oxcache", "fastapi", "starlette", "pydantic", "redis", "uvicorn", *PEERS, "xxhash"]
+    versions = []
+    for lib in libs:
+        try:
+            versions.append(f"{lib} {version(lib)}")
+        except Exception:
+            versions.append(f"{lib} ?")
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()} ({platform.system()})",
+        "- " + ", ".join(versions),
+    ]
+
+
+def per_op(bench: dict[str, Any]) -> float:
+    """Seconds per operation: e2e rounds hold `batch` requests each."""
+    batch = bench.get("extra_info", {}).get("batch", 1)
+    return float(bench["stats"]["median"]) / batch
+
+
+def fmt_us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def e2e_tables(benches: list[dict[str, Any]]) -> list[str]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for b in benches:
+        if b["group"].startswith("e2e"):
+            groups[b["group"]].append(b)
+    out: list[str] = []
+    order = ["e2e hit small", "e2e hit 50KiB", "e2e hit 1MiB", "e2e miss small", "e2e 304 small"]
+    for group in order + sorted(set(groups) - set(order)):
+        rows = groups.get(group)
+        if not rows:
+            continue
+        times = {r["extra_info"]["library"]: per_op(r) for r in rows}
+        floor_a = times.get("floor A (no cache)")
+        floor_b = times.get("floor B (no cache + 1 Redis GET)")
+        peers = {k: v for k, v in times.items() if not k.startswith(("floor", "oxcache"))}
+        best_peer = {
+            kind: min((v for k, v in peers.items() if f"({kind})" in k), default=None)
+            for kind in ("Redis", "memory")
+        }
+        out += [f"### {group[4:]}", ""]
+        out += [
+            "| " + " | ".join(E2E_COLUMNS) + " |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for lib, t in sorted(times.items(), key=lambda kv: kv[1]):
+            kind = "Redis" if "(Redis" in lib else "memory" if "(memory" in lib else None
+            peer = best_peer.get(kind) if kind else None
+            cells = [
+                lib,
+                fmt_us(t),
+                f"{1 / t:,.0f}",
+                f"{t / floor_a:.2f}" if floor_a else "",
+                f"{t / floor_b:.2f}" if floor_b else "",
+                f"{t / peer:.2f}" if peer and not lib.startswith("floor") else "",
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def core_tables(benches: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    keys = [b for b in benches if b["group"] == "core cache_key"]
+    if keys:
+        ox = next(per_op(b) for b in keys if b["extra_info"]["library"] == "oxcache")
+        out += [
+            "### cache_key (an int, a str, an Enum, a list of 5 str)",
+            "",
+            "| key builder | ns / key | x oxcache |",
+            "|---|---:|---:|",
+        ]
+        for b in sorted(keys, key=per_op):
+            out.append(
+                f"| {b['extra_info']['library']} | {per_op(b) * 1e9:,.0f} | {per_op(b) / ox:.1f} |"
+            )
+        out.append("")
+    etag_groups = sorted(
+        {b["group"] for b in benches if b["group"].startswith("core etag")},
+        key=lambda g: ("100 B", "10 KiB", "1 MiB").index(g.split("etag ")[1]),
+    )
+    for group in etag_groups:
+        rows = [b for b in benches if b["group"] == group]
+        ox = next(per_op(b) for b in rows if b["extra_info"]["library"].startswith("oxcache"))
+        out += [
+            f"### {group[5:]}",
+            "",
+            "| hash | ns / body | GB/s | x oxcache time |",
+            "|---|---:|---:|---:|",
+        ]
+        for b in sorted(rows, key=per_op):
+            size = b["extra_info"]["bytes"]
+            out.append(
+                f"| {b['extra_info']['library']} | {per_op(b) * 1e9:,.0f} | "
+                f"{size / per_op(b) / 1e9:.2f} | {per_op(b) / ox:.2f} |"
+            )
+        out.append("")
+    ops = defaultdict(dict)
+    for b in benches:
+        if b["group"].startswith("core ") and b["extra_info"].get("scenario") not in (
+            "cache_key",
+            "etag",
+        ):
+            ops[b["extra_info"]["scenario"]][b["extra_info"]["library"]] = per_op(b)
+    if ops:
+        out += [
+            "### other core functions",
+            "",
+            "| function | oxcache ns | reference ns | speed-up |",
+            "|---|---:|---:|---:|",
+        ]
+        for op, libs in ops.items():
+            ox, ref = libs.get("oxcache"), libs.get("reference (pure Python)")
+            if ox and ref:
+                out.append(f"| {op} | {ox * 1e9:,.0f} | {ref * 1e9:,.0f} | {ref / ox:.0f}x |")
+        out.append("")
+    return out
+
+
+def main() -> None:
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else "benches/results.json")
+    data = json.loads(source.read_text())
+    benches = data["benchmarks"]
+    notes = Path(__file__).with_name("NOTES.md")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Made by `{COMMAND}` (pytest-benchmark; this file is written by `benches/report.py`",
+        f"from `{source.name}`) on {data.get('datetime', '?')[:19]}.",
+        "",
+        *machine(),
+        "",
+        "End to end: the same FastAPI app under each library, driven in process through a raw",
+        "ASGI call (no HTTP client, no sockets to the app), on the same redis-server on loopback.",
+        "Each figure is the median round over 50 sequential requests; every round checks status",
+        "and body, and that hits did not run the endpoint. Floor A is the endpoint with no cache;",
+        "floor B the same plus one bare `redis.asyncio` GET, the least a Redis hit can cost.",
+        "Lower is better; ratios are times (x floor A = 1.10 means 10% slower than no cache).",
+        "",
+        "## End to end, in process",
+        "",
+        *e2e_tables(benches),
+        "## Core (`oxcache._core`)",
+        "",
+        *core_tables(benches),
+    ]
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
+    out = Path(__file__).with_name("RESULTS.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
