@@ -95,6 +95,36 @@ def e2e_tables(benches: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def per_user_tables(benches: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for kind in ("memory", "Redis"):
+        rows = {
+            b["extra_info"]["library"]: per_op(b)
+            for b in benches
+            if b["group"] == f"per-user hit {kind}"
+        }
+        if not rows:
+            continue
+        base = rows.get("oxcache shared + auth")
+        plain = rows.get("oxcache shared")
+        out += [
+            f"### per-user hit, {kind}",
+            "",
+            "| endpoint | µs / request | x shared + auth | x shared |",
+            "|---|---:|---:|---:|",
+        ]
+        for lib, t in sorted(rows.items(), key=lambda kv: kv[1]):
+            cells = [
+                lib,
+                fmt_us(t),
+                f"{t / base:.2f}" if base else "",
+                f"{t / plain:.2f}" if plain else "",
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
 def core_tables(benches: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     keys = [b for b in benches if b["group"] == "core cache_key"]
@@ -176,6 +206,12 @@ def main() -> None:
         "## End to end, in process",
         "",
         *e2e_tables(benches),
+        "## Per-user hits (`benches/bench_per_user.py`)",
+        "",
+        "`shared + auth` has the same authentication dependency as `per-user` without putting",
+        "the user in the key, so the ratio between them is what per-user caching itself costs.",
+        "",
+        *per_user_tables(benches),
         "## Core (`oxcache._core`)",
         "",
         *core_tables(benches),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from collections.abc import Iterator
 from functools import partial, update_wrapper
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -143,3 +144,46 @@ def get_scoreboard_for_date(
     game_date: MLBGameDate = Depends(), db: Session = Depends(get_db)
 ) -> dict[str, object]:
     return {"date": game_date.date.isoformat(), "games": 15}
+
+
+# -- per-user caching: login, a cached per-user endpoint, an update, logout -------------------
+
+SESSIONS: dict[str, int] = {}  # token -> user id; a real app checks a signed token or a DB
+PREFS: dict[int, dict[str, str]] = {1: {"theme": "dark"}, 2: {"theme": "light"}}
+
+
+def current_user_id(authorization: str | None = Header(default=None)) -> int:
+    """The caller's user id from `Authorization: Bearer <token>`; 401 without a valid one."""
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if token not in SESSIONS:
+        raise HTTPException(status_code=401, detail="not logged in")
+    return SESSIONS[token]
+
+
+@app.post("/login")
+def login(user_id: int) -> dict[str, str]:
+    token = secrets.token_urlsafe(16)
+    SESSIONS[token] = user_id
+    return {"token": token}
+
+
+@app.get("/me/prefs")
+@cache(expire=300, per_user=current_user_id)  # one entry per user, Cache-Control: private
+def my_prefs(user_id: int = Depends(current_user_id)) -> dict[str, object]:
+    return {"user": user_id, **PREFS.get(user_id, {})}
+
+
+@app.put("/me/prefs")
+async def set_my_prefs(theme: str, user_id: int = Depends(current_user_id)) -> dict[str, str]:
+    PREFS[user_id] = {"theme": theme}
+    await store.invalidate(my_prefs)  # every user's variant of GET /me/prefs
+    return {"theme": theme}
+
+
+@app.post("/logout")
+async def logout(
+    authorization: str | None = Header(default=None),
+    user_id: int = Depends(current_user_id),
+) -> dict[str, int]:
+    SESSIONS.pop((authorization or "").removeprefix("Bearer ").strip(), None)
+    return {"deleted": await store.invalidate_user(user_id)}  # this user's entries only

@@ -86,3 +86,29 @@ def test_seed_readme_scenarios_on_the_example_app() -> None:
             )
             assert hit.headers["x-myapi-cache"] == "Hit"
         assert client.get("/scoreboard", params={"game_date": "20200101"}).status_code == 400
+
+
+def test_per_user_login_update_logout_on_the_example_app() -> None:
+    sys.path.insert(0, str(ROOT))
+    from fastapi.testclient import TestClient
+
+    from examples.app import app
+
+    with TestClient(app) as client:
+        assert client.get("/me/prefs").status_code == 401
+        tokens = {u: client.post("/login", params={"user_id": u}).json()["token"] for u in (1, 2)}
+        auth = {u: {"Authorization": f"Bearer {t}"} for u, t in tokens.items()}
+        for user, theme in ((1, "dark"), (2, "light")):
+            miss = client.get("/me/prefs", headers=auth[user])
+            hit = client.get("/me/prefs", headers=auth[user])
+            assert miss.json() == hit.json() == {"user": user, "theme": theme}
+            assert hit.headers["x-myapi-cache"] == "Hit"
+            assert hit.headers["cache-control"] == "private, max-age=300"
+        update = client.put("/me/prefs", params={"theme": "solar"}, headers=auth[1])
+        assert update.status_code == 200
+        assert client.get("/me/prefs", headers=auth[1]).json()["theme"] == "solar"
+        assert client.get("/me/prefs", headers=auth[2]).headers["x-myapi-cache"] == "Miss"
+        assert client.get("/me/prefs", headers=auth[2]).headers["x-myapi-cache"] == "Hit"
+        assert client.post("/logout", headers=auth[2]).json() == {"deleted": 1}
+        assert client.get("/me/prefs", headers=auth[2]).status_code == 401
+        assert client.get("/me/prefs", headers=auth[1]).headers["x-myapi-cache"] == "Hit"

@@ -5,11 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
+import string
 import time
+import typing
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union, cast, overload
 
-from fastapi import Response
+from fastapi import Depends, Response
+from fastapi.params import Depends as DependsParam
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -21,10 +26,10 @@ from oxcache._core import (
     if_none_match,
 )
 from oxcache.errors import ConfigError
-from oxcache.http import OWN_HEADERS, cache_headers, request_directives
+from oxcache.http import OWN_HEADERS, cache_headers, directives_from_raw
 from oxcache.keys import ALWAYS_IGNORED, is_ignored_annotation, resolved_hints
 from oxcache.responses import CachedResponse, render
-from oxcache.store import Cache, default_store
+from oxcache.store import Cache, default_store, normalize_user_id
 
 logger = logging.getLogger("oxcache")
 
@@ -40,7 +45,13 @@ ONE_YEAR = 31_536_000  # 365 days, the "never expires" default
 
 _REQUEST_PARAM = "oxcache_request__"
 _RESPONSE_PARAM = "oxcache_response__"
+_USER_PARAM = "oxcache_user__"
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
+_NO_USER: Any = object()
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Request headers whose values are credentials: a key holds their hash, never the value.
+_SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
+_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
 
 
 def _ttl_ms(expire: Expire) -> int:
@@ -59,6 +70,12 @@ def _is_async(func: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _annotated_metadata(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return tuple(typing.get_args(annotation)[1:])
+    return ()
+
+
 def _find_param(signature: inspect.Signature, hints: dict[str, Any], cls: type[Any]) -> str | None:
     """The name of the parameter annotated with `cls` (or a subclass), if any."""
     for name in signature.parameters:
@@ -70,10 +87,34 @@ def _find_param(signature: inspect.Signature, hints: dict[str, Any], cls: type[A
 class CachedEndpoint:
     """What `@cache` knows about one endpoint; the wrapper FastAPI calls delegates here."""
 
-    def __init__(self, func: Callable[..., Any], ttl_ms: int, store: Cache | None) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        ttl_ms: int,
+        store: Cache | None,
+        *,
+        per_user: Callable[..., Any] | None = None,
+        vary: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+        shared: bool = False,
+    ) -> None:
         self.func = func
         self.ttl_ms = ttl_ms
         self.store = store
+        if per_user is not None and not callable(per_user):
+            raise ConfigError("per_user must be a FastAPI dependency (a callable)")
+        if per_user is not None and shared:
+            raise ConfigError("per_user and shared=True contradict each other")
+        self.per_user = per_user
+        self.shared = shared
+        if isinstance(vary, str) or isinstance(tags, str):
+            raise ConfigError("vary and tags take a list of strings, not one string")
+        names = [str(v).strip() for v in vary or ()]
+        for name in names:
+            if not _TOKEN.match(name):
+                raise ConfigError(f"vary: {name!r} is not a header name")
+        self.vary_names = tuple(dict.fromkeys(n.lower().encode("latin-1") for n in names))
+        self.vary_header = ", ".join(dict.fromkeys(names)).encode("latin-1") if names else None
         self.is_async = _is_async(func)
         self.module = getattr(func, "__module__", None) or "__main__"
         self.name = getattr(func, "__name__", None) or type(func).__name__
@@ -83,6 +124,17 @@ class CachedEndpoint:
         self.params = list(signature.parameters.values())
         if any(p.kind is p.VAR_POSITIONAL for p in self.params):
             raise ConfigError(f"@cache cannot key {self.name}: *args parameters are not supported")
+
+        self.tags = tuple(tags or ())
+        known = {p.name for p in self.params}
+        for template in self.tags:
+            for _, field, _, _ in string.Formatter().parse(template):
+                root = re.split(r"[.\[]", field, maxsplit=1)[0] if field else field
+                if field is not None and root not in known:
+                    raise ConfigError(
+                        f"tag {template!r} of {self.name} names {field!r}, which is not one "
+                        f"of its parameters {sorted(known)}"
+                    )
 
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
@@ -99,6 +151,17 @@ class CachedEndpoint:
                     _RESPONSE_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Response
                 )
             )
+        if per_user is not None:
+            # FastAPI resolves it with the endpoint's own dependencies, once per request
+            # (its dependency cache shares it with a `Depends` of the same callable).
+            extra.append(
+                inspect.Parameter(
+                    _USER_PARAM,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=Depends(per_user),
+                    annotation=Any,
+                )
+            )
         params = list(self.params)
         var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
         params = [p for p in params if p.kind is not p.VAR_KEYWORD] + extra + var_kw
@@ -108,6 +171,15 @@ class CachedEndpoint:
             return_annotation=hints.get("return", signature.return_annotation),
         )
         self._key_names: dict[tuple[type[Any], ...], tuple[str, ...]] = {}
+        # Parameters FastAPI fills from dependencies: a caller of `store.invalidate` may not
+        # know their values, so every variant of a call is listed under its other arguments.
+        self.deps = frozenset(
+            p.name
+            for p in self.params
+            if isinstance(p.default, DependsParam)
+            or any(isinstance(m, DependsParam) for m in _annotated_metadata(hints.get(p.name)))
+        )
+        self.has_variants = bool(self.deps or per_user is not None or self.vary_names)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -125,7 +197,11 @@ class CachedEndpoint:
             self._key_names[ignored] = names
         return names
 
-    def key(self, store: Cache, values: dict[str, Any]) -> str:
+    def key(
+        self, store: Cache, values: dict[str, Any], extra: list[tuple[str, Any]] | None = None
+    ) -> str:
+        """The key of a call; `extra` holds the per-user and `vary` parts, whose names
+        (`@user`, `@vary:<header>`) no Python parameter can have."""
         ignored = store.ignore_arg_types
         skip = ALWAYS_IGNORED + ignored if ignored else ALWAYS_IGNORED
         args = [
@@ -133,21 +209,57 @@ class CachedEndpoint:
             for name in self.key_names(ignored)
             if name in values and not isinstance(values[name], skip)
         ]
+        if extra:
+            args += extra
         return cache_key(store.prefix, self.module, self.name, args)
 
-    def key_for_call(self, store: Cache, args: dict[str, Any]) -> str:
-        """The key of a call with `args`, defaults filled in as FastAPI would."""
+    def indexes(
+        self, store: Cache, values: dict[str, Any], user: str | None, varied: bool
+    ) -> list[str]:
+        """The indexes a new entry is listed in: its user's, its base entry's variants (for
+        `invalidate(endpoint, **args)`), and its tags."""
+        found: list[str] = []
+        if user is not None:
+            found.append(store.user_index(user))
+        if varied:
+            found.append(store.variants_index(self.base_key(store, values)))
+        for template in self.tags:
+            found.append(store.tag_index(template.format_map(values)))
+        return found
+
+    def call_values(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`args` with defaults filled in as FastAPI would (dependencies are not filled)."""
         values: dict[str, Any] = {}
         for param in self.params:
             if param.name in args:
                 values[param.name] = args[param.name]
-            elif param.default is not inspect.Parameter.empty:
+            elif param.default is not inspect.Parameter.empty and param.name not in self.deps:
                 default = param.default
                 values[param.name] = getattr(default, "default", default)
         unknown = set(args) - {p.name for p in self.params}
         if unknown:
             raise ConfigError(f"{self.name} has no parameters named {sorted(unknown)}")
-        return self.key(store, values)
+        return values
+
+    def key_for_call(self, store: Cache, args: dict[str, Any]) -> str:
+        """The key of a call with `args` (for a shared entry with no `vary`)."""
+        return self.key(store, self.call_values(args))
+
+    def base_key(self, store: Cache, values: dict[str, Any]) -> str:
+        """The key over the arguments that are not dependencies: the name of the index
+        that lists every variant (users, `vary` values, dependency values) of a call."""
+        if not self.deps:
+            return self.key(store, values)
+        return self.key(store, {k: v for k, v in values.items() if k not in self.deps})
+
+    def invalidation(self, store: Cache, args: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The indexes and keys `store.invalidate(endpoint, **args)` deletes."""
+        values = self.call_values(args)
+        base = self.base_key(store, values)
+        keys = [base]
+        if self.deps and self.deps <= values.keys():
+            keys.append(self.key(store, values))
+        return ([store.variants_index(base)] if self.has_variants else []), keys
 
     # -- requests --------------------------------------------------------------------------
 
@@ -157,17 +269,79 @@ class CachedEndpoint:
         return await run_in_threadpool(self.func, **kwargs)
 
     async def handle(
-        self, request: Request, sub_response: Response | None, kwargs: dict[str, Any]
+        self,
+        request: Request,
+        sub_response: Response | None,
+        kwargs: dict[str, Any],
+        user: Any = _NO_USER,
     ) -> Any:
         if request.scope["method"] not in _CACHED_METHODS or self.ttl_ms <= 0:
             return await self.call(kwargs)
-        headers = request.headers
-        directives = request_directives(headers)
+        # One pass over the raw request headers finds everything the cache looks at.
+        cache_control = pragma = condition_raw = None
+        credentials: bytes | None = None
+        vary_names = self.vary_names
+        varied: dict[bytes, bytes] | None = {} if vary_names else None
+        for name, value in request.scope["headers"]:
+            if name == b"cache-control":
+                cache_control = value if cache_control is None else cache_control + b", " + value
+            elif name == b"if-none-match":
+                condition_raw = value if condition_raw is None else condition_raw + b", " + value
+            elif name == b"pragma":
+                pragma = value
+            elif name in _CREDENTIAL_HEADERS and name not in vary_names:
+                credentials = name
+            if varied is not None and name in vary_names:
+                seen = varied.get(name)
+                varied[name] = value if seen is None else seen + b", " + value
+        directives = (
+            None
+            if cache_control is None and pragma is None
+            else directives_from_raw(cache_control, pragma)
+        )
         if directives is not None and (directives.no_store or directives.no_cache):
             return await self.call(kwargs)  # the seed's behaviour: no caching at all
         store = self.store or default_store()
+
+        uid: str | None = None
+        if self.per_user is not None:
+            try:
+                uid = normalize_user_id(user)
+            except TypeError as exc:
+                store._warn_once(
+                    "user:" + self.module + "." + self.name,
+                    "%s is served uncached: %s",
+                    self.name,
+                    exc,
+                )
+                return await self.call(kwargs)
+        elif credentials is not None and not self.shared:
+            store._warn_once(
+                "credentials:" + self.module + "." + self.name,
+                "%s is served uncached to requests with Authorization or Cookie: its "
+                "response may depend on the user. Use @cache(per_user=<dependency returning "
+                "the user id>) to cache it per user, or @cache(shared=True) if it is the "
+                "same for everyone.",
+                self.name,
+            )
+            return await self.call(kwargs)
+
+        extra: list[tuple[str, Any]] | None = None
+        if uid is not None or varied is not None:
+            extra = []
+            if uid is not None:
+                extra.append(("@user", uid))
+            if varied is not None:
+                for name in vary_names:
+                    raw = varied.get(name)
+                    part: str | None
+                    if raw is not None and name in _SECRET_HEADERS:
+                        part = "#" + etag(raw)[1:-1]
+                    else:
+                        part = None if raw is None else raw.decode("latin-1").strip()
+                    extra.append(("@vary:" + name.decode("latin-1"), part))
         try:
-            key = self.key(store, kwargs)
+            key = self.key(store, kwargs, extra)
         except KeyBuildError as exc:
             store._warn_once(
                 "key:" + self.module + "." + self.name, "%s is served uncached: %s", self.name, exc
@@ -178,8 +352,10 @@ class CachedEndpoint:
         max_age_ms = (
             None if directives is None or directives.max_age is None else directives.max_age * 1000
         )
-        condition = headers.get("if-none-match")
+        condition = None if condition_raw is None else condition_raw.decode("latin-1")
         weak = not store.strong_etag
+        private = uid is not None
+        vary_header = self.vary_header
         if condition is not None:
             head = await store.read_head(key)
             if (
@@ -199,6 +375,8 @@ class CachedEndpoint:
                         hit=True,
                         hit_header=store.hit_header,
                         weak=weak,
+                        private=private,
+                        vary=vary_header,
                     ),
                     b"",
                 )
@@ -210,8 +388,8 @@ class CachedEndpoint:
         ):
             logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
             body = entry.body
-            raw = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
-            raw += cache_headers(
+            raw_out = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
+            raw_out += cache_headers(
                 etag=entry.etag,
                 created_ms=entry.created_ms,
                 expires_ms=entry.expires_ms,
@@ -219,8 +397,10 @@ class CachedEndpoint:
                 hit=True,
                 hit_header=store.hit_header,
                 weak=weak,
+                private=private,
+                vary=vary_header,
             )
-            return CachedResponse(entry.status, raw, body)
+            return CachedResponse(entry.status, raw_out, body)
 
         result = await self.call(kwargs)
         try:
@@ -252,9 +432,18 @@ class CachedEndpoint:
             if n not in OWN_HEADERS and n != store.hit_header
         ]
         expires_ms = now_ms + self.ttl_ms
-        await store.write(
-            key, encode_entry(status, stored, rendered, now_ms, expires_ms), self.ttl_ms
-        )
+        try:
+            indexes = (
+                self.indexes(store, kwargs, uid, self.has_variants)
+                if self.has_variants or self.tags
+                else ()
+            )
+        except Exception as exc:  # a tag that cannot be formatted from these arguments
+            logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)
+            indexes = None
+        if indexes is not None:
+            data = encode_entry(status, stored, rendered, now_ms, expires_ms)
+            await store.write(key, data, self.ttl_ms, indexes)
         own = cache_headers(
             etag=tag,
             created_ms=now_ms,
@@ -263,6 +452,8 @@ class CachedEndpoint:
             hit=False,
             hit_header=store.hit_header,
             weak=weak,
+            private=private,
+            vary=vary_header,
         )
         if condition is not None and if_none_match(condition, tag):
             return CachedResponse(304, own, b"")
@@ -285,10 +476,26 @@ def cache(expire: F) -> F: ...
 
 
 @overload
-def cache(expire: Expire = ONE_YEAR, *, store: Cache | None = None) -> Callable[[F], F]: ...
+def cache(
+    expire: Expire = ONE_YEAR,
+    *,
+    store: Cache | None = None,
+    per_user: Callable[..., Any] | None = None,
+    vary: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    shared: bool = False,
+) -> Callable[[F], F]: ...
 
 
-def cache(expire: Any = ONE_YEAR, *, store: Cache | None = None) -> Any:
+def cache(
+    expire: Any = ONE_YEAR,
+    *,
+    store: Cache | None = None,
+    per_user: Callable[..., Any] | None = None,
+    vary: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    shared: bool = False,
+) -> Any:
     """Cache a FastAPI path operation's responses.
 
     Place it *below* the route decorator::
@@ -306,15 +513,32 @@ def cache(expire: Any = ONE_YEAR, *, store: Cache | None = None) -> Any:
         expire: Seconds (int) or a timedelta; default one year. 0 means "do not store".
         store: The `Cache` to use; by default the one configured by
             `FastApiRedisCache().init(...)` or last entered, else an in-memory store.
+        per_user: A FastAPI dependency (sync or async) returning the user's stable id
+            (str, int or UUID). FastAPI resolves it with the endpoint's dependencies (once
+            per request, shared with a `Depends` of the same callable); the id goes into
+            the key, responses say `Cache-Control: private`, and
+            `store.invalidate_user(id)` deletes that user's entries. If the dependency
+            raises (401, 403), nothing is read or stored.
+        vary: Request header names whose values go into the key (absent and empty are
+            different; credential headers are hashed); responses carry `Vary` with them.
+        tags: Tags for `store.invalidate_tag`, formatted from the endpoint's arguments:
+            `tags=["items", "item:{id}"]`.
+        shared: The response is the same for every caller. Without it (and without
+            `per_user`), a request carrying `Authorization` or a cookie bypasses the cache
+            and a warning is logged once per endpoint, so one user's data never reaches
+            another.
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
     ttl_ms = _ttl_ms(expire)
 
     def decorator(func: F) -> F:
-        endpoint = CachedEndpoint(func, ttl_ms, store)
+        endpoint = CachedEndpoint(
+            func, ttl_ms, store, per_user=per_user, vary=vary, tags=tags, shared=shared
+        )
         request_param = endpoint.request_param
         response_param = endpoint.response_param
+        has_user = per_user is not None
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -328,12 +552,13 @@ def cache(expire: Any = ONE_YEAR, *, store: Cache | None = None) -> Any:
                 if response_param is None
                 else kwargs.get(response_param)
             )
+            user = kwargs.pop(_USER_PARAM, _NO_USER) if has_user else _NO_USER
             if args or not isinstance(request, Request):
                 # Called directly, not by FastAPI: behave like the undecorated function.
                 if endpoint.is_async:
                     return await func(*args, **kwargs)
                 return await run_in_threadpool(func, *args, **kwargs)
-            return await endpoint.handle(request, sub_response, kwargs)
+            return await endpoint.handle(request, sub_response, kwargs, user)
 
         wrapper.__signature__ = endpoint.signature  # type: ignore[attr-defined]
         wrapper.__oxcache__ = endpoint  # type: ignore[attr-defined]

@@ -31,6 +31,17 @@ def http_date(seconds: int) -> bytes:
     return value
 
 
+def directives_from_raw(
+    cache_control: bytes | None, pragma: bytes | None
+) -> RequestCacheControl | None:
+    """`request_directives` on raw header values (several lines already joined by `, `)."""
+    if cache_control is not None:
+        return parse_cache_control(cache_control.decode("latin-1"))
+    if pragma is not None and b"no-cache" in pragma.lower():
+        return parse_cache_control("no-cache")
+    return None
+
+
 def request_directives(headers: Headers) -> RequestCacheControl | None:
     """Parse the request's Cache-Control, or treat `Pragma: no-cache` as `no-cache`.
 
@@ -56,6 +67,7 @@ def cache_headers(
     hit_header: bytes,
     weak: bool,
     private: bool = False,
+    vary: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The validator and freshness headers of a cached response (miss, hit or 304).
 
@@ -70,6 +82,8 @@ def cache_headers(
         (b"expires", http_date(expires_ms // 1000)),
         (b"etag", (b"W/" + etag.encode("ascii")) if weak else etag.encode("ascii")),
     ]
+    if vary is not None:
+        headers.append((b"vary", vary))
     if hit:
         age = max((now_ms - created_ms) // 1000, 0)
         headers.append((b"age", str(age).encode("ascii")))

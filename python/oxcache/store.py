@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from oxcache._core import (
     ENTRY_HEAD_SIZE,
@@ -27,6 +28,21 @@ logger = logging.getLogger("oxcache")
 logger.addHandler(logging.NullHandler())
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
+_MAX_PENDING = 1000
+
+UserId = Union[str, int, uuid.UUID]
+"""What a `per_user` dependency may return: a stable id of the user."""
+
+
+def normalize_user_id(user_id: object) -> str:
+    """The text form of a user id used in keys and indexes: `42`, `"42"` and
+    `UUID("...")` are written as `42`, `42` and the UUID's canonical text."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int, uuid.UUID)):
+        raise TypeError(
+            f"a per_user dependency must return a str, int or UUID user id, got "
+            f"{type(user_id).__name__}"
+        )
+    return str(int(user_id)) if isinstance(user_id, int) else str(user_id)
 
 
 class Cache:
@@ -91,6 +107,8 @@ class Cache:
         self._healthy = True
         self._previous_default: Cache | None = None
         self._warned: set[str] = set()
+        # Invalidations that failed while storage was unreachable, replayed before any read.
+        self._pending: list[tuple[list[str], list[str]] | None] = []
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
@@ -166,6 +184,8 @@ class Cache:
         """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
         if not self._available():
             return None
+        if self._pending and not await self._flush_pending():
+            return None
         try:
             data = await self.backend.get(key)
         except Exception as exc:
@@ -190,6 +210,8 @@ class Cache:
         """The fixed-size head of the entry under `key` (ETag, times), without its body."""
         if not self._available():
             return None
+        if self._pending and not await self._flush_pending():
+            return None
         try:
             data = await self.backend.get_head(key, ENTRY_HEAD_SIZE)
         except Exception as exc:
@@ -204,14 +226,15 @@ class Cache:
         except EntryError:
             return None
 
-    async def write(self, key: str, data: bytes, ttl_ms: int) -> bool:
-        """Store an encoded entry. Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and
-        returns False when the backend cannot take it."""
+    async def write(self, key: str, data: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> bool:
+        """Store an encoded entry, listed in `indexes` (see `user_index`, `tag_index`,
+        `variants_index`). Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and returns False
+        when the backend cannot take it."""
         if not self._available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
         try:
-            await self.backend.set(key, data, ttl_ms)
+            await self.backend.set(key, data, ttl_ms, indexes)
         except Exception as exc:
             self._failed(exc)
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
@@ -231,20 +254,104 @@ class Cache:
         key: str = plan.key_for_call(self, args)
         return key
 
+    def _namespace(self, kind: str, name: str) -> str:
+        # Entry keys start with a module name, which never starts with "@".
+        return f"{self.prefix}:@{kind}:{name}" if self.prefix else f"@{kind}:{name}"
+
+    def user_index(self, user_id: UserId) -> str:
+        """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
+        return self._namespace("user", normalize_user_id(user_id))
+
+    def tag_index(self, tag: str) -> str:
+        """The index listing every entry cached with `tag`."""
+        return self._namespace("tag", tag)
+
+    def variants_index(self, key: str) -> str:
+        """The index listing the per-user and `vary` variants of the entry `key`."""
+        local = key[len(self.prefix) + 1 :] if self.prefix else key
+        return self._namespace("variants", local)
+
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
-        """Delete the entry that `endpoint` called with `args` produced. Returns how many
-        entries were deleted (0 or 1)."""
-        key = self.key_for(endpoint, **args)
-        return await self.backend.delete([key])
+        """Delete the entry that `endpoint` called with `args` produced, for every user,
+        every `vary` variant and every value of its dependency parameters (defaults are
+        filled in as FastAPI would; dependencies need not be given). Returns how many
+        entries were deleted."""
+        plan = getattr(endpoint, "__oxcache__", None)
+        if plan is None:
+            raise ConfigError(f"{endpoint!r} is not decorated with @cache")
+        indexes, keys = plan.invalidation(self, args)
+        return await self._invalidate(indexes, keys)
+
+    async def invalidate_user(self, user_id: UserId) -> int:
+        """Delete every entry cached for one user (for example at logout). `user_id` is what
+        the endpoints' `per_user` dependency returns; `42` and `"42"` are the same user."""
+        return await self._invalidate([self.user_index(user_id)], [])
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Delete every entry cached with `tag` (as formatted from `@cache(tags=[...])`)."""
+        return await self._invalidate([self.tag_index(tag)], [])
 
     async def delete(self, keys: Sequence[str]) -> int:
         """Delete entries by key."""
-        return await self.backend.delete(list(keys))
+        return await self._invalidate([], list(keys))
 
     async def clear(self) -> int:
         """Delete every entry under this store's prefix (with an empty prefix: every key of
         the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
-        return await self.backend.clear(f"{self.prefix}:" if self.prefix else "")
+        prefix = f"{self.prefix}:" if self.prefix else ""
+        try:
+            deleted = await self.backend.clear(prefix)
+        except Exception as exc:
+            self._failed(exc)
+            self._queue_invalidation(None)
+            return 0
+        self._pending.clear()  # everything they would delete is gone
+        return deleted
+
+    async def _invalidate(self, indexes: list[str], keys: list[str]) -> int:
+        """Run one invalidation. If storage fails, it is queued and replayed before this
+        store serves anything again, so a failed invalidation never lets old data out."""
+        if self._pending:
+            await self._flush_pending()
+        try:
+            deleted = await self.backend.invalidate(indexes, keys)
+        except Exception as exc:
+            self._failed(exc)
+            self._queue_invalidation((indexes, keys))
+            return 0
+        if not self._healthy:
+            self._recovered()
+        return deleted
+
+    def _queue_invalidation(self, item: tuple[list[str], list[str]] | None) -> None:
+        # None means "clear everything under the prefix"; it also stands in for a queue that
+        # grew too long, since replaying a clear is always safe.
+        if item is None or len(self._pending) >= _MAX_PENDING or None in self._pending:
+            self._pending = [None]
+        else:
+            self._pending.append(item)
+        logger.error(
+            "FAILED_TO_INVALIDATE: %s did not answer; %d invalidation(s) will run before "
+            "anything is served from the cache again.",
+            self._describe(),
+            len(self._pending),
+        )
+
+    async def _flush_pending(self) -> bool:
+        """Replay queued invalidations; True when none are left."""
+        while self._pending:
+            item = self._pending[0]
+            try:
+                if item is None:
+                    await self.backend.clear(f"{self.prefix}:" if self.prefix else "")
+                else:
+                    await self.backend.invalidate(*item)
+            except Exception as exc:
+                self._failed(exc)
+                return False
+            self._pending.pop(0)
+        logger.info("INVALIDATIONS_REPLAYED: queued invalidations ran; caching resumed.")
+        return True
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -25,8 +25,18 @@ class Backend(abc.ABC):
         """Return at most the first `size` bytes of the value under `key`, or None."""
 
     @abc.abstractmethod
-    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        """Store `value` under `key` for `ttl_ms` milliseconds (at least 1)."""
+    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+        """Store `value` under `key` for `ttl_ms` milliseconds (at least 1), and record `key`
+        in each index of `indexes` (a user's entries, a tag's, an endpoint's variants).
+
+        An index lives as long as its longest-lived entry and lists only entries that have
+        not expired yet, so it never grows beyond the entries it points to.
+        """
+
+    @abc.abstractmethod
+    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+        """Delete every entry recorded in `indexes`, the indexes themselves, and `keys`;
+        return how many entries existed. One round trip where the storage allows it."""
 
     @abc.abstractmethod
     async def delete(self, keys: Sequence[str]) -> int:

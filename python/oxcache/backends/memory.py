@@ -24,7 +24,11 @@ class MemoryBackend(Backend):
             raise ValueError("MemoryBackend bounds must be positive")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        # key -> (value, monotonic deadline, the indexes that list the key)
+        self._data: OrderedDict[str, tuple[bytes, float, tuple[str, ...]]] = OrderedDict()
+        # index -> the keys it lists; a key leaves its indexes when it leaves `_data`, so an
+        # index never holds more than the live entries it points to.
+        self._indexes: dict[str, set[str]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -40,7 +44,7 @@ class MemoryBackend(Backend):
         item = self._data.get(key)
         if item is None:
             return None
-        value, deadline = item
+        value, deadline, _ = item
         if deadline <= time.monotonic():
             self._remove(key)
             return None
@@ -52,7 +56,18 @@ class MemoryBackend(Backend):
         if item is None:
             return False
         self._bytes -= len(item[0])
+        for name in item[2]:
+            members = self._indexes.get(name)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._indexes[name]
         return True
+
+    def index_size(self, name: str) -> int:
+        """How many keys the index `name` lists (0 when it does not exist)."""
+        with self._lock:
+            return len(self._indexes.get(name, ()))
 
     async def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -64,14 +79,17 @@ class MemoryBackend(Backend):
         # Slicing copies; a memory entry is already local, so the whole value is as cheap.
         return value
 
-    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
         if len(value) > self.max_bytes:
             return  # could never fit; storing it would only evict everything else
         deadline = time.monotonic() + max(ttl_ms, 1) / 1000.0
+        names = tuple(indexes)
         with self._lock:
             self._remove(key)
-            self._data[key] = (value, deadline)
+            self._data[key] = (value, deadline, names)
             self._bytes += len(value)
+            for name in names:
+                self._indexes.setdefault(name, set()).add(key)
             while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
                 oldest = next(iter(self._data))
                 self._remove(oldest)
@@ -80,11 +98,20 @@ class MemoryBackend(Backend):
         with self._lock:
             return sum(1 for key in keys if self._remove(key))
 
+    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+        with self._lock:
+            doomed = set(keys)
+            for name in indexes:
+                doomed.update(self._indexes.pop(name, ()))
+            return sum(1 for key in doomed if self._remove(key))
+
     async def clear(self, prefix: str) -> int:
         with self._lock:
             doomed = [key for key in self._data if key.startswith(prefix)]
             for key in doomed:
                 self._remove(key)
+            for name in [n for n in self._indexes if n.startswith(prefix)]:
+                del self._indexes[name]
             return len(doomed)
 
     async def ping(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,40 @@ import redis.asyncio as aioredis
 from oxcache.backends.base import Backend
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+# KEYS[1]: the entry; KEYS[2..]: its indexes (sorted sets scored by expiry, in ms since the
+# epoch). ARGV: value, ttl ms, now ms. Each index drops members that have expired and lives
+# exactly as long as its longest-lived member (relative TTLs, so clock skew between the app
+# and Redis cannot make an index die before its entries).
+_SET_INDEXED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = tonumber(ARGV[3])
+local expires = now + tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], expires, KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[i], math.max(tonumber(top[2]) - now, 1) + 1000)
+end
+return 1
+"""
+
+# KEYS[1..ARGV[1]]: indexes whose members are deleted with them; the other KEYS: entries.
+_INVALIDATE = """
+local n = 0
+local count = tonumber(ARGV[1])
+for i = 1, count do
+  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
+  for j = 1, #members, 500 do
+    n = n + redis.call('UNLINK', unpack(members, j, math.min(j + 499, #members)))
+  end
+  redis.call('UNLINK', KEYS[i])
+end
+for i = count + 1, #KEYS do
+  n = n + redis.call('UNLINK', KEYS[i])
+end
+return n
+"""
 
 
 class RedisBackend(Backend):
@@ -33,19 +68,27 @@ class RedisBackend(Backend):
             raise ValueError("RedisBackend needs exactly one of url= or client=")
         if client is None:
             assert url is not None
-            client = aioredis.Redis.from_url(
+            # A blocking pool: past `max_connections` concurrent commands, a request waits
+            # (at most `timeout`) for a free connection instead of failing at once, which
+            # would look like an outage under load.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 max_connections=max_connections,
+                timeout=timeout,
                 decode_responses=False,
                 retry_on_timeout=False,
             )
+            client = aioredis.Redis.from_pool(pool)
             self.owns_connection = True
         else:
             self.owns_connection = False
         self.client: Any = client
         self.timeout = timeout
+        # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
+        self._set_indexed = client.register_script(_SET_INDEXED)
+        self._invalidate = client.register_script(_INVALIDATE)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)
@@ -56,8 +99,18 @@ class RedisBackend(Backend):
         value = await self.client.getrange(key, 0, size - 1)
         return bytes(value) if value else None
 
-    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        await self.client.set(key, value, px=max(int(ttl_ms), 1))
+    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+        ttl = max(int(ttl_ms), 1)
+        if not indexes:
+            await self.client.set(key, value, px=ttl)
+            return
+        now_ms = time.time_ns() // 1_000_000
+        await self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms])
+
+    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+        if not indexes and not keys:
+            return 0
+        return int(await self._invalidate(keys=[*indexes, *keys], args=[len(indexes)]))
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
