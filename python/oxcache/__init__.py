@@ -16,12 +16,19 @@ from oxcache.decorator import (
     cache_one_week,
     cache_one_year,
 )
-from oxcache.errors import ConfigError, EntryError, KeyBuildError, OxcacheError
+from oxcache.errors import (
+    CacheUnavailable,
+    ConfigError,
+    EntryError,
+    KeyBuildError,
+    OxcacheError,
+)
 from oxcache.store import Cache, default_store
 
 __all__ = [
     "Backend",
     "Cache",
+    "CacheUnavailable",
     "ConfigError",
     "EntryError",
     "FastApiRedisCache",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -9,12 +10,14 @@ import re
 import string
 import time
 import typing
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union, cast, overload
 
 from fastapi import Depends, Response
 from fastapi.params import Depends as DependsParam
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -97,10 +100,23 @@ class CachedEndpoint:
         vary: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         shared: bool = False,
+        stale_while_revalidate: Expire = 0,
+        stale_if_error: Expire = 0,
     ) -> None:
         self.func = func
         self.ttl_ms = ttl_ms
         self.store = store
+        self.swr_ms = _ttl_ms(stale_while_revalidate)
+        self.sie_ms = _ttl_ms(stale_if_error)
+        self.stale_ms = max(self.swr_ms, self.sie_ms)
+        self.directives = b"".join(
+            f", {name}={ms // 1000}".encode("ascii")
+            for name, ms in (
+                ("stale-while-revalidate", self.swr_ms),
+                ("stale-if-error", self.sie_ms),
+            )
+            if ms
+        )
         if per_user is not None and not callable(per_user):
             raise ConfigError("per_user must be a FastAPI dependency (a callable)")
         if per_user is not None and shared:
@@ -299,9 +315,10 @@ class CachedEndpoint:
             if cache_control is None and pragma is None
             else directives_from_raw(cache_control, pragma)
         )
-        if directives is not None and (directives.no_store or directives.no_cache):
-            return await self.call(kwargs)  # the seed's behaviour: no caching at all
         store = self.store or default_store()
+        if directives is not None and (directives.no_store or directives.no_cache):
+            store.counters.bypasses += 1
+            return await self.call(kwargs)  # the seed's behaviour: no caching at all
 
         uid: str | None = None
         if self.per_user is not None:
@@ -314,6 +331,7 @@ class CachedEndpoint:
                     self.name,
                     exc,
                 )
+                store.counters.bypasses += 1
                 return await self.call(kwargs)
         elif credentials is not None and not self.shared:
             store._warn_once(
@@ -324,6 +342,7 @@ class CachedEndpoint:
                 "same for everyone.",
                 self.name,
             )
+            store.counters.bypasses += 1
             return await self.call(kwargs)
 
         extra: list[tuple[str, Any]] | None = None
@@ -346,69 +365,179 @@ class CachedEndpoint:
             store._warn_once(
                 "key:" + self.module + "." + self.name, "%s is served uncached: %s", self.name, exc
             )
+            store.counters.bypasses += 1
             return await self.call(kwargs)
 
         now_ms = time.time_ns() // 1_000_000
         max_age_ms = (
             None if directives is None or directives.max_age is None else directives.max_age * 1000
         )
-        condition = None if condition_raw is None else condition_raw.decode("latin-1")
-        weak = not store.strong_etag
-        private = uid is not None
-        vary_header = self.vary_header
-        if condition is not None:
+        reply = _Reply(
+            store,
+            None if condition_raw is None else condition_raw.decode("latin-1"),
+            uid is not None,
+            self.vary_header,
+            self.directives,
+        )
+        if reply.condition is not None:
             head = await store.read_head(key)
             if (
                 head is not None
                 and head.expires_ms > now_ms
                 and (max_age_ms is None or now_ms - head.created_ms <= max_age_ms)
-                and if_none_match(condition, head.etag)
+                and if_none_match(reply.condition, head.etag)
             ):
                 logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
-                return CachedResponse(
-                    304,
-                    cache_headers(
-                        etag=head.etag,
-                        created_ms=head.created_ms,
-                        expires_ms=head.expires_ms,
-                        now_ms=now_ms,
-                        hit=True,
-                        hit_header=store.hit_header,
-                        weak=weak,
-                        private=private,
-                        vary=vary_header,
-                    ),
-                    b"",
-                )
+                store.counters.hits += 1
+                return CachedResponse(304, reply.headers(head, now_ms, hit=True), b"")
         entry = await store.read(key)
-        if (
-            entry is not None
-            and entry.expires_ms > now_ms
-            and (max_age_ms is None or now_ms - entry.created_ms <= max_age_ms)
-        ):
-            logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
-            body = entry.body
-            raw_out = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
-            raw_out += cache_headers(
-                etag=entry.etag,
-                created_ms=entry.created_ms,
-                expires_ms=entry.expires_ms,
-                now_ms=now_ms,
-                hit=True,
-                hit_header=store.hit_header,
-                weak=weak,
-                private=private,
-                vary=vary_header,
-            )
-            return CachedResponse(entry.status, raw_out, body)
+        if entry is not None:
+            if entry.expires_ms > now_ms and (
+                max_age_ms is None or now_ms - entry.created_ms <= max_age_ms
+            ):
+                logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
+                store.counters.hits += 1
+                return reply.replay(entry, now_ms)
+            if max_age_ms is None and entry.expires_ms <= now_ms < entry.expires_ms + self.swr_ms:
+                # RFC 5861 stale-while-revalidate: serve at once, refresh after the response
+                # (as a background task, while the request's dependencies are still open).
+                store.counters.stale += 1
+                logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
+                response = reply.replay(entry, now_ms)
+                if key not in store._refreshing:
+                    store._refreshing.add(key)
+                    response.background = BackgroundTask(
+                        self._refresh, store, request, kwargs, key, uid
+                    )
+                return response
+        return await self._miss(store, request, sub_response, kwargs, key, uid, reply, entry)
 
-        result = await self.call(kwargs)
+    # -- misses --------------------------------------------------------------------------
+
+    async def _miss(
+        self,
+        store: Cache,
+        request: Request,
+        sub_response: Response | None,
+        kwargs: dict[str, Any],
+        key: str,
+        uid: str | None,
+        reply: _Reply,
+        stale: Any,
+    ) -> Any:
+        """Run the endpoint once for all concurrent misses of `key` in this process (and,
+        with `lock_timeout`, across workers), store the result, and answer."""
+        loop = asyncio.get_running_loop()
+        flight = store._inflight.get(key)
+        if flight is not None and flight.get_loop() is loop:
+            shared = await asyncio.shield(flight)
+            if shared is not None:
+                store.counters.hits += 1
+                store.counters.coalesced += 1
+                return reply.replay(shared, time.time_ns() // 1_000_000)
+            # The run we waited for failed or was not cacheable: run it as the route would.
+            return (await self._run(store, request, sub_response, kwargs, key, uid, reply, stale))[
+                0
+            ]
+        flight = loop.create_future()
+        store._inflight[key] = flight
+        token = b""
+        try:
+            if store.lock_ms > 0:
+                token = uuid.uuid4().bytes
+                if not await store.acquire(key, token):
+                    token = b""
+                    waited = await self._wait_for_entry(store, key)
+                    if waited is not None:
+                        flight.set_result(waited)
+                        store.counters.hits += 1
+                        store.counters.coalesced += 1
+                        return reply.replay(waited, time.time_ns() // 1_000_000)
+            response, stored = await self._run(
+                store, request, sub_response, kwargs, key, uid, reply, stale
+            )
+            flight.set_result(stored)
+            return response
+        finally:
+            if store._inflight.get(key) is flight:
+                del store._inflight[key]
+            if not flight.done():
+                flight.set_result(None)
+            if token:
+                await store.release(key, token)
+
+    async def _wait_for_entry(self, store: Cache, key: str) -> Any:
+        """Poll for the entry another worker is computing, at most `lock_timeout`."""
+        deadline = time.monotonic() + store.lock_ms / 1000
+        delay = 0.005
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            entry = await store.read(key)
+            if entry is not None and entry.expires_ms > time.time_ns() // 1_000_000:
+                return entry
+        return None
+
+    async def _run(
+        self,
+        store: Cache,
+        request: Request,
+        sub_response: Response | None,
+        kwargs: dict[str, Any],
+        key: str,
+        uid: str | None,
+        reply: _Reply,
+        stale: Any,
+    ) -> tuple[Any, _Stored | None]:
+        """Run the endpoint, store a cacheable result; serve `stale` if it fails and
+        stale-if-error allows. Returns the response and what was stored (or None)."""
+        store.counters.misses += 1
+        try:
+            result = await self.call(kwargs)
+        except Exception as exc:
+            if self._stale_if_error(stale, exc):
+                store.counters.stale += 1
+                logger.warning(
+                    "%s failed (%s); serving the stale entry %s (stale-if-error)",
+                    self.name,
+                    type(exc).__name__,
+                    key,
+                )
+                return reply.replay(stale, time.time_ns() // 1_000_000), None
+            raise
         try:
             response = await render(request, result, sub_response, self.func, self.is_async)
         except Exception as exc:
             # The uncached route would fail the same way; nothing is stored.
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
             raise
+        if response.status_code >= 500 and self._stale_if_error(stale, None):
+            store.counters.stale += 1
+            return reply.replay(stale, time.time_ns() // 1_000_000), None
+        stored = await self._store(store, response, kwargs, key, uid)
+        if stored is None:
+            return response, None
+        if reply.condition is not None and if_none_match(reply.condition, stored.etag):
+            miss = reply.headers(stored, stored.created_ms, hit=False)
+            return CachedResponse(304, miss, b""), stored
+        response.raw_headers = [
+            (n, v)
+            for n, v in response.raw_headers
+            if n not in OWN_HEADERS or n == b"content-length"
+        ] + reply.headers(stored, stored.created_ms, hit=False)
+        return response, stored
+
+    def _stale_if_error(self, stale: Any, exc: Exception | None) -> bool:
+        if stale is None or not self.sie_ms:
+            return False
+        if exc is not None and getattr(exc, "status_code", 500) < 500:
+            return False  # an HTTPException(404) is an answer, not an error
+        return bool(time.time_ns() // 1_000_000 < stale.expires_ms + self.sie_ms)
+
+    async def _store(
+        self, store: Cache, response: Response, kwargs: dict[str, Any], key: str, uid: str | None
+    ) -> _Stored | None:
+        """Store a rendered response if it may be cached; what was stored, or None."""
         rendered = getattr(response, "body", None)
         if not isinstance(rendered, bytes):
             store._warn_once(
@@ -417,21 +546,13 @@ class CachedEndpoint:
                 self.name,
                 type(response).__name__,
             )
-            return response
+            return None
         status = response.status_code
         if not 200 <= status < 300 or any(
             name == b"set-cookie" or (name == b"cache-control" and _forbids_store(value))
             for name, value in response.raw_headers
         ):
-            return response
-
-        tag = etag(rendered)
-        stored = [
-            (n, v)
-            for n, v in response.raw_headers
-            if n not in OWN_HEADERS and n != store.hit_header
-        ]
-        expires_ms = now_ms + self.ttl_ms
+            return None
         try:
             indexes = (
                 self.indexes(store, kwargs, uid, self.has_variants)
@@ -440,29 +561,104 @@ class CachedEndpoint:
             )
         except Exception as exc:  # a tag that cannot be formatted from these arguments
             logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)
-            indexes = None
-        if indexes is not None:
-            data = encode_entry(status, stored, rendered, now_ms, expires_ms)
-            await store.write(key, data, self.ttl_ms, indexes)
-        own = cache_headers(
-            etag=tag,
-            created_ms=now_ms,
-            expires_ms=expires_ms,
-            now_ms=now_ms,
-            hit=False,
-            hit_header=store.hit_header,
-            weak=weak,
-            private=private,
-            vary=vary_header,
-        )
-        if condition is not None and if_none_match(condition, tag):
-            return CachedResponse(304, own, b"")
-        response.raw_headers = [
+            return None
+        stored_headers = [
             (n, v)
             for n, v in response.raw_headers
-            if n not in OWN_HEADERS or n == b"content-length"
-        ] + own
-        return response
+            if n not in OWN_HEADERS and n != store.hit_header
+        ]
+        now_ms = time.time_ns() // 1_000_000
+        expires_ms = now_ms + self.ttl_ms
+        data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms)
+        # Kept past its freshness for as long as a stale copy may still be served.
+        await store.write(key, data, self.ttl_ms + self.stale_ms, indexes)
+        return _Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
+
+    async def _refresh(
+        self, store: Cache, request: Request, kwargs: dict[str, Any], key: str, uid: str | None
+    ) -> None:
+        """Background revalidation of a stale entry (after its stale copy was sent)."""
+        try:
+            fresh = dict(kwargs)
+            sub_response = Response()
+            del sub_response.headers["content-length"]
+            sub_response.status_code = None  # type: ignore[assignment]
+            if self.response_param is not None:
+                fresh[self.response_param] = sub_response
+            result = await self.call(fresh)
+            response = await render(request, result, sub_response, self.func, self.is_async)
+            await self._store(store, response, fresh, key, uid)
+        except Exception as exc:  # the stale copy stays until it runs out
+            logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
+        finally:
+            store._refreshing.discard(key)
+
+
+class _Stored:
+    """What a miss stored, shaped like a decoded `Entry` for the requests that waited."""
+
+    __slots__ = ("body", "created_ms", "etag", "expires_ms", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        etag: str,
+        created_ms: int,
+        expires_ms: int,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.etag = etag
+        self.created_ms = created_ms
+        self.expires_ms = expires_ms
+
+
+class _Reply:
+    """How responses to one request are marked: the request's `If-None-Match`, and the
+    endpoint's `private`, `Vary` and extra Cache-Control directives."""
+
+    __slots__ = ("condition", "directives", "private", "store", "vary")
+
+    def __init__(
+        self,
+        store: Cache,
+        condition: str | None,
+        private: bool,
+        vary: bytes | None,
+        directives: bytes,
+    ) -> None:
+        self.store = store
+        self.condition = condition
+        self.private = private
+        self.vary = vary
+        self.directives = directives
+
+    def headers(self, entry: Any, now_ms: int, hit: bool = True) -> list[tuple[bytes, bytes]]:
+        store = self.store
+        return cache_headers(
+            etag=entry.etag,
+            created_ms=entry.created_ms,
+            expires_ms=entry.expires_ms,
+            now_ms=now_ms,
+            hit=hit,
+            hit_header=store.hit_header,
+            weak=not store.strong_etag,
+            private=self.private,
+            vary=self.vary,
+            directives=self.directives,
+        )
+
+    def replay(self, entry: Any, now_ms: int) -> CachedResponse:
+        """A stored entry as a hit: a 304 if the request's `If-None-Match` matches it."""
+        if self.condition is not None and if_none_match(self.condition, entry.etag):
+            return CachedResponse(304, self.headers(entry, now_ms), b"")
+        body = entry.body
+        raw = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
+        raw += self.headers(entry, now_ms)
+        return CachedResponse(entry.status, raw, body)
 
 
 def _forbids_store(value: bytes) -> bool:
@@ -484,6 +680,8 @@ def cache(
     vary: Sequence[str] | None = None,
     tags: Sequence[str] | None = None,
     shared: bool = False,
+    stale_while_revalidate: Expire = 0,
+    stale_if_error: Expire = 0,
 ) -> Callable[[F], F]: ...
 
 
@@ -495,6 +693,8 @@ def cache(
     vary: Sequence[str] | None = None,
     tags: Sequence[str] | None = None,
     shared: bool = False,
+    stale_while_revalidate: Expire = 0,
+    stale_if_error: Expire = 0,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -527,6 +727,10 @@ def cache(
             `per_user`), a request carrying `Authorization` or a cookie bypasses the cache
             and a warning is logged once per endpoint, so one user's data never reaches
             another.
+        stale_while_revalidate: Seconds after expiry during which the stale entry is
+            served at once while one background run refreshes it (RFC 5861).
+        stale_if_error: Seconds after expiry during which the stale entry is served if
+            the endpoint raises or answers 5xx (RFC 5861).
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
@@ -534,7 +738,15 @@ def cache(
 
     def decorator(func: F) -> F:
         endpoint = CachedEndpoint(
-            func, ttl_ms, store, per_user=per_user, vary=vary, tags=tags, shared=shared
+            func,
+            ttl_ms,
+            store,
+            per_user=per_user,
+            vary=vary,
+            tags=tags,
+            shared=shared,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
         )
         request_param = endpoint.request_param
         response_param = endpoint.response_param

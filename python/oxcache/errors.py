@@ -9,4 +9,8 @@ class ConfigError(OxcacheError, ValueError):
     """A decorator or store was configured with values that cannot work."""
 
 
-__all__ = ["ConfigError", "EntryError", "KeyBuildError", "OxcacheError"]
+class CacheUnavailable(OxcacheError):
+    """The storage failed and the store was configured with `on_error="raise"`."""
+
+
+__all__ = ["CacheUnavailable", "ConfigError", "EntryError", "KeyBuildError", "OxcacheError"]

@@ -68,6 +68,7 @@ def cache_headers(
     weak: bool,
     private: bool = False,
     vary: bytes | None = None,
+    directives: bytes = b"",
 ) -> list[tuple[bytes, bytes]]:
     """The validator and freshness headers of a cached response (miss, hit or 304).
 
@@ -78,7 +79,7 @@ def cache_headers(
     lifetime = max((expires_ms - created_ms) // 1000, 0)
     directive = b"private, max-age=" if private else b"max-age="
     headers = [
-        (b"cache-control", directive + str(lifetime).encode("ascii")),
+        (b"cache-control", directive + str(lifetime).encode("ascii") + directives),
         (b"expires", http_date(expires_ms // 1000)),
         (b"etag", (b"W/" + etag.encode("ascii")) if weak else etag.encode("ascii")),
     ]

@@ -50,5 +50,13 @@ class Backend(abc.ABC):
     async def ping(self) -> None:
         """Raise if the storage cannot be reached."""
 
+    async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
+        """Take the lock `name` for `ttl_ms` unless someone holds it; True if taken.
+        Backends shared by several processes override this; the default always grants."""
+        return True
+
+    async def release(self, name: str, token: bytes) -> None:  # noqa: B027 - optional
+        """Release the lock `name` if `token` still holds it."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release connections. Called once when the owning store shuts down."""

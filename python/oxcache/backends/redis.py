@@ -29,6 +29,12 @@ end
 return 1
 """
 
+# Delete the lock only if we still hold it (it may have expired and been taken by another).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS[1..ARGV[1]]: indexes whose members are deleted with them; the other KEYS: entries.
 _INVALIDATE = """
 local n = 0
@@ -54,6 +60,9 @@ class RedisBackend(Backend):
     database) to let the backend create and own its client, or `client` to use one you made;
     a client passed in is never closed by oxcache. `timeout` bounds every command and
     connection attempt, so a dead or stuck Redis costs a request at most that long.
+    `max_connections` (16) bounds the pool; more concurrent commands wait for a free
+    connection (at most `timeout`): a hit holds one for well under a millisecond, and
+    fewer connections mean fewer handshakes racing the timeout in a burst.
     """
 
     def __init__(
@@ -62,7 +71,7 @@ class RedisBackend(Backend):
         *,
         client: aioredis.Redis | None = None,
         timeout: float = 0.1,
-        max_connections: int = 64,
+        max_connections: int = 16,
     ) -> None:
         if (url is None) == (client is None):
             raise ValueError("RedisBackend needs exactly one of url= or client=")
@@ -89,6 +98,7 @@ class RedisBackend(Backend):
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
         self._set_indexed = client.register_script(_SET_INDEXED)
         self._invalidate = client.register_script(_INVALIDATE)
+        self._release = client.register_script(_RELEASE)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)
@@ -116,6 +126,12 @@ class RedisBackend(Backend):
         if not keys:
             return 0
         return int(await self.client.unlink(*keys))
+
+    async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
+        return bool(await self.client.set(name, token, px=max(int(ttl_ms), 1), nx=True))
+
+    async def release(self, name: str, token: bytes) -> None:
+        await self._release(keys=[name], args=[token])
 
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(_GLOB_SPECIALS) + "*"

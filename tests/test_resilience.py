@@ -1,0 +1,379 @@
+"""Resilience: Redis killed, stuck or restarted; garbage values; single flight; stale
+entries (RFC 5861). Every loop is bounded in count and time; servers run on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import anyio
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from oxcache import Cache, CacheUnavailable, cache
+from tests.conftest import RedisServer, free_port
+
+MakeStore = Callable[..., Cache]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill, stop and restart."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+def item_app(store: Cache, **options: Any) -> tuple[FastAPI, list[int]]:
+    app = FastAPI()
+    calls: list[int] = []
+
+    @app.get("/item/{id}")
+    @cache(expire=60, store=store, **options)
+    async def item(id: int) -> dict[str, Any]:
+        calls.append(id)
+        return {"id": id, "name": f"item {id}"}
+
+    app.router.lifespan_context = store.lifespan
+    return app, calls
+
+
+def test_redis_killed_and_restarted_during_2000_requests(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Cache(own_redis.url, prefix="kill")
+    app, _ = item_app(store)
+    statuses: list[int] = []
+    resumed_after: float | None = None
+    with caplog.at_level(logging.INFO, "oxcache"), TestClient(app) as client:
+        restarted_at = 0.0
+        for i in range(2000):
+            if i == 500:
+                assert own_redis.proc is not None
+                own_redis.proc.kill()  # SIGKILL: no goodbye to the clients
+                own_redis.proc.wait(timeout=10)
+            if i == 1500:
+                own_redis.start()  # the same port, empty
+                restarted_at = time.monotonic()
+            response = client.get(f"/item/{i % 20}")
+            statuses.append(response.status_code)
+            assert response.json() == {"id": i % 20, "name": f"item {i % 20}"}
+            if (
+                i > 1500
+                and resumed_after is None
+                and response.headers.get("x-fastapi-cache") == "Hit"
+            ):
+                resumed_after = time.monotonic() - restarted_at
+    assert statuses == [200] * 2000
+    assert resumed_after is not None and resumed_after < 1.0, resumed_after
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("CONNECT_FAIL") for m in messages) == 1  # logged once per outage
+    assert sum("caching resumed" in m for m in messages) == 1  # and its end once
+    assert store.stats()["errors"] >= 1
+
+
+def test_redis_that_never_answers_costs_at_most_the_timeout(own_redis: RedisServer) -> None:
+    store = Cache(own_redis.url, prefix="stuck", timeout=0.05)
+    app, _ = item_app(store)
+    latencies: list[float] = []
+    with TestClient(app) as client:
+        assert client.get("/item/1").status_code == 200
+        assert client.get("/item/1").headers["x-fastapi-cache"] == "Hit"
+        assert own_redis.proc is not None
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)  # accepts connections, never answers
+        try:
+            for i in range(60):
+                started = time.perf_counter()
+                response = client.get(f"/item/{i % 3}")
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200 and response.json()["id"] == i % 3
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        time.sleep(store.retry_after)
+        client.get("/item/2")
+        assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"  # resumed
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    # A generous bound (the timeout plus scheduling slack on a busy CI machine); without
+    # the timeout a request would wait for this Redis forever.
+    assert p99 < store.backend.timeout + 0.3, latencies  # type: ignore[attr-defined]
+
+
+def test_redis_down_at_startup_then_up(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    store = Cache(f"redis://127.0.0.1:{port}/0", prefix="late", retry_after=0.1)
+    app, calls = item_app(store)
+    with caplog.at_level(logging.INFO, "oxcache"), TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/item/1").json() == {"id": 1, "name": "item 1"}
+        assert len(calls) == 3
+        server = RedisServer.__new__(RedisServer)
+        server.__init__()  # type: ignore[misc]
+        try:
+            server.stop()
+            server.port = port
+            server.start()
+            time.sleep(0.15)
+            client.get("/item/1")
+            assert client.get("/item/1").headers["x-fastapi-cache"] == "Hit"
+        finally:
+            server.stop()
+    assert any(r.getMessage().startswith("CONNECT_FAIL") for r in caplog.records)
+
+
+def test_on_error_raise_surfaces_the_outage() -> None:
+    store = Cache(f"redis://127.0.0.1:{free_port()}/0", on_error="raise")
+    app, _ = item_app(store)
+    with pytest.raises(CacheUnavailable), TestClient(app):
+        pass  # at startup
+    bare = FastAPI()  # no lifespan: the first request meets the outage
+
+    @bare.get("/x")
+    @cache(expire=60, store=store)
+    async def x() -> int:
+        return 1
+
+    with TestClient(bare) as client, pytest.raises(CacheUnavailable):
+        client.get("/x")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"not ours", b"OXC\x07" + b"\x00" * 60, b"OXC\x01" + b"\xff" * 40, b"\x00", b'{"a": 1}'],
+)
+def test_foreign_or_corrupt_values_are_misses_then_hits(
+    make_store: MakeStore, garbage: bytes
+) -> None:
+    store = make_store()
+    app, calls = item_app(store)
+    key = store.key_for(app.routes[-1].endpoint, id=3)  # type: ignore[attr-defined]
+    with TestClient(app) as client:
+        client.portal.call(store.backend.set, key, garbage, 60_000)
+        first = client.get("/item/3")
+        second = client.get("/item/3")
+    assert first.status_code == 200 and first.headers["x-fastapi-cache"] == "Miss"
+    assert second.headers["x-fastapi-cache"] == "Hit" and second.json() == first.json()
+    assert calls == [3]
+
+
+def _concurrent(app: FastAPI, store: Cache, n: int, path: str) -> list[httpx.Response]:
+    async def scenario() -> list[httpx.Response]:
+        async with store:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return list(await asyncio.gather(*(client.get(path) for _ in range(n))))
+
+    return anyio.run(scenario)
+
+
+def slow_app(store: Cache, fail: list[bool] | None = None) -> tuple[FastAPI, list[int]]:
+    app = FastAPI()
+    calls: list[int] = []
+
+    @app.get("/cold")
+    @cache(expire=60, store=store)
+    async def cold() -> dict[str, int]:
+        calls.append(1)
+        await asyncio.sleep(0.05)  # long enough for every request to arrive meanwhile
+        if fail and fail[0]:
+            raise HTTPException(status_code=503, detail="busy")
+        return {"value": 42}
+
+    return app, calls
+
+
+def test_single_flight_200_concurrent_misses_run_the_endpoint_once(
+    make_store: MakeStore,
+) -> None:
+    # A generous timeout: this test is about coalescing, not about a slow Redis tripping
+    # the circuit breaker when 200 requests open connections at once on a busy machine.
+    store = make_store(timeout=1.0)
+    app, calls = slow_app(store)
+    responses = _concurrent(app, store, 200, "/cold")
+    assert [r.status_code for r in responses] == [200] * 200
+    assert all(r.json() == {"value": 42} for r in responses)
+    assert len({r.headers["etag"] for r in responses}) == 1
+    assert len(calls) == 1
+    stats = store.stats()
+    assert stats["misses"] == 1 and stats["coalesced"] == 199
+
+
+def test_single_flight_waiters_run_themselves_when_the_leader_fails(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    app, calls = slow_app(store, fail=[True])
+    responses = _concurrent(app, store, 20, "/cold")
+    assert [r.status_code for r in responses] == [503] * 20  # as the uncached route answers
+    assert len(calls) == 20
+
+
+def test_redis_lock_spreads_single_flight_across_workers(redis_url: str) -> None:
+    """Two stores stand for two workers: one endpoint run between them."""
+    prefix = "lock-" + os.urandom(4).hex()
+    workers = [Cache(redis_url, prefix=prefix, lock_timeout=2, timeout=1.0) for _ in range(2)]
+    calls: list[int] = []
+    apps = []
+    for store in workers:
+        app = FastAPI()
+
+        @app.get("/cold")
+        @cache(expire=60, store=store)
+        async def cold() -> dict[str, int]:
+            calls.append(1)
+            await asyncio.sleep(0.1)
+            return {"value": 7}
+
+        apps.append(app)
+
+    async def scenario() -> list[httpx.Response]:
+        async with workers[0], workers[1]:
+            clients = [
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://t")
+                for a in apps
+            ]
+            try:
+                return list(await asyncio.gather(*(clients[i % 2].get("/cold") for i in range(40))))
+            finally:
+                for c in clients:
+                    await c.aclose()
+
+    responses = anyio.run(scenario)
+    assert all(r.status_code == 200 and r.json() == {"value": 7} for r in responses)
+    assert len(calls) == 1
+    redis.Redis.from_url(redis_url).delete(workers[0].lock_name(f"{prefix}:x"))
+
+
+def test_a_dead_lock_holder_costs_one_lock_timeout_not_a_deadlock(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = Cache(redis_url, prefix="deadlock-" + os.urandom(4).hex(), lock_timeout=0.3)
+    app, calls = item_app(store)
+    key = store.key_for(app.routes[-1].endpoint, id=5)  # type: ignore[attr-defined]
+    redis_client.set(store.lock_name(key), b"a worker that died", px=5000)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.get("/item/5")
+        waited = time.monotonic() - started
+    assert response.status_code == 200 and response.json()["id"] == 5
+    assert calls == [5]
+    assert waited < 5  # it did not wait for the dead holder's lock to expire
+
+
+def stale_app(store: Cache, **options: Any) -> tuple[FastAPI, dict[str, Any]]:
+    app = FastAPI()
+    state: dict[str, Any] = {"version": 1, "runs": 0, "fail": None}
+
+    @app.get("/data")
+    @cache(expire=1, store=store, **options)
+    async def data(request: Request) -> Any:
+        state["runs"] += 1
+        if state["fail"] == "raise":
+            raise RuntimeError("database down")
+        if state["fail"] == "404":
+            raise HTTPException(status_code=404)
+        if state["fail"] == "503":
+            return JSONResponse({"error": "busy"}, status_code=503)
+        return {"version": state["version"]}
+
+    app.router.lifespan_context = store.lifespan
+    return app, state
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_once(make_store: MakeStore) -> None:
+    store = make_store()
+    app, state = stale_app(store, stale_while_revalidate=30)
+    with TestClient(app) as client:
+        first = client.get("/data")
+        assert first.headers["cache-control"] == "max-age=1, stale-while-revalidate=30"
+        state["version"] = 2
+        time.sleep(1.1)
+        stale = client.get("/data")  # served at once from the stale entry...
+        assert stale.json() == {"version": 1} and stale.headers["x-fastapi-cache"] == "Hit"
+        assert int(stale.headers["age"]) >= 1
+        fresh = client.get("/data")  # ...which the background run has refreshed
+    assert fresh.json() == {"version": 2} and fresh.headers["x-fastapi-cache"] == "Hit"
+    assert state["runs"] == 2
+    assert store.stats()["stale"] == 1
+
+
+def test_stale_while_revalidate_runs_one_refresh_at_a_time(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+    runs: list[int] = []
+
+    @app.get("/slow")
+    @cache(expire=1, store=store, stale_while_revalidate=30)
+    async def slow() -> dict[str, int]:
+        runs.append(1)
+        if len(runs) > 1:
+            await asyncio.sleep(0.2)
+        return {"n": len(runs)}
+
+    async def scenario() -> list[httpx.Response]:
+        async with store:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await client.get("/slow")
+                await asyncio.sleep(1.1)
+                return list(await asyncio.gather(*(client.get("/slow") for _ in range(20))))
+
+    responses = anyio.run(scenario)
+    assert all(r.json() == {"n": 1} for r in responses)  # all stale, none waited
+    assert len(runs) == 2  # one background refresh for twenty stale serves
+
+
+def test_stale_if_error_serves_stale_on_5xx_and_exceptions_only(make_store: MakeStore) -> None:
+    store = make_store()
+    app, state = stale_app(store, stale_if_error=30)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/data").json() == {"version": 1}
+        time.sleep(1.1)
+        for failure in ("raise", "503"):
+            state["fail"] = failure
+            response = client.get("/data")
+            assert response.status_code == 200 and response.json() == {"version": 1}
+            assert "stale-if-error=30" in response.headers["cache-control"]
+        state["fail"] = "404"
+        assert client.get("/data").status_code == 404  # an answer, not an error
+        state["fail"], state["version"] = None, 3
+        assert client.get("/data").json() == {"version": 3}
+    assert store.stats()["stale"] == 2
+
+
+def test_without_stale_options_an_expired_entry_is_a_miss(make_store: MakeStore) -> None:
+    store = make_store()
+    app, state = stale_app(store)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.get("/data")
+        time.sleep(1.1)
+        state["fail"] = "raise"
+        assert client.get("/data").status_code == 500
+
+
+def test_stats_count_what_happened(make_store: MakeStore) -> None:
+    store = make_store()
+    app, _ = item_app(store)
+    with TestClient(app) as client:
+        client.get("/item/1")
+        client.get("/item/1")
+        tag = client.get("/item/1").headers["etag"]
+        client.get("/item/1", headers={"If-None-Match": tag})
+        client.get("/item/1", headers={"Cache-Control": "no-cache"})
+    stats = store.stats()
+    assert stats["misses"] == 1 and stats["hits"] == 3 and stats["bypasses"] == 1
+    assert stats["bytes_written"] > 0 and stats["bytes_read"] >= 2 * stats["bytes_written"]
+    assert stats["errors"] == 0
