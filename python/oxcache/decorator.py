@@ -8,9 +8,11 @@ import inspect
 import logging
 import re
 import string
+import threading
 import time
 import typing
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union, cast, overload
@@ -73,6 +75,46 @@ def _is_async(func: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+# (store, module, qualname) -> the live functions decorated under it, in decoration order.
+_registry: dict[tuple[int, str, str], list[weakref.ref[Any]]] = {}
+_registry_lock = threading.Lock()
+
+
+def _registered_name(func: Callable[..., Any], module: str, store: Cache | None) -> str:
+    """The function-name part of the keys of `func`.
+
+    Route factories build several endpoints from one `def`: same module, same `__name__`,
+    different behaviour (the peer study's `/orders` served `/users` data). The first live
+    function decorated under a module and qualified name (for one `store=`, or for the
+    default store) keeps its plain name, as the seed
+    documents; the n-th gets `name#n` and a warning suggesting `@cache(name=...)`, which
+    pins a name that does not depend on decoration order.
+    """
+    plain = getattr(func, "__name__", None) or type(func).__name__
+    qualname = getattr(func, "__qualname__", None) or plain
+    with _registry_lock:
+        slot = (0 if store is None else id(store), module, qualname)
+        live = [r for r in _registry.get(slot, []) if r() is not None]
+        try:
+            live.append(weakref.ref(func))
+        except TypeError:  # not weak-referenceable (a callable instance with __slots__)
+            return plain
+        _registry[slot] = live
+        position = len(live)
+    if position == 1:
+        return plain
+    logger.warning(
+        "%s.%s is decorated with @cache %d times (a route factory?); its keys are %s#%d so "
+        "the endpoints never share entries. Pass @cache(name=...) to pin a stable name.",
+        module,
+        qualname,
+        position,
+        plain,
+        position,
+    )
+    return f"{plain}#{position}"
+
+
 def _annotated_metadata(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) is typing.Annotated:
         return tuple(typing.get_args(annotation)[1:])
@@ -102,7 +144,10 @@ class CachedEndpoint:
         shared: bool = False,
         stale_while_revalidate: Expire = 0,
         stale_if_error: Expire = 0,
+        name: str | None = None,
     ) -> None:
+        if name is not None and (not isinstance(name, str) or not name or "(" in name):
+            raise ConfigError(f"name must be a non-empty string without '(', not {name!r}")
         self.func = func
         self.ttl_ms = ttl_ms
         self.store = store
@@ -133,7 +178,7 @@ class CachedEndpoint:
         self.vary_header = ", ".join(dict.fromkeys(names)).encode("latin-1") if names else None
         self.is_async = _is_async(func)
         self.module = getattr(func, "__module__", None) or "__main__"
-        self.name = getattr(func, "__name__", None) or type(func).__name__
+        self.name = name or _registered_name(func, self.module, store)
         signature = inspect.signature(func)
         hints = resolved_hints(func)
         self.hints = hints
@@ -682,6 +727,7 @@ def cache(
     shared: bool = False,
     stale_while_revalidate: Expire = 0,
     stale_if_error: Expire = 0,
+    name: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -695,6 +741,7 @@ def cache(
     shared: bool = False,
     stale_while_revalidate: Expire = 0,
     stale_if_error: Expire = 0,
+    name: str | None = None,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -731,6 +778,8 @@ def cache(
             served at once while one background run refreshes it (RFC 5861).
         stale_if_error: Seconds after expiry during which the stale entry is served if
             the endpoint raises or answers 5xx (RFC 5861).
+        name: The function-name part of keys (default: the function's `__name__`); give
+            endpoints built by one factory distinct names.
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
@@ -747,6 +796,7 @@ def cache(
             shared=shared,
             stale_while_revalidate=stale_while_revalidate,
             stale_if_error=stale_if_error,
+            name=name,
         )
         request_param = endpoint.request_param
         response_param = endpoint.response_param

@@ -1,0 +1,303 @@
+"""The bugs the peer study found in every other FastAPI cache, one test per bug, each named
+after the bug it prevents (`../shared/research/peer-study.md` section 4; docs/peers.md maps
+each to the peers' probes). Parametrized over real Redis and memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any, Callable
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.testclient import TestClient
+
+from oxcache import Cache, MemoryBackend, cache
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fastapi.responses import ORJSONResponse
+
+MakeStore = Callable[..., Cache]
+
+
+def client_for(app: FastAPI, store: Cache) -> TestClient:
+    app.router.lifespan_context = store.lifespan
+    return TestClient(app)
+
+
+def make_list_endpoint(kind: str, store: Cache, **options: Any) -> Any:
+    """A route factory: every endpoint it builds is `list_items` in this module."""
+
+    @cache(expire=60, store=store, **options)
+    async def list_items(page: int = 1) -> dict[str, Any]:
+        return {"kind": kind, "page": page}
+
+    return list_items
+
+
+def test_route_factory_endpoints_never_share_a_key(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store()
+    app = FastAPI()
+    with caplog.at_level(logging.WARNING, "oxcache"):
+        users = make_list_endpoint("users", store)
+        orders = make_list_endpoint("orders", store)
+    app.get("/users")(users)
+    app.get("/orders")(orders)
+    with client_for(app, store) as client:
+        for _ in range(2):  # miss, then hit
+            assert client.get("/users").json() == {"kind": "users", "page": 1}
+            assert client.get("/orders").json() == {"kind": "orders", "page": 1}
+        assert client.get("/orders").headers["x-fastapi-cache"] == "Hit"
+    assert store.key_for(users) != store.key_for(orders)
+    assert store.key_for(users) == f"{store.prefix}:tests.test_hardening.list_items(page=1)"
+    assert store.key_for(orders) == f"{store.prefix}:tests.test_hardening.list_items#2(page=1)"
+    assert any("name=" in r.getMessage() for r in caplog.records)
+
+
+def test_route_factory_names_can_be_pinned(make_store: MakeStore) -> None:
+    store = make_store()
+    a = make_list_endpoint("a", store, name="list_a")
+    b = make_list_endpoint("b", store, name="list_b")
+    assert store.key_for(a, page=2) == f"{store.prefix}:tests.test_hardening.list_a(page=2)"
+    assert store.key_for(b, page=2) == f"{store.prefix}:tests.test_hardening.list_b(page=2)"
+
+
+def two_urls(store: Cache) -> tuple[FastAPI, dict[str, str]]:
+    app = FastAPI()
+    data = {"a": "first a", "b": "first b"}
+
+    @app.get("/a")
+    @cache(expire=60, store=store)
+    async def a() -> dict[str, str]:
+        return {"a": data["a"]}
+
+    @app.get("/b")
+    @cache(expire=60, store=store)
+    async def b() -> dict[str, str]:
+        return {"b": data["b"]}
+
+    return app, data
+
+
+def test_etag_of_another_url_gives_200_not_304(make_store: MakeStore) -> None:
+    store = make_store()
+    app, _ = two_urls(store)
+    with client_for(app, store) as client:
+        tag_a = client.get("/a").headers["etag"]
+        never_requested = client.get("/b", headers={"If-None-Match": tag_a})
+        client.get("/b")
+        cached_b = client.get("/b", headers={"If-None-Match": tag_a})
+    assert never_requested.status_code == 200 and never_requested.json() == {"b": "first b"}
+    assert cached_b.status_code == 200 and cached_b.json() == {"b": "first b"}
+
+
+def test_old_etag_after_invalidation_and_change_gives_200(make_store: MakeStore) -> None:
+    store = make_store()
+    app, data = two_urls(store)
+    endpoint_a = next(r.endpoint for r in app.routes if getattr(r, "path", "") == "/a")
+    with client_for(app, store) as client:
+        old = client.get("/a").headers["etag"]
+        assert client.get("/a", headers={"If-None-Match": old}).status_code == 304
+        data["a"] = "second a"
+        client.portal.call(store.invalidate, endpoint_a)
+        after = client.get("/a", headers={"If-None-Match": old})
+    assert after.status_code == 200 and after.json() == {"a": "second a"}
+    assert after.headers["etag"] != old
+
+
+def test_304_repeats_etag_cache_control_expires_vary_and_age(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/v")
+    @cache(expire=120, store=store, vary=["accept-language"])
+    async def v() -> dict[str, int]:
+        return {"v": 1}
+
+    with client_for(app, store) as client:
+        first = client.get("/v", headers={"Accept-Language": "en"})
+        conditional = {"Accept-Language": "en", "If-None-Match": first.headers["etag"]}
+        not_modified = client.get("/v", headers=conditional)
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    for name in ("etag", "cache-control", "expires", "vary"):
+        assert not_modified.headers[name] == first.headers[name], name
+    assert int(not_modified.headers["age"]) >= 0
+
+
+def test_age_is_time_since_stored_not_remaining_ttl(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/aged")
+    @cache(expire=100, store=store)
+    async def aged() -> dict[str, int]:
+        return {"x": 1}
+
+    with client_for(app, store) as client:
+        client.get("/aged")
+        time.sleep(1.1)
+        hit = client.get("/aged")
+    assert hit.headers["cache-control"] == "max-age=100"
+    assert 1 <= int(hit.headers["age"]) <= 3  # seconds since stored, never ~99 left
+
+
+def test_no_expiry_and_expire_zero_give_valid_headers(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+    runs: list[str] = []
+
+    @app.get("/forever")
+    @cache(store=store)
+    async def forever() -> dict[str, int]:
+        runs.append("forever")
+        return {"x": 1}
+
+    @app.get("/never")
+    @cache(expire=0, store=store)
+    async def never() -> dict[str, int]:
+        runs.append("never")
+        return {"x": 0}
+
+    with client_for(app, store) as client:
+        miss, hit = client.get("/forever"), client.get("/forever")
+        n1, n2 = client.get("/never"), client.get("/never")
+    for response in (miss, hit):
+        assert response.headers["cache-control"] == "max-age=31536000"
+        assert response.headers["expires"].endswith(" GMT")
+    assert int(hit.headers["age"]) >= 0
+    for response in (n1, n2):  # expire=0: not stored, and no cache headers at all
+        assert response.json() == {"x": 0}
+        assert "cache-control" not in response.headers and "x-fastapi-cache" not in response.headers
+    assert runs == ["forever", "never", "never"]
+
+
+def test_json_response_404_is_never_replayed_as_200(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+    runs: list[int] = []
+
+    @app.get("/missing")
+    @cache(expire=60, store=store)
+    async def missing() -> JSONResponse:
+        runs.append(1)
+        return JSONResponse({"detail": "nope"}, status_code=404)
+
+    with client_for(app, store) as client:
+        responses = [client.get("/missing") for _ in range(3)]
+    assert [r.status_code for r in responses] == [404, 404, 404]
+    assert all(r.json() == {"detail": "nope"} for r in responses)
+    assert len(runs) == 3
+
+
+@pytest.mark.parametrize(
+    "response_class, body, media_type",
+    [
+        (PlainTextResponse, "plain text, not JSON", "text/plain; charset=utf-8"),
+        (HTMLResponse, "<h1>héllo</h1>", "text/html; charset=utf-8"),
+    ],
+)
+def test_plain_text_and_html_are_replayed_byte_for_byte(
+    make_store: MakeStore, response_class: Any, body: str, media_type: str
+) -> None:
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/page")
+    @cache(expire=60, store=store)
+    async def page() -> Any:
+        return response_class(body)
+
+    with client_for(app, store) as client:
+        miss, hit = client.get("/page"), client.get("/page")
+    assert hit.headers["x-fastapi-cache"] == "Hit"
+    assert miss.content == hit.content == body.encode()
+    assert miss.headers["content-type"] == hit.headers["content-type"] == media_type
+
+
+def test_orjson_response_is_not_encoded_twice(make_store: MakeStore) -> None:
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/fast")
+    @cache(expire=60, store=store)
+    async def fast() -> Any:
+        return ORJSONResponse({"a": [1, 2, 3], "b": "ü"})
+
+    with client_for(app, store) as client:
+        miss, hit = client.get("/fast"), client.get("/fast")
+    assert miss.content == hit.content == '{"a":[1,2,3],"b":"ü"}'.encode()
+    assert hit.json() == {"a": [1, 2, 3], "b": "ü"}
+
+
+def test_client_cache_control_only_affects_its_own_endpoint_and_never_the_ttl(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    app = FastAPI()
+    inner_runs: list[int] = []
+
+    @app.get("/inner")
+    @cache(expire=60, store=store)
+    async def inner() -> dict[str, int]:
+        inner_runs.append(1)
+        return {"inner": len(inner_runs)}
+
+    @app.get("/outer")
+    @cache(expire=60, store=store)
+    async def outer(request: Request) -> dict[str, Any]:
+        return {"outer": True}
+
+    with client_for(app, store) as client:
+        client.get("/inner")
+        no_cache = client.get("/outer", headers={"Cache-Control": "no-cache"})
+        assert no_cache.json() == {"outer": True}
+        assert client.get("/inner").headers["x-fastapi-cache"] == "Hit"  # unaffected
+        short = client.get("/inner", headers={"Cache-Control": "max-age=5"})
+        fresh = client.get("/inner", headers={"Cache-Control": "no-store"})
+    assert short.headers["x-fastapi-cache"] == "Hit"
+    assert short.headers["cache-control"] == "max-age=60"  # the server's TTL, not the client's
+    assert "x-fastapi-cache" not in fresh.headers and fresh.json() == {"inner": 2}
+
+
+def test_memory_stores_never_share_entries_and_stay_bounded() -> None:
+    one, two = Cache(max_entries=10), Cache(max_entries=10)
+    assert one.backend is not two.backend
+    apps = []
+    for store, label in ((one, "one"), (two, "two")):
+        app = FastAPI()
+
+        @app.get("/x/{n}")
+        @cache(expire=60, store=store)
+        async def x(n: int, label: str = label) -> dict[str, Any]:
+            return {"n": n, "store": label}
+
+        apps.append((app, store, label))
+    for app, store, label in apps:
+        with client_for(app, store) as client:
+            for n in range(100):
+                assert client.get(f"/x/{n}").json() == {"n": n, "store": label}
+        backend = store.backend
+        assert isinstance(backend, MemoryBackend) and len(backend) == 10
+
+
+def test_a_client_passed_in_is_never_closed(redis_url: str) -> None:
+    async def scenario() -> bytes | None:
+        client = aioredis.Redis.from_url(redis_url)
+        store = Cache(client=client, prefix="mine")
+        async with store:
+            await store.write("mine:k", b"v", 60_000)
+        await client.set("mine:after", b"still open")  # the store did not close it
+        value: bytes | None = await client.get("mine:after")
+        await client.delete("mine:k", "mine:after")
+        await client.aclose()
+        return value
+
+    assert anyio.run(scenario) == b"still open"
