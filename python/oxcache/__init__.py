@@ -23,7 +23,10 @@ from oxcache.errors import (
     KeyBuildError,
     OxcacheError,
 )
+from oxcache.functions import cached
 from oxcache.store import Cache, default_store
+
+cache.function = cached  # type: ignore[attr-defined]
 
 __all__ = [
     "Backend",
@@ -43,5 +46,6 @@ __all__ = [
     "cache_one_month",
     "cache_one_week",
     "cache_one_year",
+    "cached",
     "default_store",
 ]

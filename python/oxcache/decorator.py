@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar, Union, cast, overload
 
 from fastapi import Depends, Response
 from fastapi.params import Depends as DependsParam
+from pydantic import SecretBytes, SecretStr
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -32,7 +33,12 @@ from oxcache._core import (
 )
 from oxcache.errors import ConfigError
 from oxcache.http import OWN_HEADERS, cache_headers, directives_from_raw
-from oxcache.keys import ALWAYS_IGNORED, is_ignored_annotation, resolved_hints
+from oxcache.keys import (
+    ALWAYS_IGNORED,
+    annotation_types,
+    is_ignored_annotation,
+    resolved_hints,
+)
 from oxcache.responses import CachedResponse, render
 from oxcache.store import Cache, default_store, normalize_user_id
 
@@ -57,6 +63,33 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: Request headers whose values are credentials: a key holds their hash, never the value.
 _SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
 _CREDENTIAL_HEADERS = (b"authorization", b"cookie")
+#: Parameters keyed by hash, never in clear: passwords, tokens, keys, secrets, sessions.
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:password|passwd|pwd|passphrase|secret|token|apikey|api_key|credentials?|"
+    r"authorization|cookie|session_?id|private_key)(?:_|$)",
+    re.IGNORECASE,
+)
+
+
+class Secret:
+    """A secret argument's stand-in in a key: `Secret("#<xxh3-128 of its canonical form>")`."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+
+    def __cache_key__(self) -> str:
+        return self.digest
+
+
+def _hashed(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (SecretStr, SecretBytes)):
+        value = value.get_secret_value()
+    canonical = cache_key(None, "", "", [("", value)])
+    return Secret("#" + etag(canonical.encode("utf-8"))[1:-1])
 
 
 def _ttl_ms(expire: Expire) -> int:
@@ -115,6 +148,35 @@ def _registered_name(func: Callable[..., Any], module: str, store: Cache | None)
     return f"{plain}#{position}"
 
 
+def misplaced_endpoints(app: Any) -> list[Callable[..., Any]]:
+    """Functions decorated with `@cache` that a route of `app` calls undecorated: `@cache`
+    was written above `@app.get(...)`, so the route registered the plain function."""
+    decorated: dict[int, Callable[..., Any]] = {}
+    with _registry_lock:
+        for refs in _registry.values():
+            for ref in refs:
+                func = ref()
+                if func is not None:
+                    decorated[id(func)] = func
+    found: list[Callable[..., Any]] = []
+    seen: set[int] = set()
+
+    def walk(routes: Any) -> None:
+        if id(routes) in seen or not isinstance(routes, list):
+            return
+        seen.add(id(routes))
+        for route in routes:
+            endpoint = getattr(route, "endpoint", None)
+            if endpoint is not None and id(endpoint) in decorated:
+                found.append(endpoint)
+            for attr in ("original_router", "router"):  # included routers (FastAPI 0.16x)
+                walk(getattr(getattr(route, attr, None), "routes", None))
+            walk(getattr(route, "routes", None))  # Mount, APIRouter
+
+    walk(getattr(getattr(app, "router", app), "routes", None))
+    return found
+
+
 def _annotated_metadata(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) is typing.Annotated:
         return tuple(typing.get_args(annotation)[1:])
@@ -145,7 +207,25 @@ class CachedEndpoint:
         stale_while_revalidate: Expire = 0,
         stale_if_error: Expire = 0,
         name: str | None = None,
+        max_age: Expire | None = None,
+        cache_control: str | None = None,
+        refresh_on_no_cache: bool | None = None,
     ) -> None:
+        if max_age is not None and cache_control is not None:
+            raise ConfigError("give max_age or cache_control, not both")
+        self.browser_max_age = None if max_age is None else _ttl_ms(max_age) // 1000
+        if cache_control is not None:
+            if not isinstance(cache_control, str) or not cache_control.strip():
+                raise ConfigError("cache_control must be a non-empty header value")
+            try:
+                self.control: bytes | None = cache_control.strip().encode("ascii")
+            except UnicodeEncodeError:
+                raise ConfigError("cache_control must be ASCII") from None
+            if any(c in cache_control for c in "\r\n\0"):
+                raise ConfigError("cache_control must be one header line")
+        else:
+            self.control = None
+        self.refresh_on_no_cache = refresh_on_no_cache
         if name is not None and (not isinstance(name, str) or not name or "(" in name):
             raise ConfigError(f"name must be a non-empty string without '(', not {name!r}")
         self.func = func
@@ -240,6 +320,16 @@ class CachedEndpoint:
             if isinstance(p.default, DependsParam)
             or any(isinstance(m, DependsParam) for m in _annotated_metadata(hints.get(p.name)))
         )
+        self.secret_params = frozenset(
+            p.name
+            for p in self.params
+            if _SECRET_NAME.search(p.name)
+            or any(
+                issubclass(t, (SecretStr, SecretBytes))
+                for t in annotation_types(hints.get(p.name))
+                if isinstance(t, type)
+            )
+        )
         self.has_variants = bool(self.deps or per_user is not None or self.vary_names)
 
     # -- keys ------------------------------------------------------------------------------
@@ -270,6 +360,8 @@ class CachedEndpoint:
             for name in self.key_names(ignored)
             if name in values and not isinstance(values[name], skip)
         ]
+        if self.secret_params:
+            args = [(n, _hashed(v) if n in self.secret_params else v) for n, v in args]
         if extra:
             args += extra
         return cache_key(store.prefix, self.module, self.name, args)
@@ -361,9 +453,17 @@ class CachedEndpoint:
             else directives_from_raw(cache_control, pragma)
         )
         store = self.store or default_store()
+        force = False
         if directives is not None and (directives.no_store or directives.no_cache):
-            store.counters.bypasses += 1
-            return await self.call(kwargs)  # the seed's behaviour: no caching at all
+            refresh = (
+                store.refresh_on_no_cache
+                if self.refresh_on_no_cache is None
+                else self.refresh_on_no_cache
+            )
+            if directives.no_store or not refresh:
+                store.counters.bypasses += 1
+                return await self.call(kwargs)  # the seed's behaviour: no caching at all
+            force = True  # run the endpoint and store its fresh result (opt-in)
 
         uid: str | None = None
         if self.per_user is not None:
@@ -423,7 +523,11 @@ class CachedEndpoint:
             uid is not None,
             self.vary_header,
             self.directives,
+            self.browser_max_age,
+            self.control,
         )
+        if force:
+            return await self._miss(store, request, sub_response, kwargs, key, uid, reply, None)
         if reply.condition is not None:
             head = await store.read_head(key)
             if (
@@ -665,7 +769,7 @@ class _Reply:
     """How responses to one request are marked: the request's `If-None-Match`, and the
     endpoint's `private`, `Vary` and extra Cache-Control directives."""
 
-    __slots__ = ("condition", "directives", "private", "store", "vary")
+    __slots__ = ("browser", "condition", "control", "directives", "private", "store", "vary")
 
     def __init__(
         self,
@@ -674,12 +778,16 @@ class _Reply:
         private: bool,
         vary: bytes | None,
         directives: bytes,
+        browser: int | None = None,
+        control: bytes | None = None,
     ) -> None:
         self.store = store
         self.condition = condition
         self.private = private
         self.vary = vary
         self.directives = directives
+        self.browser = browser
+        self.control = control
 
     def headers(self, entry: Any, now_ms: int, hit: bool = True) -> list[tuple[bytes, bytes]]:
         store = self.store
@@ -694,6 +802,8 @@ class _Reply:
             private=self.private,
             vary=self.vary,
             directives=self.directives,
+            browser_max_age=self.browser,
+            control=self.control,
         )
 
     def replay(self, entry: Any, now_ms: int) -> CachedResponse:
@@ -728,6 +838,9 @@ def cache(
     stale_while_revalidate: Expire = 0,
     stale_if_error: Expire = 0,
     name: str | None = None,
+    max_age: Expire | None = None,
+    cache_control: str | None = None,
+    refresh_on_no_cache: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -742,6 +855,9 @@ def cache(
     stale_while_revalidate: Expire = 0,
     stale_if_error: Expire = 0,
     name: str | None = None,
+    max_age: Expire | None = None,
+    cache_control: str | None = None,
+    refresh_on_no_cache: bool | None = None,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -780,6 +896,14 @@ def cache(
             the endpoint raises or answers 5xx (RFC 5861).
         name: The function-name part of keys (default: the function's `__name__`); give
             endpoints built by one factory distinct names.
+        max_age: Browser freshness apart from the server TTL: `expire=3600, max_age=60`
+            keeps the entry an hour and tells clients 60 seconds (from delivery, no `Age`);
+            `max_age=0` sends `no-cache`, so clients revalidate and get 304s.
+        cache_control: The whole response Cache-Control value, verbatim (for example
+            `"public, s-maxage=600"`); no `Expires` or `Age` is added.
+        refresh_on_no_cache: When a request says `Cache-Control: no-cache` (or `Pragma:
+            no-cache`), run the endpoint and store the fresh result instead of bypassing the
+            cache. Default: the store's setting (off, the seed's behaviour).
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
@@ -797,6 +921,9 @@ def cache(
             stale_while_revalidate=stale_while_revalidate,
             stale_if_error=stale_if_error,
             name=name,
+            max_age=max_age,
+            cache_control=cache_control,
+            refresh_on_no_cache=refresh_on_no_cache,
         )
         request_param = endpoint.request_param
         response_param = endpoint.response_param

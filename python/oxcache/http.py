@@ -69,26 +69,48 @@ def cache_headers(
     private: bool = False,
     vary: bytes | None = None,
     directives: bytes = b"",
+    browser_max_age: int | None = None,
+    control: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The validator and freshness headers of a cached response (miss, hit or 304).
 
-    `max-age` is the entry's whole lifetime and `Age` the time since it was stored, so any
-    RFC 9111 cache downstream computes the remaining freshness as max-age - Age, which is
-    exactly the seconds left; `Expires` gives the same instant for HTTP/1.0 caches.
+    By default `max-age` is the entry's whole lifetime and `Age` the time since it was
+    stored, so any RFC 9111 cache downstream computes the remaining freshness as
+    max-age - Age, which is exactly the seconds left; `Expires` gives the same instant for
+    HTTP/1.0 caches.
+
+    `browser_max_age` (`@cache(max_age=N)`) sets browser freshness apart from the server TTL:
+    `max-age=N` from delivery (`Expires` = now + N, no `Age`); 0 sends `no-cache`, so clients
+    revalidate every time and get 304s. `control` (`@cache(cache_control=...)`) is sent as
+    the whole Cache-Control value, with no `Expires` and no `Age`.
     """
-    lifetime = max((expires_ms - created_ms) // 1000, 0)
-    directive = b"private, max-age=" if private else b"max-age="
-    headers = [
-        (b"cache-control", directive + str(lifetime).encode("ascii") + directives),
-        (b"expires", http_date(expires_ms // 1000)),
-        (b"etag", (b"W/" + etag.encode("ascii")) if weak else etag.encode("ascii")),
-    ]
+    tag = (b"W/" + etag.encode("ascii")) if weak else etag.encode("ascii")
+    if control is not None:
+        headers = [(b"cache-control", control), (b"etag", tag)]
+    elif browser_max_age is not None:
+        scope = b"private, " if private else b""
+        value = (
+            scope + b"no-cache"
+            if browser_max_age == 0
+            else scope + b"max-age=" + str(browser_max_age).encode("ascii") + directives
+        )
+        headers = [
+            (b"cache-control", value),
+            (b"expires", http_date(now_ms // 1000 + browser_max_age)),
+            (b"etag", tag),
+        ]
+    else:
+        lifetime = max((expires_ms - created_ms) // 1000, 0)
+        directive = b"private, max-age=" if private else b"max-age="
+        headers = [
+            (b"cache-control", directive + str(lifetime).encode("ascii") + directives),
+            (b"expires", http_date(expires_ms // 1000)),
+            (b"etag", tag),
+        ]
+        if hit:
+            age = max((now_ms - created_ms) // 1000, 0)
+            headers.append((b"age", str(age).encode("ascii")))
     if vary is not None:
         headers.append((b"vary", vary))
-    if hit:
-        age = max((now_ms - created_ms) // 1000, 0)
-        headers.append((b"age", str(age).encode("ascii")))
-        headers.append((hit_header, b"Hit"))
-    else:
-        headers.append((hit_header, b"Miss"))
+    headers.append((hit_header, b"Hit" if hit else b"Miss"))
     return headers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from types import UnionType
@@ -23,11 +24,20 @@ def resolved_hints(func: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(func, include_extras=True)
     except Exception:
-        return {
-            name: param.annotation
-            for name, param in inspect.signature(func).parameters.items()
-            if param.annotation is not inspect.Parameter.empty
-        }
+        pass
+    # One annotation could not be evaluated: evaluate the others one by one, so a single
+    # unresolvable name does not hide `request: Request` from us.
+    namespace = dict(getattr(func, "__globals__", {}))
+    hints: dict[str, Any] = {}
+    for name, param in inspect.signature(func).parameters.items():
+        annotation = param.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        if isinstance(annotation, str):
+            with contextlib.suppress(Exception):  # left as the string FastAPI will see
+                annotation = eval(annotation, namespace)
+        hints[name] = annotation
+    return hints
 
 
 def annotation_types(annotation: Any) -> list[type[Any]]:

@@ -97,6 +97,8 @@ class Cache:
             the others wait for its entry (at most this long, then they run it themselves:
             a lock whose holder died only costs one timeout). 0 (the default) coalesces
             concurrent misses within each process only.
+        refresh_on_no_cache: The default of `@cache(refresh_on_no_cache=...)`: a request
+            with `Cache-Control: no-cache` refreshes the entry instead of bypassing it.
         max_entries, max_bytes: Bounds of the in-memory backend.
     """
 
@@ -114,6 +116,7 @@ class Cache:
         retry_after: float = 0.5,
         on_error: str = "open",
         lock_timeout: float = 0.0,
+        refresh_on_no_cache: bool = False,
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -138,6 +141,7 @@ class Cache:
         self.retry_after = retry_after
         self.on_error = on_error
         self.lock_ms = int(lock_timeout * 1000)
+        self.refresh_on_no_cache = refresh_on_no_cache
         self.counters = Stats()
         # Concurrent misses of one key in this process share one endpoint run.
         self._inflight: dict[str, asyncio.Future[Any]] = {}
@@ -195,6 +199,17 @@ class Cache:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
         closes on shutdown."""
+        from oxcache.decorator import misplaced_endpoints
+
+        for func in misplaced_endpoints(app):
+            self._warn_once(
+                "order:" + str(id(func)),
+                "%s.%s is never cached: @cache is above the route decorator, so the route "
+                "calls the undecorated function. Put @cache below @app.get(...), directly "
+                "above the def.",
+                getattr(func, "__module__", "?"),
+                getattr(func, "__qualname__", func),
+            )
         async with self:
             yield
 

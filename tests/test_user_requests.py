@@ -1,0 +1,440 @@
+"""What fastapi-redis-cache's users asked for and never got (its issues #32, #33, #52, #53,
+#56, #57, #60, #61, #62, #64, #65, #66, #67, #69, #70, #72, #77, #85), each with a test on a
+real Redis and in memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import pytest
+import redis
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, SecretStr
+
+from oxcache import Cache, cache, cached
+from tests.conftest import free_port
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fastapi.responses import ORJSONResponse
+
+MakeStore = Callable[..., Cache]
+
+
+class Session:
+    """Stands for a DB session: left out of keys through ignore_arg_types."""
+
+
+def get_session() -> Session:
+    return Session()
+
+
+def client_for(app: FastAPI, store: Cache) -> TestClient:
+    app.router.lifespan_context = store.lifespan
+    return TestClient(app)
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+RETURNS: dict[str, Callable[[], Any]] = {
+    "model": lambda: Item(id=1, name="a"),
+    "list of models": lambda: [Item(id=1, name="a"), Item(id=2, name="b")],
+    "dataclass": lambda: Point(1, 2.5),
+    "uuid": lambda: uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "enum": lambda: Color.RED,
+    "datetime": lambda: dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+    "date": lambda: dt.date(2024, 1, 2),
+    "decimal": lambda: Decimal("1.10"),
+    "JSONResponse": lambda: JSONResponse({"a": 1}, headers={"x-extra": "kept"}),
+    "PlainTextResponse": lambda: PlainTextResponse("hello"),
+    "HTMLResponse": lambda: HTMLResponse("<b>hi</b>"),
+    "ORJSONResponse": lambda: ORJSONResponse({"o": [1, 2]}),
+    "None": lambda: None,
+}
+
+
+@pytest.mark.parametrize("kind", list(RETURNS))
+def test_any_return_type_fastapi_serializes_is_cached_as_fastapi_sends_it(
+    make_store: MakeStore, kind: str
+) -> None:
+    store = make_store()
+    app = FastAPI()
+    make = RETURNS[kind]
+    runs: list[int] = []
+
+    @app.get("/plain")
+    async def plain() -> Any:
+        return make()
+
+    @app.get("/cached")
+    @cache(expire=60, store=store)
+    async def cached_endpoint() -> Any:
+        runs.append(1)
+        return make()
+
+    with client_for(app, store) as client, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = client.get("/plain")
+        miss, hit = client.get("/cached"), client.get("/cached")
+    assert hit.headers["x-fastapi-cache"] == "Hit" and len(runs) == 1
+    assert miss.content == hit.content == expected.content
+    assert miss.headers["content-type"] == hit.headers["content-type"]
+    assert hit.headers["content-type"] == expected.headers["content-type"]
+    if kind == "JSONResponse":
+        assert hit.headers["x-extra"] == "kept"
+
+
+def test_streaming_and_file_responses_are_never_cached_and_say_so_once(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    store = make_store()
+    app = FastAPI()
+    path = tmp_path / "f.txt"
+    path.write_text("file body")
+
+    @app.get("/stream")
+    @cache(expire=60, store=store)
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(iter([b"a", b"b"]), media_type="text/plain")
+
+    @app.get("/file")
+    @cache(expire=60, store=store)
+    async def file() -> FileResponse:
+        return FileResponse(path)
+
+    with caplog.at_level(logging.WARNING, "oxcache"), client_for(app, store) as client:
+        for _ in range(3):
+            assert client.get("/stream").content == b"ab"
+            response = client.get("/file")
+            assert response.content == b"file body"
+            assert "x-fastapi-cache" not in response.headers
+    messages = [r.getMessage() for r in caplog.records if "never cached" in r.getMessage()]
+    assert len(messages) == 2  # once per endpoint
+
+
+def test_server_ttl_and_browser_max_age_are_set_apart(make_store: MakeStore) -> None:
+    """#60, #53: keep an hour in the store, tell browsers 60 seconds."""
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/split")
+    @cache(expire=3600, max_age=60, store=store)
+    async def split() -> dict[str, int]:
+        return {"a": 1}
+
+    @app.get("/cdn")
+    @cache(expire=3600, cache_control="public, s-maxage=600", store=store)
+    async def cdn() -> dict[str, int]:
+        return {"b": 1}
+
+    @app.get("/revalidate")
+    @cache(expire=3600, max_age=0, store=store)
+    async def revalidate() -> dict[str, int]:
+        return {"c": 1}
+
+    with client_for(app, store) as client:
+        miss, hit = client.get("/split"), client.get("/split")
+        cdn_miss, cdn_hit = client.get("/cdn"), client.get("/cdn")
+        first = client.get("/revalidate")
+        again = client.get("/revalidate", headers={"If-None-Match": first.headers["etag"]})
+    for response in (miss, hit):
+        assert response.headers["cache-control"] == "max-age=60"
+        assert "age" not in response.headers  # browser freshness counts from delivery
+    assert hit.headers["x-fastapi-cache"] == "Hit"
+    for response in (cdn_miss, cdn_hit):
+        assert response.headers["cache-control"] == "public, s-maxage=600"
+        assert "expires" not in response.headers
+    assert cdn_hit.headers["x-fastapi-cache"] == "Hit"
+    assert first.headers["cache-control"] == "no-cache"
+    assert again.status_code == 304 and again.headers["cache-control"] == "no-cache"
+
+
+def test_no_cache_can_refresh_instead_of_bypass(make_store: MakeStore) -> None:
+    """#52: a request with no-cache may refresh the entry; the default stays a bypass."""
+    store = make_store()
+    app = FastAPI()
+    version = {"n": 1}
+
+    @app.get("/refreshing")
+    @cache(expire=60, store=store, refresh_on_no_cache=True)
+    async def refreshing() -> dict[str, int]:
+        return dict(version)
+
+    @app.get("/default")
+    @cache(expire=60, store=store)
+    async def default() -> dict[str, int]:
+        return dict(version)
+
+    with client_for(app, store) as client:
+        client.get("/refreshing"), client.get("/default")
+        version["n"] = 2
+        refreshed = client.get("/refreshing", headers={"Cache-Control": "no-cache"})
+        pragma = client.get("/refreshing", headers={"Pragma": "no-cache"})
+        bypassed = client.get("/default", headers={"Cache-Control": "no-cache"})
+        after_refresh = client.get("/refreshing")
+        after_bypass = client.get("/default")
+    assert refreshed.json() == {"n": 2} and refreshed.headers["x-fastapi-cache"] == "Miss"
+    assert pragma.headers["x-fastapi-cache"] == "Miss"
+    assert after_refresh.json() == {"n": 2} and after_refresh.headers["x-fastapi-cache"] == "Hit"
+    assert bypassed.json() == {"n": 2} and "x-fastapi-cache" not in bypassed.headers
+    assert after_bypass.json() == {"n": 1}  # the seed's behaviour: the entry is untouched
+
+
+def test_plain_functions_are_cached_with_the_same_keys_and_invalidation(
+    make_store: MakeStore,
+) -> None:
+    """#32, #61, #66: cache plain async and sync functions, returning the same objects."""
+    store = make_store()
+    calls: list[str] = []
+
+    @cached(expire=60, store=store, tags=["items"])
+    async def load_item(id: int) -> Item:
+        calls.append(f"async {id}")
+        return Item(id=id, name=f"item {id}")
+
+    @cache.function(expire=60, store=store)  # type: ignore[attr-defined]
+    def load_point(x: int) -> Point:
+        calls.append(f"sync {x}")
+        return Point(x, 0.5)
+
+    app = FastAPI()
+
+    @app.get("/item/{id}")
+    async def item(id: int) -> dict[str, Any]:
+        value = await load_item(id)
+        return {"type": type(value).__name__, "value": value.model_dump()}
+
+    @app.get("/point/{x}")
+    def point(x: int) -> dict[str, Any]:  # a def endpoint: runs in the threadpool
+        value = load_point(x)
+        return {"type": type(value).__name__, "x": value.x}
+
+    with client_for(app, store) as client:
+        for _ in range(2):
+            assert client.get("/item/1").json() == {
+                "type": "Item",
+                "value": {"id": 1, "name": "item 1"},
+            }
+            assert client.get("/point/3").json() == {"type": "Point", "x": 3}
+        assert calls == ["async 1", "sync 3"]
+        assert (
+            store.key_for(load_item, id=1)
+            == f"{store.prefix}:tests.test_user_requests.load_item(id=1)"
+        )
+        assert client.portal.call(lambda: store.invalidate(load_item, id=1)) == 1
+        client.get("/item/1")
+        assert client.portal.call(store.invalidate_tag, "items") == 1
+        client.get("/item/1")
+    assert calls == ["async 1", "sync 3", "async 1", "async 1"]
+
+
+def test_decorator_above_the_route_is_detected_at_startup(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#33, #77: `@cache` above `@app.get` silently caches nothing in every peer."""
+    store = make_store()
+    app = FastAPI()
+
+    @cache(expire=60, store=store)
+    @app.get("/wrong")
+    async def wrong_order() -> dict[str, int]:
+        return {"a": 1}
+
+    @app.get("/right")
+    @cache(expire=60, store=store)
+    async def right_order() -> dict[str, int]:
+        return {"a": 1}
+
+    with caplog.at_level(logging.WARNING, "oxcache"), client_for(app, store):
+        pass
+    messages = [r.getMessage() for r in caplog.records if "never cached" in r.getMessage()]
+    assert len(messages) == 1 and "wrong_order" in messages[0] and "below" in messages[0]
+
+
+def test_secrets_never_reach_keys_or_logs(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store()
+    app = FastAPI()
+
+    @app.get("/report")
+    @cache(expire=60, store=store)
+    async def report(access_token: str, api_key: SecretStr, page: int = 1) -> dict[str, int]:
+        return {"page": page, "len": len(access_token) + len(api_key.get_secret_value())}
+
+    with caplog.at_level(logging.INFO, "oxcache"), client_for(app, store) as client:
+        params = {"access_token": "tok-SECRET-1", "api_key": "key-SECRET-2", "page": 2}
+        client.get("/report", params=params)
+        second = client.get("/report", params=params)
+        other = client.get("/report", params={**params, "access_token": "tok-SECRET-3"})
+    assert second.headers["x-fastapi-cache"] == "Hit" and other.headers["x-fastapi-cache"] == "Miss"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "KEY_ADDED_TO_CACHE" in text and "page=2" in text  # keys stay readable
+    assert "SECRET" not in text
+    key = store.key_for(
+        report, access_token="tok-SECRET-1", api_key=SecretStr("key-SECRET-2"), page=2
+    )
+    assert "SECRET" not in key and 'access_token=Secret("#' in key
+
+
+def test_ignore_arg_types_and_configuration_never_grow_per_request(make_store: MakeStore) -> None:
+    """#57, #65: the seed appended to ignore_arg_types on every request."""
+    store = make_store(ignore_arg_types=[Session])
+    app = FastAPI()
+
+    @app.get("/s")
+    @cache(expire=60, store=store)
+    async def s(request: Request, db: Session = Depends(get_session)) -> dict[str, int]:
+        return {"ok": 1}
+
+    before = store.ignore_arg_types
+    with client_for(app, store) as client:
+        for _ in range(50):
+            assert client.get("/s").status_code == 200
+    assert store.ignore_arg_types == before == (Session,)
+    assert len(s.__oxcache__._key_names) == 1  # type: ignore[attr-defined]
+    assert store.key_for(s) == f"{store.prefix}:tests.test_user_requests.s()"
+
+
+@pytest.fixture(scope="module")
+def secured_redis() -> Iterator[dict[str, Any]]:
+    """A redis-server with a password, a unix socket and a TLS port, on loopback."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is required for the TLS test (make test installs it)"
+    workdir = Path(tempfile.mkdtemp(prefix="oxcache-tls-"))
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(workdir / "key.pem"), "-out", str(workdir / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port, tls_port = free_port(), free_port()
+    socket_path = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--requirepass", "s3cret", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+         "--tls-port", str(tls_port), "--tls-cert-file", str(workdir / "cert.pem"),
+         "--tls-key-file", str(workdir / "key.pem"), "--tls-ca-cert-file",
+         str(workdir / "cert.pem"), "--tls-auth-clients", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password="s3cret", socket_timeout=0.5).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the secured redis-server did not start"
+                time.sleep(0.05)
+        yield {
+            "port": port,
+            "tls_port": tls_port,
+            "socket": socket_path,
+            "ca": workdir / "cert.pem",
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def url_forms(server: dict[str, Any]) -> dict[str, str]:
+    return {
+        "password and database": f"redis://:s3cret@127.0.0.1:{server['port']}/3",
+        "unix socket": f"unix://:s3cret@{server['socket']}?db=2",
+        "tls": (
+            f"rediss://:s3cret@127.0.0.1:{server['tls_port']}/1"
+            f"?ssl_ca_certs={server['ca']}&ssl_cert_reqs=required"
+        ),
+    }
+
+
+@pytest.mark.parametrize("form", ["password and database", "unix socket", "tls"])
+def test_redis_urls_with_password_database_unix_socket_and_tls(
+    secured_redis: dict[str, Any], form: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = url_forms(secured_redis)[form]
+    store = Cache(url, prefix="urls", timeout=1.0)
+    app = FastAPI()
+
+    @app.get("/u")
+    @cache(expire=60, store=store)
+    async def u() -> dict[str, str]:
+        return {"form": form}
+
+    with caplog.at_level(logging.INFO, "oxcache"), client_for(app, store) as client:
+        client.get("/u")
+        assert client.get("/u").headers["x-fastapi-cache"] == "Hit"
+        assert client.portal.call(store.clear) == 1
+    assert any(r.getMessage().startswith("CONNECT_SUCCESS") for r in caplog.records)
+    assert "s3cret" not in "\n".join(r.getMessage() for r in caplog.records)
+    if form == "password and database":  # the entry went to database 3
+        plain = redis.Redis(port=secured_redis["port"], password="s3cret", db=3)
+        assert plain.dbsize() == 0  # cleared above, and nothing elsewhere
+        plain.close()
+
+
+def test_wrong_password_fails_open_with_a_clear_log(
+    secured_redis: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Cache(f"redis://:wrong@127.0.0.1:{secured_redis['port']}/0", timeout=1.0)
+    app = FastAPI()
+
+    @app.get("/w")
+    @cache(expire=60, store=store)
+    async def w() -> int:
+        return 1
+
+    with caplog.at_level(logging.INFO, "oxcache"), client_for(app, store) as client:
+        assert client.get("/w").status_code == 200
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "CONNECT_FAIL" in text and "wrong" not in text
+
+
+def test_sync_cached_function_outside_any_event_loop_runs_uncached() -> None:
+    runs: list[int] = []
+
+    @cached(expire=60, store=Cache())
+    def compute(x: int) -> int:
+        runs.append(x)
+        return x * 2
+
+    assert compute(2) == 4 and compute(2) == 4
+    assert runs == [2, 2]
+    assert anyio.run(anyio.to_thread.run_sync, compute, 3) == 6
