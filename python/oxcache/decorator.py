@@ -59,6 +59,7 @@ _RESPONSE_PARAM = "oxcache_response__"
 _USER_PARAM = "oxcache_user__"
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _NO_USER: Any = object()
+_REFRESH_GIVE_UP_S = 60.0
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: Request headers whose values are credentials: a key holds their hash, never the value.
 _SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
@@ -553,8 +554,13 @@ class CachedEndpoint:
                 store.counters.stale += 1
                 logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
                 response = reply.replay(entry, now_ms)
-                if key not in store._refreshing:
-                    store._refreshing.add(key)
+                started = store._refreshing.get(key)
+                if started is None or started < time.monotonic() - _REFRESH_GIVE_UP_S:
+                    # (A refresh that never ran, say the client left before the background
+                    # task, is given up after a while rather than blocking refreshes forever.)
+                    if len(store._refreshing) > 10_000:
+                        store._refreshing.clear()
+                    store._refreshing[key] = time.monotonic()
                     response.background = BackgroundTask(
                         self._refresh, store, request, kwargs, key, uid
                     )
@@ -740,7 +746,7 @@ class CachedEndpoint:
         except Exception as exc:  # the stale copy stays until it runs out
             logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
         finally:
-            store._refreshing.discard(key)
+            store._refreshing.pop(key, None)
 
 
 class _Stored:

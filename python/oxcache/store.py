@@ -146,7 +146,7 @@ class Cache:
         # Concurrent misses of one key in this process share one endpoint run.
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         # Keys being refreshed in the background (stale-while-revalidate), one at a time.
-        self._refreshing: set[str] = set()
+        self._refreshing: dict[str, float] = {}  # key -> time.monotonic() at start
         self._down_until = 0.0
         self._healthy = True
         self._previous_default: Cache | None = None
