@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+from tests.conftest import redis_url  # noqa: F401 - the same session fixture as the tests
 
 
 @pytest.fixture(scope="session")

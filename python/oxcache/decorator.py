@@ -32,7 +32,7 @@ from oxcache._core import (
     if_none_match,
 )
 from oxcache.errors import ConfigError
-from oxcache.http import OWN_HEADERS, cache_headers, directives_from_raw
+from oxcache.http import OWN_HEADERS, cache_headers, request_directives
 from oxcache.keys import (
     ALWAYS_IGNORED,
     annotation_types,
@@ -367,15 +367,13 @@ class CachedEndpoint:
             args += extra
         return cache_key(store.prefix, self.module, self.name, args)
 
-    def indexes(
-        self, store: Cache, values: dict[str, Any], user: str | None, varied: bool
-    ) -> list[str]:
+    def indexes(self, store: Cache, values: dict[str, Any], user: str | None) -> list[str]:
         """The indexes a new entry is listed in: its user's, its base entry's variants (for
         `invalidate(endpoint, **args)`), and its tags."""
         found: list[str] = []
         if user is not None:
             found.append(store.user_index(user))
-        if varied:
+        if self.has_variants:
             found.append(store.variants_index(self.base_key(store, values)))
         for template in self.tags:
             found.append(store.tag_index(template.format_map(values)))
@@ -422,6 +420,11 @@ class CachedEndpoint:
             return await self.func(**kwargs)
         return await run_in_threadpool(self.func, **kwargs)
 
+    async def _bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
+        """Serve a cacheable request without the cache (counted in `stats()`)."""
+        store.counters.bypasses += 1
+        return await self.call(kwargs)
+
     async def handle(
         self,
         request: Request,
@@ -448,11 +451,7 @@ class CachedEndpoint:
             if varied is not None and name in vary_names:
                 seen = varied.get(name)
                 varied[name] = value if seen is None else seen + b", " + value
-        directives = (
-            None
-            if cache_control is None and pragma is None
-            else directives_from_raw(cache_control, pragma)
-        )
+        directives = request_directives(cache_control, pragma)
         store = self.store or default_store()
         force = False
         if directives is not None and (directives.no_store or directives.no_cache):
@@ -462,8 +461,7 @@ class CachedEndpoint:
                 else self.refresh_on_no_cache
             )
             if directives.no_store or not refresh:
-                store.counters.bypasses += 1
-                return await self.call(kwargs)  # the seed's behaviour: no caching at all
+                return await self._bypass(store, kwargs)  # the seed's behaviour: no caching
             force = True  # run the endpoint and store its fresh result (opt-in)
 
         uid: str | None = None
@@ -477,8 +475,7 @@ class CachedEndpoint:
                     self.name,
                     exc,
                 )
-                store.counters.bypasses += 1
-                return await self.call(kwargs)
+                return await self._bypass(store, kwargs)
         elif credentials is not None and not self.shared:
             store._warn_once(
                 "credentials:" + self.module + "." + self.name,
@@ -488,8 +485,7 @@ class CachedEndpoint:
                 "same for everyone.",
                 self.name,
             )
-            store.counters.bypasses += 1
-            return await self.call(kwargs)
+            return await self._bypass(store, kwargs)
 
         extra: list[tuple[str, Any]] | None = None
         if uid is not None or varied is not None:
@@ -511,8 +507,7 @@ class CachedEndpoint:
             store._warn_once(
                 "key:" + self.module + "." + self.name, "%s is served uncached: %s", self.name, exc
             )
-            store.counters.bypasses += 1
-            return await self.call(kwargs)
+            return await self._bypass(store, kwargs)
 
         now_ms = time.time_ns() // 1_000_000
         max_age_ms = (
@@ -709,11 +704,7 @@ class CachedEndpoint:
         ):
             return None
         try:
-            indexes = (
-                self.indexes(store, kwargs, uid, self.has_variants)
-                if self.has_variants or self.tags
-                else ()
-            )
+            indexes = self.indexes(store, kwargs, uid)
         except Exception as exc:  # a tag that cannot be formatted from these arguments
             logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)
             return None

@@ -14,6 +14,7 @@ import anyio.from_thread
 from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
+from oxcache.decorator import ONE_YEAR, _registered_name, _ttl_ms
 from oxcache.errors import ConfigError
 from oxcache.keys import resolved_hints
 from oxcache.store import Cache, default_store
@@ -21,7 +22,6 @@ from oxcache.store import Cache, default_store
 logger = logging.getLogger("oxcache")
 
 F = TypeVar("F", bound=Callable[..., Any])
-ONE_YEAR = 31_536_000
 
 
 class CachedFunction:
@@ -35,8 +35,6 @@ class CachedFunction:
         tags: Sequence[str],
         name: str | None,
     ) -> None:
-        from oxcache.decorator import _registered_name
-
         self.func = func
         self.ttl_ms = ttl_ms
         self.store = store
@@ -124,8 +122,6 @@ def cached(
         tags: Tags formatted from the arguments, for `store.invalidate_tag`.
         name: The function-name part of keys.
     """
-    from oxcache.decorator import _ttl_ms
-
     ttl_ms = _ttl_ms(expire)
     if ttl_ms <= 0:
         raise ConfigError("@cached needs a positive expire")

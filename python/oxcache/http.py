@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from email.utils import formatdate
 
-from starlette.datastructures import Headers
-
 from oxcache._core import RequestCacheControl, parse_cache_control
 
 #: Response headers oxcache computes itself; the endpoint's own values are not stored.
@@ -31,28 +29,18 @@ def http_date(seconds: int) -> bytes:
     return value
 
 
-def directives_from_raw(
+def request_directives(
     cache_control: bytes | None, pragma: bytes | None
 ) -> RequestCacheControl | None:
-    """`request_directives` on raw header values (several lines already joined by `, `)."""
+    """Parse the request's Cache-Control, or treat `Pragma: no-cache` as `no-cache`.
+
+    Takes the raw header values (several lines already joined by `, `). RFC 9111 section
+    5.4: Pragma is only looked at when Cache-Control is absent. Returns None when the
+    request says nothing about caching (the common case).
+    """
     if cache_control is not None:
         return parse_cache_control(cache_control.decode("latin-1"))
     if pragma is not None and b"no-cache" in pragma.lower():
-        return parse_cache_control("no-cache")
-    return None
-
-
-def request_directives(headers: Headers) -> RequestCacheControl | None:
-    """Parse the request's Cache-Control, or treat `Pragma: no-cache` as `no-cache`.
-
-    RFC 9111 section 5.4: Pragma is only looked at when Cache-Control is absent.
-    Returns None when the request says nothing about caching (the common case).
-    """
-    raw = headers.get("cache-control")
-    if raw is not None:
-        return parse_cache_control(raw)
-    pragma = headers.get("pragma")
-    if pragma is not None and "no-cache" in pragma.lower():
         return parse_cache_control("no-cache")
     return None
 

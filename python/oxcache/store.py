@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Callable, Union
@@ -250,19 +250,25 @@ class Cache:
             self._healthy = True
             logger.info("CONNECT_SUCCESS: %s answers again; caching resumed.", self._describe())
 
-    async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
+    async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
+        """Run one backend read under the store's rules: skipped while the circuit is open,
+        after any queued invalidations, and a failure is a miss (or raises, see `on_error`)."""
         if not self._available():
             return None
         if self._pending and not await self._flush_pending():
             return None
         try:
-            data = await self.backend.get(key)
+            data = await get(*args)
         except Exception as exc:
             self._failed(exc)
             return None
         if not self._healthy:
             self._recovered()
+        return data
+
+    async def read(self, key: str) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
+        data = await self._fetch(self.backend.get, key)
         if data is None:
             return None
         self.counters.bytes_read += len(data)
@@ -279,17 +285,7 @@ class Cache:
 
     async def read_head(self, key: str) -> EntryHead | None:
         """The fixed-size head of the entry under `key` (ETag, times), without its body."""
-        if not self._available():
-            return None
-        if self._pending and not await self._flush_pending():
-            return None
-        try:
-            data = await self.backend.get_head(key, ENTRY_HEAD_SIZE)
-        except Exception as exc:
-            self._failed(exc)
-            return None
-        if not self._healthy:
-            self._recovered()
+        data = await self._fetch(self.backend.get_head, key, ENTRY_HEAD_SIZE)
         if data is None:
             return None
         try:
@@ -320,8 +316,7 @@ class Cache:
 
     def lock_name(self, key: str) -> str:
         """The lock a miss of `key` takes when `lock_timeout` is set."""
-        local = key[len(self.prefix) + 1 :] if self.prefix else key
-        return self._namespace("lock", local)
+        return self._namespace("lock", self._local(key))
 
     async def acquire(self, key: str, token: bytes) -> bool:
         """Try to take the miss lock of `key`; True also when storage fails (run anyway)."""
@@ -344,17 +339,31 @@ class Cache:
 
     # -- invalidation --------------------------------------------------------------------
 
-    def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
-        """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
+    @staticmethod
+    def _plan(endpoint: Callable[..., Any]) -> Any:
+        """What `@cache` or `@cached` recorded on `endpoint`."""
         plan = getattr(endpoint, "__oxcache__", None)
         if plan is None:
-            raise ConfigError(f"{endpoint!r} is not decorated with @cache")
-        key: str = plan.key_for_call(self, args)
+            raise ConfigError(f"{endpoint!r} is not decorated with @cache or @cached")
+        return plan
+
+    def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
+        """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
+        key: str = self._plan(endpoint).key_for_call(self, args)
         return key
+
+    @property
+    def _key_prefix(self) -> str:
+        """What every key of this store starts with: `prefix:`, or nothing."""
+        return f"{self.prefix}:" if self.prefix else ""
+
+    def _local(self, key: str) -> str:
+        """`key` without this store's `prefix:`."""
+        return key[len(self._key_prefix) :]
 
     def _namespace(self, kind: str, name: str) -> str:
         # Entry keys start with a module name, which never starts with "@".
-        return f"{self.prefix}:@{kind}:{name}" if self.prefix else f"@{kind}:{name}"
+        return f"{self._key_prefix}@{kind}:{name}"
 
     def user_index(self, user_id: UserId) -> str:
         """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
@@ -366,18 +375,14 @@ class Cache:
 
     def variants_index(self, key: str) -> str:
         """The index listing the per-user and `vary` variants of the entry `key`."""
-        local = key[len(self.prefix) + 1 :] if self.prefix else key
-        return self._namespace("variants", local)
+        return self._namespace("variants", self._local(key))
 
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
         """Delete the entry that `endpoint` called with `args` produced, for every user,
         every `vary` variant and every value of its dependency parameters (defaults are
         filled in as FastAPI would; dependencies need not be given). Returns how many
         entries were deleted."""
-        plan = getattr(endpoint, "__oxcache__", None)
-        if plan is None:
-            raise ConfigError(f"{endpoint!r} is not decorated with @cache")
-        indexes, keys = plan.invalidation(self, args)
+        indexes, keys = self._plan(endpoint).invalidation(self, args)
         return await self._invalidate(indexes, keys)
 
     async def invalidate_user(self, user_id: UserId) -> int:
@@ -396,9 +401,8 @@ class Cache:
     async def clear(self) -> int:
         """Delete every entry under this store's prefix (with an empty prefix: every key of
         the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
-        prefix = f"{self.prefix}:" if self.prefix else ""
         try:
-            deleted = await self.backend.clear(prefix)
+            deleted = await self.backend.clear(self._key_prefix)
         except Exception as exc:
             self._failed(exc)
             self._queue_invalidation(None)
@@ -441,7 +445,7 @@ class Cache:
             item = self._pending[0]
             try:
                 if item is None:
-                    await self.backend.clear(f"{self.prefix}:" if self.prefix else "")
+                    await self.backend.clear(self._key_prefix)
                 else:
                     await self.backend.invalidate(*item)
             except Exception as exc:
