@@ -115,6 +115,11 @@ def make_store(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[ob
 
     def make(**kwargs: object) -> Cache:
         kwargs.setdefault("prefix", "t-" + uuid.uuid4().hex[:12])
+        if url:
+            # Behaviour tests run on a healthy Redis: a generous timeout keeps a loaded CI
+            # machine (a slow connect, a starved event loop) from looking like an outage.
+            # The fault tests build their own stores with the short production timeout.
+            kwargs.setdefault("timeout", 2.0)
         store = Cache(url, **kwargs) if url else Cache(**kwargs)  # type: ignore[arg-type]
         made.append(store)
         return store
