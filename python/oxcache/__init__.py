@@ -24,6 +24,7 @@ from oxcache.errors import (
     OxcacheError,
 )
 from oxcache.functions import cached
+from oxcache.near import NearCache
 from oxcache.store import Cache, default_store
 
 cache.function = cached  # type: ignore[attr-defined]
@@ -37,6 +38,7 @@ __all__ = [
     "FastApiRedisCache",
     "KeyBuildError",
     "MemoryBackend",
+    "NearCache",
     "OxcacheError",
     "RedisBackend",
     "cache",

@@ -23,6 +23,7 @@ from oxcache.backends.base import Backend
 from oxcache.backends.memory import MemoryBackend
 from oxcache.backends.redis import RedisBackend
 from oxcache.errors import CacheUnavailable, ConfigError
+from oxcache.near import NearCache
 
 logger = logging.getLogger("oxcache")
 logger.addHandler(logging.NullHandler())
@@ -41,12 +42,13 @@ class Stats:
         "coalesced",
         "errors",
         "hits",
+        "l1_hits",
         "misses",
         "stale",
     )
 
     def __init__(self) -> None:
-        self.hits = self.misses = self.stale = self.coalesced = 0
+        self.hits = self.misses = self.stale = self.coalesced = self.l1_hits = 0
         self.bypasses = self.errors = self.bytes_read = self.bytes_written = 0
 
 
@@ -100,6 +102,9 @@ class Cache:
         refresh_on_no_cache: The default of `@cache(refresh_on_no_cache=...)`: a request
             with `Cache-Control: no-cache` refreshes the entry instead of bypassing it.
         max_entries, max_bytes: Bounds of the in-memory backend.
+        near: A `NearCache`: an in-process L1 in front of Redis, kept coherent across
+            workers (see docs/near-cache.md). Redis backends only: the memory backend is
+            already in process.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class Cache:
         refresh_on_no_cache: bool = False,
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
+        near: NearCache | None = None,
     ) -> None:
         if sum(x is not None for x in (url, backend, client)) > 1:
             raise ConfigError("give at most one of url=, client= and backend=")
@@ -131,6 +137,14 @@ class Cache:
                 backend = RedisBackend(url, client=client, timeout=timeout)
             else:
                 backend = MemoryBackend(max_entries=max_entries, max_bytes=max_bytes)
+        if near is not None:
+            if not isinstance(backend, RedisBackend):
+                raise ConfigError(
+                    "near= needs a Redis store (url= or client=): the memory backend is "
+                    "already in process"
+                )
+            near.attach(self)
+        self.near = near
         self.backend = backend
         self.url = url
         self.prefix = prefix or ""
@@ -176,11 +190,18 @@ class Cache:
 
     async def close(self) -> None:
         """Release the backend's connections (never a client that was passed in)."""
+        if self.near is not None:
+            await self.near.stop()
         if self.backend.owns_connection:
             await self.backend.close()
 
     async def __aenter__(self) -> Cache:
         await self.connect()
+        if self.near is not None:
+            assert isinstance(self.backend, RedisBackend)
+            self.near.start(
+                self.backend.client.connection_pool, self._key_prefix, self.backend.timeout
+            )
         self._previous_default = _set_default(self)
         return self
 
@@ -227,8 +248,14 @@ class Cache:
         by a concurrent miss's run, also counted as `coalesced`), `misses` (endpoint runs
         for cacheable requests), `stale` (stale-while-revalidate and stale-if-error
         serves), `bypasses` (requests the cache stayed out of: no-cache, credentials,
-        unkeyable arguments), `errors` (storage failures), `bytes_read`, `bytes_written`."""
-        return {name: getattr(self.counters, name) for name in Stats.__slots__}
+        unkeyable arguments), `errors` (storage failures), `bytes_read`, `bytes_written`,
+        `l1_hits` (reads the near cache answered without Redis). With a near cache, also
+        `l1_entries` and `l1_bytes` (held now) and `l1_flushes` (times it was emptied)."""
+        found = {name: getattr(self.counters, name) for name in Stats.__slots__}
+        near = self.near
+        if near is not None:
+            found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
+        return found
 
     def _failed(self, exc: BaseException) -> None:
         self.counters.errors += 1
@@ -268,13 +295,25 @@ class Cache:
 
     async def read(self, key: str) -> Entry | None:
         """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
+        near = self.near
+        token = None
+        if near is not None and not self._pending:
+            held = near.get(key)
+            if held is not None:
+                self.counters.l1_hits += 1
+                return held
+            token = near.begin(key)
         data = await self._fetch(self.backend.get, key)
         if data is None:
+            if token is not None:
+                near.end(key, token)  # type: ignore[union-attr]
             return None
         self.counters.bytes_read += len(data)
         try:
-            return decode_entry(data)
+            entry = decode_entry(data)
         except EntryError as exc:
+            if token is not None:
+                near.end(key, token)  # type: ignore[union-attr]
             self._warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
@@ -282,9 +321,15 @@ class Cache:
                 exc,
             )
             return None
+        if token is not None:
+            near.put(key, entry, len(data), token)  # type: ignore[union-attr]
+        return entry
 
-    async def read_head(self, key: str) -> EntryHead | None:
-        """The fixed-size head of the entry under `key` (ETag, times), without its body."""
+    async def read_head(self, key: str) -> EntryHead | Entry | None:
+        """The fixed-size head of the entry under `key` (ETag, times), without its body.
+        With a near cache in use, the whole entry (from the L1, or read into it)."""
+        if self.near is not None and self.near.ready:
+            return await self.read(key)
         data = await self._fetch(self.backend.get_head, key, ENTRY_HEAD_SIZE)
         if data is None:
             return None
@@ -303,9 +348,13 @@ class Cache:
         try:
             await self.backend.set(key, data, ttl_ms, indexes)
         except Exception as exc:
+            if self.near is not None:
+                self.near.discard(key)
             self._failed(exc)
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
             return False
+        if self.near is not None:
+            self.near.discard(key)  # the others hear of it from Redis
         if not self._healthy:
             self._recovered()
         self.counters.bytes_written += len(data)
@@ -407,6 +456,8 @@ class Cache:
             self._failed(exc)
             self._queue_invalidation(None)
             return 0
+        if self.near is not None:
+            self.near.flush()
         self._pending.clear()  # everything they would delete is gone
         return deleted
 
@@ -421,6 +472,11 @@ class Cache:
             self._failed(exc)
             self._queue_invalidation((indexes, keys))
             return 0
+        if self.near is not None:
+            for key in keys:
+                self.near.discard(key)
+            # Entries found through the indexes: wait for Redis's notifications of them.
+            await self.near.sync(max(getattr(self.backend, "timeout", 0.0), 1.0))
         if not self._healthy:
             self._recovered()
         return deleted
@@ -432,6 +488,8 @@ class Cache:
             self._pending = [None]
         else:
             self._pending.append(item)
+        if self.near is not None:
+            self.near.flush()  # and not used while the queue is not empty (see `read`)
         logger.error(
             "FAILED_TO_INVALIDATE: %s did not answer; %d invalidation(s) will run before "
             "anything is served from the cache again.",
