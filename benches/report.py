@@ -125,6 +125,30 @@ def per_user_tables(benches: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def near_tables(benches: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for size in ("small", "50KiB", "1MiB"):
+        rows = {
+            b["extra_info"]["library"]: per_op(b)
+            for b in benches
+            if b["group"] == f"near hit {size}"
+        }
+        if not rows:
+            continue
+        floor_a = rows.get("floor A (no cache)")
+        out += [
+            f"### near-cache hit {size}",
+            "",
+            "| library | µs / request | requests / s | x floor A |",
+            "|---|---:|---:|---:|",
+        ]
+        for lib, t in sorted(rows.items(), key=lambda kv: kv[1]):
+            ratio = f"{t / floor_a:.2f}" if floor_a else ""
+            out.append(f"| {lib} | {fmt_us(t)} | {1 / t:,.0f} | {ratio} |")
+        out.append("")
+    return out
+
+
 def core_tables(benches: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     keys = [b for b in benches if b["group"] == "core cache_key"]
@@ -212,6 +236,12 @@ def main() -> None:
         "the user in the key, so the ratio between them is what per-user caching itself costs.",
         "",
         *per_user_tables(benches),
+        "## Near cache (`benches/bench_near.py`)",
+        "",
+        "An L1 hit of a `NearCache` (no Redis I/O) against floor A and the plain Redis hit,",
+        "measured in the same run; every round checks that all its requests were L1 hits.",
+        "",
+        *near_tables(benches),
         "## Core (`oxcache._core`)",
         "",
         *core_tables(benches),
