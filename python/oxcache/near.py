@@ -260,6 +260,7 @@ class NearCache:
                 # messages on this very connection, which redis-py reads like any reply.
                 kwargs.update(
                     protocol=2,
+                    decode_responses=False,  # keys and message kinds as bytes, whatever the client
                     socket_timeout=max(connect_timeout, self.heartbeat),
                     socket_connect_timeout=max(connect_timeout, 1.0),
                     retry=None,
