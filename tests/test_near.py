@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.testclient import TestClient
 
 from oxcache import Cache, ConfigError, NearCache, cache
-from oxcache._core import encode_entry
+from oxcache._core import decode_entry, encode_entry
 
 # How long an invalidation made by one worker may take to reach another worker's L1 in
 # these tests. Measured on loopback it is well under 10 ms; the bound is generous for a
@@ -252,6 +252,59 @@ def test_l1_bypassed_until_resubscribed(
         client.get("/item")
         assert store.stats()["l1_hits"] > l1_before
         assert calls[0] == 1
+
+
+def test_silent_invalidation_connection_is_caught_by_the_heartbeat(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    store, calls = near_store(redis_url, prefix, heartbeat=0.1), [0]
+    with near_app(store, calls) as client:
+        assert wait_until(lambda: ready(store))
+        client.get("/item")
+        client.get("/item")
+        assert len(store.near or ()) == 1
+        # The connection stays open but Redis stops answering anyone for 5 s: the
+        # listener's PING goes unanswered, which must count as a drop (50 heartbeats).
+        redis_client.client_pause(5000, all=True)
+        assert wait_until(lambda: not ready(store), timeout=4.5)
+        assert len(store.near or ()) == 0
+        assert wait_until(lambda: ready(store), timeout=20)  # back after the pause
+        assert client.get("/item").headers["x-fastapi-cache"] == "Hit"
+        assert calls[0] == 1
+
+
+def test_read_in_flight_during_a_change_is_not_kept(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    store = near_store(redis_url, prefix)
+    near = store.near
+    assert near is not None
+    key = f"{prefix}:k"
+    now = time.time_ns() // 1_000_000
+    old = encode_entry(200, [], b"old", now, now + 60_000)
+    new = encode_entry(200, [], b"new", now, now + 60_000)
+
+    async def scenario() -> None:
+        async with store:
+            assert await near.wait_ready(10.0)
+            assert await store.write(key, old, 60_000)
+            # A read that got "old" from Redis, while another client overwrote the key and
+            # Redis announced it before the read's answer was handled:
+            token = near.begin(key)
+            assert token is not None
+            seen = near.notifications
+            redis_client.set(key, new, px=60_000)
+            for _ in range(2000):  # at most 10 s
+                if near.notifications != seen:
+                    break
+                await anyio.sleep(0.005)
+            near.put(key, decode_entry(old), len(old), token)
+            assert near.get(key) is None, "a value read before a change was kept after it"
+            assert (await store.read(key)).body == b"new"  # type: ignore[union-attr]
+            assert (await store.read(key)).body == b"new"  # type: ignore[union-attr]
+            assert store.stats()["l1_hits"] == 1
+
+    anyio.run(scenario)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

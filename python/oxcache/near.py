@@ -270,6 +270,8 @@ class NearCache:
                 wait = max(connect_timeout, self.heartbeat)
                 await conn.send_command("CLIENT", "ID")
                 client_id = await conn.read_response(timeout=wait)
+                if client_id is None:
+                    raise ConnectionError("no answer to CLIENT ID")
                 tracking: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
                 if prefix:
                     tracking += ["PREFIX", prefix]
