@@ -305,15 +305,15 @@ class Cache:
             token = near.begin(key)
         data = await self._fetch(self.backend.get, key)
         if data is None:
-            if token is not None:
-                near.end(key, token)  # type: ignore[union-attr]
+            if near is not None and token is not None:
+                near.end(key, token)
             return None
         self.counters.bytes_read += len(data)
         try:
             entry = decode_entry(data)
         except EntryError as exc:
-            if token is not None:
-                near.end(key, token)  # type: ignore[union-attr]
+            if near is not None and token is not None:
+                near.end(key, token)
             self._warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
@@ -321,8 +321,8 @@ class Cache:
                 exc,
             )
             return None
-        if token is not None:
-            near.put(key, entry, len(data), token)  # type: ignore[union-attr]
+        if near is not None and token is not None:
+            near.put(key, entry, len(data), token)
         return entry
 
     async def read_head(self, key: str) -> EntryHead | Entry | None:
