@@ -177,8 +177,13 @@ class NearCache:
     def start(self, pool: Any, prefix: str, connect_timeout: float) -> None:
         """Start the listener task on the running loop (no-op if it runs already)."""
         loop = asyncio.get_running_loop()
-        if self._task is not None and not self._task.done() and self._loop is loop:
-            return
+        old = self._task
+        if old is not None and not old.done():
+            if self._loop is loop:
+                return
+            # Entered again from another event loop: one listener, on the newest loop.
+            with contextlib.suppress(RuntimeError):
+                old.get_loop().call_soon_threadsafe(old.cancel)
         self._loop = loop
         self._subscribed = asyncio.Event()
         self._task = loop.create_task(self._listen(pool, prefix, connect_timeout))
@@ -281,6 +286,8 @@ class NearCache:
                 await conn.send_command("SUBSCRIBE", _CHANNEL)
                 if await conn.read_response(timeout=wait) is None:
                     raise ConnectionError("no answer to SUBSCRIBE")
+                if not self._current():
+                    return  # replaced by a listener on another loop
                 self.flush()
                 self._conn = conn
                 self.ready = True
@@ -303,11 +310,16 @@ class NearCache:
                         exc,
                     )
             finally:
-                self._down()
+                if self._current():
+                    self._down()
                 if conn is not None:
                     await conn.disconnect(nowait=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    def _current(self) -> bool:
+        """Whether the running task is this near cache's listener (or it is stopping)."""
+        return self._task is None or self._task is asyncio.current_task()
 
     async def _read_loop(self, conn: Any) -> None:
         pinged = False
