@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +290,40 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"oxcache {oxcache.__version__}"
     assert oxcache.__version__[0].isdigit()
+
+
+@pytest.fixture(scope="module")
+def password_redis() -> Iterator[int]:
+    """A redis-server that requires the password `s3cret`, on a loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--requirepass", "s3cret"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password="s3cret", socket_timeout=0.5).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the redis-server did not start"
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_wrong_password_is_one_line_without_the_password(
+    password_redis: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = f"redis://:hunter2@127.0.0.1:{password_redis}/0"
+    assert main(["--url", wrong, "stats"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"oxcache: error: Redis at redis://***@127.0.0.1:{password_redis}/0")
+    assert "refused the credentials" in err
+    assert "hunter2" not in err and err.count("\n") == 1
+    assert main(["--url", wrong.replace("hunter2", "s3cret"), "keys"]) == 0
+    assert capsys.readouterr().out == ""
