@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
 STAMP := $(VENV)/.installed
 
-.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench all clean
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench docs all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: build-dev
 	$(MATURIN) --extras test,bench
 	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
 	$(BIN)/python benches/report.py benches/results.json
+
+## docs: the MkDocs site in site/, offline, warnings as errors (installs the docs extra)
+docs: $(STAMP)
+	$(MATURIN) --extras test,dev,docs
+	$(BIN)/mkdocs build --strict
 
 all: lint test-rust test
 

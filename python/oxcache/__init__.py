@@ -5,6 +5,8 @@ non-blocking Redis client or an in-memory store, and drop-in compatibility with
 fastapi-redis-cache (change the import).
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from oxcache.backends import Backend, MemoryBackend, RedisBackend
 from oxcache.compat import FastApiRedisCache
 from oxcache.decorator import (
@@ -29,6 +31,12 @@ from oxcache.store import Cache, default_store
 
 cache.function = cached  # type: ignore[attr-defined]
 
+try:
+    __version__: str = version("oxcache")
+    """The installed version; set in one place, `Cargo.toml` (maturin copies it)."""
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "Backend",
     "Cache",
@@ -41,6 +49,7 @@ __all__ = [
     "NearCache",
     "OxcacheError",
     "RedisBackend",
+    "__version__",
     "cache",
     "cache_one_day",
     "cache_one_hour",

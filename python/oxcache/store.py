@@ -101,7 +101,8 @@ class Cache:
             concurrent misses within each process only.
         refresh_on_no_cache: The default of `@cache(refresh_on_no_cache=...)`: a request
             with `Cache-Control: no-cache` refreshes the entry instead of bypassing it.
-        max_entries, max_bytes: Bounds of the in-memory backend.
+        max_entries: Bound of the in-memory backend: how many entries it keeps.
+        max_bytes: Bound of the in-memory backend: the sum of its values' sizes.
         near: A `NearCache`: an in-process L1 in front of Redis, kept coherent across
             workers (see docs/near-cache.md). Redis backends only: the memory backend is
             already in process.

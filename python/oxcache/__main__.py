@@ -1,0 +1,7 @@
+"""`python -m oxcache`: the command-line tool (see `oxcache.cli`)."""
+
+import sys
+
+from oxcache.cli import main
+
+sys.exit(main())
