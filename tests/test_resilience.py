@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from oxcache import Cache, CacheUnavailable, cache
+from oxcache.backends.memory import MemoryBackend
 from tests.conftest import RedisServer, free_port
 
 MakeStore = Callable[..., Cache]
@@ -212,6 +213,38 @@ def test_single_flight_200_concurrent_misses_run_the_endpoint_once(
     # waited for the leader's run. Either way none of them ran the endpoint.
     assert stats["misses"] == 1 and stats["coalesced"] >= 1
     assert stats["hits"] == 199
+
+
+class _RacingReads(MemoryBackend):
+    """A memory backend whose second read answers "absent" only after the first request's
+    run has stored its entry: a read that raced the write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.stored = asyncio.Event()
+
+    async def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        if self.reads != 2:
+            return await super().get(key)
+        absent = await super().get(key)
+        await asyncio.wait_for(self.stored.wait(), timeout=10)
+        return absent
+
+    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Any = ()) -> None:
+        await super().set(key, value, ttl_ms, indexes)
+        self.stored.set()
+
+
+def test_single_flight_a_miss_whose_read_raced_the_write_does_not_run_again() -> None:
+    backend = _RacingReads()
+    store = Cache(backend=backend, prefix="race")
+    app, calls = slow_app(store)
+    responses = _concurrent(app, store, 2, "/cold")
+    assert [r.json() for r in responses] == [{"value": 42}] * 2
+    assert sorted(r.headers["x-fastapi-cache"] for r in responses) == ["Hit", "Miss"]
+    assert len(calls) == 1  # the late reader found the flight's entry instead of running
 
 
 def test_single_flight_waiters_run_themselves_when_the_leader_fails(

@@ -60,6 +60,7 @@ _USER_PARAM = "oxcache_user__"
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _NO_USER: Any = object()
 _REFRESH_GIVE_UP_S = 60.0
+_MAX_LANDED = 10_000  # keys remembered by Cache._landed before it starts over
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: Request headers whose values are credentials: a key holds their hash, never the value.
 _SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
@@ -524,6 +525,7 @@ class CachedEndpoint:
         )
         if force:
             return await self._miss(store, request, sub_response, kwargs, key, uid, reply, None)
+        read_at = time.monotonic()
         if reply.condition is not None:
             head = await store.read_head(key)
             if (
@@ -560,7 +562,9 @@ class CachedEndpoint:
                         self._refresh, store, request, kwargs, key, uid
                     )
                 return response
-        return await self._miss(store, request, sub_response, kwargs, key, uid, reply, entry)
+        return await self._miss(
+            store, request, sub_response, kwargs, key, uid, reply, entry, read_at
+        )
 
     # -- misses --------------------------------------------------------------------------
 
@@ -574,10 +578,23 @@ class CachedEndpoint:
         uid: str | None,
         reply: _Reply,
         stale: Any,
+        read_at: float | None = None,
     ) -> Any:
         """Run the endpoint once for all concurrent misses of `key` in this process (and,
-        with `lock_timeout`, across workers), store the result, and answer."""
+        with `lock_timeout`, across workers), store the result, and answer.
+
+        `read_at` is when this request started reading the store: a run of `key` that
+        stored its entry after that raced our read, so the entry is read again instead of
+        running the endpoint a second time."""
         loop = asyncio.get_running_loop()
+        landed = store._landed.get(key)
+        if read_at is not None and landed is not None and landed >= read_at:
+            entry = await store.read(key)
+            now_ms = time.time_ns() // 1_000_000
+            if entry is not None and entry.expires_ms > now_ms:
+                store.counters.hits += 1
+                store.counters.coalesced += 1
+                return reply.replay(entry, now_ms)
         flight = store._inflight.get(key)
         if flight is not None and flight.get_loop() is loop:
             shared = await asyncio.shield(flight)
@@ -607,6 +624,10 @@ class CachedEndpoint:
                 store, request, sub_response, kwargs, key, uid, reply, stale
             )
             flight.set_result(stored)
+            if stored is not None:
+                if len(store._landed) >= _MAX_LANDED:
+                    store._landed.clear()
+                store._landed[key] = time.monotonic()
             return response
         finally:
             if store._inflight.get(key) is flight:

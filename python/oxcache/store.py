@@ -160,6 +160,8 @@ class Cache:
         self.counters = Stats()
         # Concurrent misses of one key in this process share one endpoint run.
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        # When a run last stored each key (time.monotonic()), for misses whose read raced it.
+        self._landed: dict[str, float] = {}
         # Keys being refreshed in the background (stale-while-revalidate), one at a time.
         self._refreshing: dict[str, float] = {}  # key -> time.monotonic() at start
         self._down_until = 0.0
