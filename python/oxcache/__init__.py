@@ -5,7 +5,13 @@ non-blocking Redis client or an in-memory store, and drop-in compatibility with
 fastapi-redis-cache (change the import).
 """
 
-from oxcache.backends import Backend, MemoryBackend, RedisBackend
+from oxcache.backends import (
+    Backend,
+    ClusterBackend,
+    MemoryBackend,
+    RedisBackend,
+    SentinelBackend,
+)
 from oxcache.compat import FastApiRedisCache
 from oxcache.decorator import (
     cache,
@@ -32,6 +38,7 @@ __all__ = [
     "Backend",
     "Cache",
     "CacheUnavailable",
+    "ClusterBackend",
     "ConfigError",
     "EntryError",
     "FastApiRedisCache",
@@ -39,6 +46,7 @@ __all__ = [
     "MemoryBackend",
     "OxcacheError",
     "RedisBackend",
+    "SentinelBackend",
     "cache",
     "cache_one_day",
     "cache_one_hour",
