@@ -9,12 +9,13 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from oxcache.backends.redis import _GLOB_SPECIALS, _RELEASE, RedisBackend
@@ -107,6 +108,23 @@ class ClusterBackend(RedisBackend):
         self.timeout = timeout
         self._permits = asyncio.Semaphore(max_connections)
         self._release = client.register_script(_RELEASE)
+        self._reloading: asyncio.Task[Any] | None = None
+
+    def _ready(self) -> None:
+        """Raise at once while redis-py has to reload the slot map (before the first command,
+        and after a node failed), and reload it in the background.
+
+        Reloading asks a node for the slot map and the command table and connects to every
+        primary: several round trips, more than `timeout` allows a request. A request that
+        found the map stale is served as a miss (the circuit opens for `retry_after`) while
+        the reload runs, each of its socket operations bounded by `timeout`.
+        """
+        if not getattr(self.client, "_initialize", False):
+            return
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self.client.initialize())
+            self._reloading.add_done_callback(_retrieve)
+        raise RedisConnectionError("Redis Cluster: reloading the slot map")
 
     @asynccontextmanager
     async def _permit(self) -> AsyncIterator[None]:
@@ -119,22 +137,24 @@ class ClusterBackend(RedisBackend):
         finally:
             self._permits.release()
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        """One request-path call: under a permit and bounded by `timeout` in total."""
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """One request-path call: on a loaded slot map, under a permit and bounded by
+        `timeout` in total."""
+        self._ready()
         async with self._permit():
-            return await _bounded(awaitable, self.timeout)
+            return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call(self.client.get(key))
+        value = await self._call(lambda: self.client.get(key))
         return bytes(value) if value is not None else None
 
     async def get_head(self, key: str, size: int) -> bytes | None:
-        value = await self._call(self.client.getrange(key, 0, size - 1))
+        value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
     async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
         ttl = max(int(ttl_ms), 1)
-        await self._call(self._set(key, value, ttl, indexes))
+        await self._call(lambda: self._set(key, value, ttl, indexes))
 
     async def _set(self, key: str, value: bytes, ttl: int, indexes: Sequence[str]) -> None:
         if indexes:
@@ -153,10 +173,11 @@ class ClusterBackend(RedisBackend):
         await self.client.set(key, value, px=ttl)
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
-        return bool(await self._call(self.client.set(name, token, px=max(int(ttl_ms), 1), nx=True)))
+        ttl = max(int(ttl_ms), 1)
+        return bool(await self._call(lambda: self.client.set(name, token, px=ttl, nx=True)))
 
     async def release(self, name: str, token: bytes) -> None:
-        await self._call(self._release(keys=[name], args=[token]))
+        await self._call(lambda: self._release(keys=[name], args=[token]))
 
     async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
         if not indexes and not keys:
@@ -216,4 +237,13 @@ class ClusterBackend(RedisBackend):
         return deleted
 
     async def ping(self) -> None:
-        await self._call(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        # At startup (`Cache.connect`) the slot map is loaded here, in the foreground: each
+        # socket operation is bounded by `timeout`, the whole load is not.
+        await self.client.initialize()
+        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background reload's failure as seen; the next request tries again."""
+    if not task.cancelled():
+        task.exception()
