@@ -235,7 +235,7 @@ class SentinelServer:
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
                 f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
                 "sentinel down-after-milliseconds mymaster 1000\n"
-                "sentinel failover-timeout mymaster 10000\n"
+                "sentinel failover-timeout mymaster 3000\n"
             )
         self.proc = subprocess.Popen(
             [redis_binary(), config, "--sentinel"],
@@ -269,7 +269,7 @@ def wait_for(check: Any, what: str, seconds: float = 30.0) -> None:
 @pytest.fixture(scope="module")
 def sentinel_setup() -> Iterator[tuple[RedisServer, RedisServer, SentinelServer]]:
     """A primary, its replica in sync, and a Sentinel that knows both."""
-    primary = RedisServer()
+    primary = RedisServer(extra=("--repl-diskless-sync-delay", "0"))
     replica = RedisServer(extra=("--replicaof", "127.0.0.1", str(primary.port)))
     sentinel: SentinelServer | None = None
     try:
@@ -337,7 +337,15 @@ def test_sentinel_master_is_cached_on_and_a_failover_is_survived(
         with redis.Redis(port=primary.port) as p:
             assert p.exists("sent:tests.test_cluster.item(id=1)")
         with sentinel.client() as s:
-            s.execute_command("SENTINEL", "FAILOVER", "mymaster")
+
+            def failover() -> bool:
+                # NOGOODSLAVE until the Sentinel has the replica's own INFO: ask again.
+                try:
+                    return bool(s.execute_command("SENTINEL", "FAILOVER", "mymaster"))
+                except redis.ResponseError:
+                    return False
+
+            wait_for(failover, "the Sentinel to accept a failover")
         wait_for(lambda: sentinel.master_port() == replica.port, "the failover")
         # Until the Sentinel turns the old primary into a replica, it still takes writes;
         # then they fail (READONLY) and the store must follow the Sentinel to the promoted
