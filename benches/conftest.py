@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import redis_url  # noqa: F401 - the same session fixture as the tests
+from tests.conftest import (  # noqa: F401 - the same session fixtures as the tests
+    cluster_url,
+    redis_url,
+)
 
 
 @pytest.fixture(scope="session")

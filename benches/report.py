@@ -149,6 +149,24 @@ def near_tables(benches: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def cluster_tables(benches: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for group in sorted({b["group"] for b in benches if b["group"].startswith("cluster hit")}):
+        rows = {b["extra_info"]["library"]: per_op(b) for b in benches if b["group"] == group}
+        single = rows.get("oxcache (Redis)")
+        out += [
+            f"### {group}",
+            "",
+            "| backend | µs / request | requests / s | x one Redis |",
+            "|---|---:|---:|---:|",
+        ]
+        for lib, t in sorted(rows.items(), key=lambda kv: kv[1]):
+            ratio = f"{t / single:.2f}" if single else ""
+            out.append(f"| {lib} | {fmt_us(t)} | {1 / t:,.0f} | {ratio} |")
+        out.append("")
+    return out
+
+
 def core_tables(benches: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     keys = [b for b in benches if b["group"] == "core cache_key"]
@@ -242,6 +260,12 @@ def main() -> None:
         "measured in the same run; every round checks that all its requests were L1 hits.",
         "",
         *near_tables(benches),
+        "## Redis Cluster beside one Redis (`benches/bench_cluster.py`)",
+        "",
+        "The same app in the same run on a single redis-server and on a local 3-primary,",
+        "3-replica cluster (all on loopback): the client-side cost of the cluster.",
+        "",
+        *cluster_tables(benches),
         "## Core (`oxcache._core`)",
         "",
         *core_tables(benches),

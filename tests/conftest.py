@@ -1,8 +1,10 @@
-"""Shared fixtures: a real redis-server for the session, and stores on each backend."""
+"""Shared fixtures: a real redis-server and a real Redis Cluster for the session, and stores
+on each backend."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,21 +25,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """A redis-server process on a loopback port, owned by the test session."""
+def redis_binary(name: str = "redis-server") -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        # Never skip: a suite that needs Redis and has none must fail loudly.
+        raise RuntimeError(
+            f"{name} is not installed; run `make test` (it installs it) "
+            "or `apt-get install redis-server redis-tools`, or set REDIS_URL"
+        )
+    return binary
 
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            # Never skip: a suite that needs Redis and has none must fail loudly.
-            raise RuntimeError(
-                "redis-server is not installed; run `make test` (it installs it) "
-                "or `apt-get install redis-server`, or set REDIS_URL"
-            )
-        self.port = free_port()
+
+class RedisServer:
+    """A redis-server process on a loopback port, owned by the test session. `extra` are
+    more command-line options (cluster mode, replication)."""
+
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.binary = redis_binary()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="oxcache-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.binary = binary
+        self.extra = extra
         self.start()
 
     @property
@@ -60,6 +68,7 @@ class RedisServer:
                 self.dir,
                 "--protected-mode",
                 "yes",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -79,6 +88,119 @@ class RedisServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def free_cluster_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    """A real Redis Cluster on loopback ports: `primaries` primaries with one replica each,
+    created with `redis-cli --cluster create`, every slot covered before it is used."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        cli = redis_binary("redis-cli")
+        options = (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            # Fast failure detection, so a killed primary's replica takes over in seconds.
+            "--cluster-node-timeout",
+            "1000",
+            # A replica may always take over, however long it was cut off.
+            "--cluster-replica-validity-factor",
+            "0",
+        )
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(primaries * 2):
+                self.nodes.append(RedisServer(free_cluster_port(), options))
+            subprocess.run(
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def client(self) -> redis.RedisCluster:
+        """A synchronous client on a node that is alive."""
+        node = next(n for n in self.nodes if n.proc is not None)
+        return redis.RedisCluster(host="127.0.0.1", port=node.port)
+
+    def wait_until_ok(self, deadline_s: float = 60.0) -> None:
+        """Until every live node says `cluster_state:ok`, every slot is served by a live
+        primary, and every primary has a replica in sync."""
+        deadline = time.monotonic() + deadline_s
+        live = {n.port for n in self.nodes if n.proc is not None}
+        while time.monotonic() < deadline:
+            if all(self._node_ok(port, live) for port in live):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become healthy in time")
+
+    @staticmethod
+    def _node_ok(port: int, live: set[int]) -> bool:
+        try:
+            node = redis.Redis(port=port, socket_timeout=1.0)
+            try:
+                info = node.cluster("info")
+                slots = node.cluster("slots")
+            finally:
+                node.close()
+        except redis.RedisError:
+            return False
+        if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+            return False
+        for owner in slots.values() if isinstance(slots, dict) else []:
+            if owner["primary"][1] not in live:
+                return False
+        return True
+
+    def primary_ports(self) -> list[int]:
+        with self.client() as client:
+            return [node.port for node in client.get_primaries()]
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
@@ -94,6 +216,29 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A `redis+cluster://` URL of a real Redis Cluster (3 primaries, 3 replicas):
+    REDIS_CLUSTER_URL when set, else one started for the session."""
+    url = os.environ.get("REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    cluster = RedisCluster()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client of the Redis or the cluster behind `url`, to look at what a
+    store wrote."""
+    if url.startswith("redis+cluster://"):
+        return redis.RedisCluster.from_url("redis://" + url.split("://", 1)[1])
+    return redis.Redis.from_url(url)
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
@@ -101,17 +246,27 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def make_store(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[object]:
+def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """The URL `make_store` gives its stores: None (memory), single Redis or the cluster."""
+    if backend_kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    if backend_kind == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
+    return None
+
+
+@pytest.fixture
+def make_store(backend_url: str | None) -> Iterator[object]:
     """A factory of stores on the parametrized backend, each with its own prefix; every key
     a test wrote is deleted at teardown."""
     made: list[Cache] = []
-    url = request.getfixturevalue("redis_url") if backend_kind == "redis" else None
+    url = backend_url
 
     def make(**kwargs: object) -> Cache:
         kwargs.setdefault("prefix", "t-" + uuid.uuid4().hex[:12])
@@ -126,7 +281,7 @@ def make_store(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[ob
 
     yield make
     if url:
-        client = redis.Redis.from_url(url)
+        client = sync_client(url)
         for store in made:
             for key in client.scan_iter(match=f"{store.prefix}:*"):
                 client.unlink(key)

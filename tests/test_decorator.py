@@ -27,6 +27,7 @@ from oxcache import (
     cache_one_week,
     cache_one_year,
 )
+from tests.conftest import sync_client
 
 MakeStore = Callable[..., Cache]
 ETAG = re.compile(r'^W/"[0-9a-f]{32}"$')
@@ -593,16 +594,14 @@ def test_miss_and_hit_bodies_equal_the_undecorated_route(make_store: MakeStore, 
     assert b"s3cr3t" not in miss.content + hit.content
 
 
-def test_response_model_secret_never_stored(make_store: MakeStore, redis_url: str) -> None:
+def test_response_model_secret_never_stored(make_store: MakeStore, backend_url: str | None) -> None:
     store = make_store()
     app = _twin_routes(store)
     with client_for(app, store) as client:
         client.get("/cached/model-filter")
         assert b"s3cr3t" not in client.get("/cached/model-filter").content
-    if store.url:
-        import redis as sync_redis
-
-        raw = sync_redis.Redis.from_url(redis_url)
+    if backend_url:
+        raw = sync_client(backend_url)
         values = [raw.get(k) or b"" for k in raw.scan_iter(match=f"{store.prefix}:*")]
         raw.close()
         assert values and not any(b"s3cr3t" in v for v in values)

@@ -365,6 +365,11 @@ def test_near_needs_redis() -> None:
         NearCache(max_entries=0)
 
 
+def test_near_is_refused_on_a_cluster(cluster_url: str) -> None:
+    with pytest.raises(ConfigError, match="Cluster"):
+        Cache(cluster_url, cluster=True, near=NearCache())
+
+
 def test_near_cache_belongs_to_one_store(redis_url: str) -> None:
     near = NearCache()
     Cache(redis_url, near=near)

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from oxcache import Cache, ConfigError, MemoryBackend, RedisBackend, cache
 from oxcache.backends.base import Backend
+from tests.conftest import sync_client
 
 MakeStore = Callable[..., Cache]
 
@@ -42,9 +43,8 @@ def stored_keys(store: Cache) -> list[str]:
     backend = store.backend
     if isinstance(backend, MemoryBackend):
         return sorted(backend._data)
-    assert isinstance(backend, RedisBackend)
-    url = backend.client.connection_pool.connection_kwargs
-    client = redis.Redis(host=url["host"], port=url["port"], db=url.get("db", 0))
+    assert isinstance(backend, RedisBackend) and store.url
+    client = sync_client(store.url)
     try:
         return sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
     finally:
@@ -338,8 +338,8 @@ def test_indexes_expire_with_their_entries_and_stay_bounded(make_store: MakeStor
         for i in range(20):
             client.get(f"/n/{i}")
         if isinstance(store.backend, RedisBackend):
-            raw = store.backend.client.connection_pool.connection_kwargs
-            sync = redis.Redis(host=raw["host"], port=raw["port"])
+            assert store.url
+            sync = sync_client(store.url)
             assert sync.zcard(index) == 20
             assert 1000 < sync.pttl(index) <= 2000  # the longest entry's TTL plus 1 s margin
             time.sleep(1.1)

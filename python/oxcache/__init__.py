@@ -7,7 +7,13 @@ fastapi-redis-cache (change the import).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from oxcache.backends import Backend, MemoryBackend, RedisBackend
+from oxcache.backends import (
+    Backend,
+    ClusterBackend,
+    MemoryBackend,
+    RedisBackend,
+    SentinelBackend,
+)
 from oxcache.compat import FastApiRedisCache
 from oxcache.decorator import (
     cache,
@@ -41,6 +47,7 @@ __all__ = [
     "Backend",
     "Cache",
     "CacheUnavailable",
+    "ClusterBackend",
     "ConfigError",
     "EntryError",
     "FastApiRedisCache",
@@ -49,6 +56,7 @@ __all__ = [
     "NearCache",
     "OxcacheError",
     "RedisBackend",
+    "SentinelBackend",
     "__version__",
     "cache",
     "cache_one_day",

@@ -20,8 +20,10 @@ from oxcache._core import (
     peek_entry,
 )
 from oxcache.backends.base import Backend
+from oxcache.backends.cluster import ClusterBackend, is_cluster_url
 from oxcache.backends.memory import MemoryBackend
 from oxcache.backends.redis import RedisBackend
+from oxcache.backends.sentinel import SentinelBackend, is_sentinel_url, parse_sentinel_url
 from oxcache.errors import CacheUnavailable, ConfigError
 from oxcache.near import NearCache
 
@@ -71,7 +73,11 @@ class Cache:
     """A cache store: where entries live and how responses are keyed and marked.
 
     `Cache()` runs on an in-process `MemoryBackend`; `Cache(url="redis://...")` on Redis
-    (`client=` takes a `redis.asyncio.Redis` you made; `backend=` any `Backend`). Enter it with
+    (`client=` takes a `redis.asyncio.Redis` you made; `backend=` any `Backend`). On Redis
+    Cluster: `Cache(url="redis://node:7000", cluster=True)`, a `redis+cluster://node:7000`
+    URL, or `client=` a `redis.asyncio.cluster.RedisCluster`. On Redis Sentinel:
+    `Cache(sentinel=[("host", 26379)], service_name="mymaster")` or a
+    `redis+sentinel://host:26379/mymaster` URL. Enter it with
     `FastAPI(lifespan=store.lifespan)` or `async with store:`; an entered store becomes the
     default for `@cache` endpoints that name no `store=`.
 
@@ -80,7 +86,12 @@ class Cache:
     leaves the backend alone for `retry_after` seconds before trying again.
 
     Args:
-        url: Redis URL; None for the in-memory backend.
+        url: Redis URL; None for the in-memory backend. `redis+cluster://` names a node of
+            a Redis Cluster, `redis+sentinel://host:port[,host:port]/service[/db]` the
+            Sentinels of a master.
+        cluster: `url` is a node of a Redis Cluster (as the `redis+cluster://` scheme says).
+        sentinel: `(host, port)` of the Sentinels that watch `service_name`'s master.
+        service_name: The master's name in the Sentinels' configuration.
         prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it.
         response_header: The header saying `Hit` or `Miss`.
         ignore_arg_types: Types of endpoint arguments left out of keys (subclasses too, and
@@ -117,6 +128,9 @@ class Cache:
         ignore_arg_types: Iterable[type[Any]] | None = None,
         backend: Backend | None = None,
         client: Any = None,
+        cluster: bool = False,
+        sentinel: Sequence[tuple[str, int]] | None = None,
+        service_name: str | None = None,
         strong_etag: bool = False,
         timeout: float = 0.05,
         retry_after: float = 0.5,
@@ -127,12 +141,18 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
     ) -> None:
-        if sum(x is not None for x in (url, backend, client)) > 1:
-            raise ConfigError("give at most one of url=, client= and backend=")
+        if sum(x is not None for x in (url, backend, client, sentinel)) > 1:
+            raise ConfigError("give at most one of url=, client=, sentinel= and backend=")
+        if (sentinel is None) != (service_name is None):
+            raise ConfigError("sentinel= and service_name= go together")
+        if cluster and url is None:
+            raise ConfigError("cluster=True needs url= (or pass a RedisCluster as client=)")
         if timeout <= 0 or retry_after < 0 or lock_timeout < 0:
             raise ConfigError("timeout must be positive, retry_after and lock_timeout not negative")
         if on_error not in ("open", "raise"):
             raise ConfigError(f'on_error must be "open" or "raise", not {on_error!r}')
+        if backend is None:
+            backend = _redis_backend(url, client, cluster, sentinel, service_name, timeout)
         if backend is None:
             if url is not None or client is not None:
                 backend = RedisBackend(url, client=client, timeout=timeout)
@@ -143,6 +163,13 @@ class Cache:
                 raise ConfigError(
                     "near= needs a Redis store (url= or client=): the memory backend is "
                     "already in process"
+                )
+            if isinstance(backend, ClusterBackend):
+                # Broadcast tracking is per node; a cluster would need one listener per
+                # primary and a resubscribe on every slot move. Refused rather than half-done.
+                raise ConfigError(
+                    "near= is not supported on Redis Cluster yet: use it with one Redis or "
+                    "Sentinel"
                 )
             near.attach(self)
         self.near = near
@@ -519,6 +546,10 @@ class Cache:
     # -- helpers -------------------------------------------------------------------------
 
     def _describe(self) -> str:
+        if isinstance(self.backend, ClusterBackend):
+            return "Redis Cluster" if self.url is None else f"Redis Cluster at {_redact(self.url)}"
+        if isinstance(self.backend, SentinelBackend):
+            return f"Redis Sentinel service {self.backend.service_name!r}"
         if isinstance(self.backend, RedisBackend):
             return "Redis" if self.url is None else f"Redis at {_redact(self.url)}"
         return type(self.backend).__name__
@@ -528,6 +559,31 @@ class Cache:
             return
         self._warned.add(tag)
         logger.warning(message, *args)
+
+
+def _redis_backend(
+    url: str | None,
+    client: Any,
+    cluster: bool,
+    sentinel: Sequence[tuple[str, int]] | None,
+    service_name: str | None,
+    timeout: float,
+) -> Backend | None:
+    """The Cluster or Sentinel backend that the arguments of `Cache` ask for, if any."""
+    if sentinel is not None:
+        assert service_name is not None
+        return SentinelBackend(sentinel, service_name, timeout=timeout)
+    if url is not None and is_sentinel_url(url):
+        sentinels, name, options = parse_sentinel_url(url)
+        return SentinelBackend(sentinels, name, timeout=timeout, connection=options)
+    if url is not None and (cluster or is_cluster_url(url)):
+        return ClusterBackend(url, timeout=timeout)
+    if client is not None:
+        from redis.asyncio.cluster import RedisCluster
+
+        if isinstance(client, RedisCluster):
+            return ClusterBackend(client=client, timeout=timeout)
+    return None
 
 
 def _redact(url: str) -> str:

@@ -1,0 +1,249 @@
+"""Redis Cluster backend on `redis.asyncio.cluster.RedisCluster`: the single-Redis key layout,
+with every command on one key, so nothing can fail with CROSSSLOT."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from oxcache.backends.redis import _GLOB_SPECIALS, _RELEASE, RedisBackend
+
+T = TypeVar("T")
+
+_BATCH = 500
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str:
+    """The redis-py URL behind a `redis+cluster://` (or `rediss+cluster://`) URL; other URLs
+    are returned unchanged. redis-py has no such scheme: the `+cluster` only says "this is a
+    node of a Redis Cluster"."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        return url
+    return urlunsplit((scheme, *parts[1:]))
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
+    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
+        return await asyncio.wait_for(awaitable, seconds)
+
+
+class ClusterBackend(RedisBackend):
+    """Entries on a Redis Cluster, under the same keys and in the same format as on one Redis.
+
+    Keys are spread over the cluster by their hash slot, so an entry and its indexes (user,
+    tag, variants) usually live on different nodes. No command here touches two slots: an
+    index is updated by its own commands (`ZADD`, `ZREMRANGEBYSCORE`, `PEXPIRE NX` and
+    `PEXPIRE GT`, Redis 7 or later), grouped per node in one pipeline, *before* the entry is
+    written, so an entry that exists is always listed where its invalidations look.
+    Invalidation reads each index, unlinks its members grouped by slot, and then removes only
+    the members it read (an entry listed meanwhile stays listed). `clear()` scans every
+    primary.
+
+    Pass `url` (a `redis://` or `redis+cluster://` URL of any node) or `client` (a
+    `redis.asyncio.cluster.RedisCluster` you made and close yourself). redis-py's own cluster
+    retries are turned off for a client made here and every request-path call (read, write,
+    lock) is bounded by `timeout` in total, so a failover or a dead node costs a request at
+    most `timeout`: the store's circuit breaker then leaves the cluster alone for a moment,
+    and the next call reloads the slot map and finds the promoted replica. At most
+    `max_connections` calls run at once (more wait, at most `timeout`); each uses at most one
+    connection per node.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: RedisCluster | None = None,
+        timeout: float = 0.1,
+        max_connections: int = 32,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("ClusterBackend needs exactly one of url= or client=")
+        if client is None:
+            assert url is not None
+            client = RedisCluster.from_url(
+                cluster_url(url),
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # One attempt: the store's circuit breaker is the retry policy, and a retry
+                # inside redis-py would make a request wait for a failover.
+                retry=Retry(NoBackoff(), 0),
+                # Per node; each call here holds at most one connection per node, and the
+                # semaphore below keeps calls at or under this, so it is never exceeded.
+                max_connections=max_connections,
+                decode_responses=False,
+            )
+            self.owns_connection = True
+        else:
+            self.owns_connection = False
+        self.client: Any = client
+        self.timeout = timeout
+        self._permits = asyncio.Semaphore(max_connections)
+        self._release = client.register_script(_RELEASE)
+        self._reloading: asyncio.Task[Any] | None = None
+
+    def _ready(self) -> None:
+        """Raise at once while redis-py has to reload the slot map (before the first command,
+        and after a node failed), and reload it in the background.
+
+        Reloading asks a node for the slot map and the command table and connects to every
+        primary: several round trips, more than `timeout` allows a request. A request that
+        found the map stale is served as a miss (the circuit opens for `retry_after`) while
+        the reload runs, each of its socket operations bounded by `timeout`.
+        """
+        if not getattr(self.client, "_initialize", False):
+            return
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self.client.initialize())
+            self._reloading.add_done_callback(_retrieve)
+        raise RedisConnectionError("Redis Cluster: reloading the slot map")
+
+    @asynccontextmanager
+    async def _permit(self) -> AsyncIterator[None]:
+        if self._permits.locked():
+            await _bounded(self._permits.acquire(), self.timeout)
+        else:
+            await self._permits.acquire()
+        try:
+            yield
+        finally:
+            self._permits.release()
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """One request-path call: on a loaded slot map, under a permit and bounded by
+        `timeout` in total."""
+        self._ready()
+        async with self._permit():
+            return await _bounded(make(), self.timeout)
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(lambda: self.client.get(key))
+        return bytes(value) if value is not None else None
+
+    async def get_head(self, key: str, size: int) -> bytes | None:
+        value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
+        return bytes(value) if value else None
+
+    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+        ttl = max(int(ttl_ms), 1)
+        await self._call(lambda: self._set(key, value, ttl, indexes))
+
+    async def _set(self, key: str, value: bytes, ttl: int, indexes: Sequence[str]) -> None:
+        if indexes:
+            now_ms = time.time_ns() // 1_000_000
+            pipe = self.client.pipeline(transaction=False)
+            for index in indexes:
+                # The same rules as the single-Redis script: members scored by expiry, the
+                # expired ones dropped, and the index outliving its longest-lived member
+                # (NX sets the first expiry, GT only ever extends it; both relative, so
+                # clock skew between the app and Redis cannot cut an index short).
+                pipe.zadd(index, {key: now_ms + ttl})
+                pipe.zremrangebyscore(index, "-inf", now_ms)
+                pipe.pexpire(index, ttl + 1000, nx=True)
+                pipe.pexpire(index, ttl + 1000, gt=True)
+            await pipe.execute()
+        await self.client.set(key, value, px=ttl)
+
+    async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
+        ttl = max(int(ttl_ms), 1)
+        return bool(await self._call(lambda: self.client.set(name, token, px=ttl, nx=True)))
+
+    async def release(self, name: str, token: bytes) -> None:
+        await self._call(lambda: self._release(keys=[name], args=[token]))
+
+    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+        if not indexes and not keys:
+            return 0
+        async with self._permit():
+            members: list[list[bytes]] = []
+            if indexes:
+                pipe = self.client.pipeline(transaction=False)
+                for index in indexes:
+                    pipe.zrange(index, 0, -1)
+                members = list(await pipe.execute())
+            targets = {k.encode() for k in keys}
+            for listed in members:
+                targets.update(listed)
+            deleted = await self._unlink(targets)
+            if indexes:
+                # Only what was read and deleted: an entry listed since stays listed, and a
+                # failure before this point leaves the index whole for the replay.
+                pipe = self.client.pipeline(transaction=False)
+                for index, listed in zip(indexes, members, strict=True):
+                    for start in range(0, len(listed), _BATCH):
+                        pipe.zrem(index, *listed[start : start + _BATCH])
+                if len(pipe):
+                    await pipe.execute()
+            return deleted
+
+    async def _unlink(self, keys: Collection[bytes]) -> int:
+        """UNLINK `keys` with one command per slot, grouped per node in one pipeline."""
+        by_slot: dict[int, list[bytes]] = defaultdict(list)
+        for key in keys:
+            by_slot[key_slot(key)].append(key)
+        if not by_slot:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for same_slot in by_slot.values():
+            for start in range(0, len(same_slot), _BATCH):
+                pipe.execute_command("UNLINK", *same_slot[start : start + _BATCH])
+        return sum(int(n) for n in await pipe.execute())
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        async with self._permit():
+            return await self._unlink([k.encode() for k in keys])
+
+    async def clear(self, prefix: str) -> int:
+        pattern = prefix.translate(_GLOB_SPECIALS) + "*"
+        deleted = 0
+        batch: list[bytes] = []
+        async with self._permit():
+            # redis-py's cluster scan_iter walks every primary in turn.
+            async for key in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= _BATCH:
+                    deleted += await self._unlink(batch)
+                    batch.clear()
+            if batch:
+                deleted += await self._unlink(batch)
+        return deleted
+
+    async def ping(self) -> None:
+        # At startup (`Cache.connect`) the slot map is loaded here, in the foreground: each
+        # socket operation is bounded by `timeout`, the whole load is not.
+        await self.client.initialize()
+        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background reload's failure as seen; the next request tries again."""
+    if not task.cancelled():
+        task.exception()
