@@ -168,8 +168,7 @@ class Cache:
                 # Broadcast tracking is per node; a cluster would need one listener per
                 # primary and a resubscribe on every slot move. Refused rather than half-done.
                 raise ConfigError(
-                    "near= is not supported on Redis Cluster yet: use it with one Redis or "
-                    "Sentinel"
+                    "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
                 )
             near.attach(self)
         self.near = near
