@@ -89,22 +89,26 @@ def test_miss(benchmark: Any, target: Target, loop: asyncio.AbstractEventLoop) -
     )
 
 
-def test_not_modified(benchmark: Any, target: Target, loop: asyncio.AbstractEventLoop) -> None:
-    status, headers, _ = loop.run_until_complete(call(target.app, "/small"))
+@pytest.mark.parametrize("size", ["small", "1MiB"])
+def test_not_modified(
+    benchmark: Any, target: Target, loop: asyncio.AbstractEventLoop, size: str
+) -> None:
+    path = f"/{size}"
+    status, headers, _ = loop.run_until_complete(call(target.app, path))
     tag = headers.get(b"etag")
     if tag is None:
         pytest.skip(f"{target.name} sends no ETag")
     conditional = [(b"if-none-match", tag)]
-    status, _, _ = loop.run_until_complete(call(target.app, "/small", headers=conditional))
+    status, _, _ = loop.run_until_complete(call(target.app, path, headers=conditional))
     if status != 304:
         pytest.skip(f"{target.name} does not answer If-None-Match with 304 (got {status})")
 
     async def batch() -> None:
         for _ in range(BATCH):
-            status, _, body = await call(target.app, "/small", headers=conditional)
+            status, _, body = await call(target.app, path, headers=conditional)
             assert status == 304 and body == b""
 
-    _record(benchmark, target, "304", "small")
+    _record(benchmark, target, "304", size)
     benchmark.pedantic(
-        lambda: loop.run_until_complete(batch()), rounds=ROUNDS["small"], warmup_rounds=1
+        lambda: loop.run_until_complete(batch()), rounds=ROUNDS[size], warmup_rounds=1
     )
