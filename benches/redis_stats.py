@@ -19,12 +19,13 @@ from typing import Any
 
 import redis
 
-from benches.apps import BUILDERS
+from benches.apps import BUILDERS, oxcache_compressed_target
 from benches.asgi import call
 
 LIBRARIES = [
     "floor-b",
     "oxcache",
+    "oxcache-lz4",
     "fastapi-redis-cache",
     "fastapi-cache2",
     "cashews",
@@ -50,7 +51,8 @@ def per_request(counts: Counter[str], n: int) -> dict[str, float]:
 
 
 async def measure(library: str, url: str, client: redis.Redis) -> dict[str, Any]:
-    target = BUILDERS[library][0](url)
+    build = oxcache_compressed_target if library == "oxcache-lz4" else BUILDERS[library][0]
+    target = build(url)
     if target.setup:
         await target.setup()
     try:
@@ -100,7 +102,7 @@ async def measure(library: str, url: str, client: redis.Redis) -> dict[str, Any]
 async def main(url: str) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     out = {}
-    for library in LIBRARIES:
+    for library in LIBRARIES:  # (oxcache-lz4: the same app storing compressed entries)
         if library == "floor-b":
             # One bare GET per request, hit or miss: no entries, so no memory table.
             target = BUILDERS[library][0](url)
@@ -115,7 +117,39 @@ async def main(url: str) -> dict[str, Any]:
         out[library] = await measure(library, url, client)
         print(library, out[library]["hit"], out[library]["miss"], flush=True)
     client.close()
+    out["codec"] = codec_cost()
     return out
+
+
+def codec_cost() -> dict[str, dict[str, float]]:
+    """CPU cost of compressing (on a miss) and decompressing (on a hit) one entry."""
+    import timeit
+
+    from benches.apps import payload
+    from oxcache._core import encode_entry
+    from oxcache.store import pack_entry, unpack_entry
+
+    cost = {}
+    for size in ("50KiB", "1MiB"):
+        body = json.dumps(payload(size), separators=(",", ":")).encode()
+        data = encode_entry(200, [(b"content-type", b"application/json")], body, 1, 2)
+        packed = pack_entry(data)
+        n = 200 if size == "50KiB" else 20
+        cost[size] = {
+            "entry": len(data),
+            "packed": len(packed),
+            "compress_us": min(
+                timeit.repeat(lambda data=data: pack_entry(data), number=n, repeat=3)
+            )
+            / n
+            * 1e6,
+            "decompress_us": min(
+                timeit.repeat(lambda packed=packed: unpack_entry(packed), number=n, repeat=3)
+            )
+            / n
+            * 1e6,
+        }
+    return cost
 
 
 if __name__ == "__main__":
