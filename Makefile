@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
 STAMP := $(VENV)/.installed
 
-.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench docs all clean
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,17 +60,29 @@ test: build-dev
 demo: build-dev
 	$(BIN)/python examples/demo.py
 
-## bench: benchmarks against the peers; writes benches/RESULTS.md
+## bench: benchmarks against the peers (in process, Redis commands and memory, wrk over
+## HTTP); writes benches/RESULTS.md
 bench: build-dev
 	@scripts/ensure-redis
+	@scripts/ensure-wrk
 	$(MATURIN) --extras test,bench
 	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
+	$(BIN)/python benches/with_redis.py $(BIN)/python benches/redis_stats.py benches/redis_stats.json
+	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_bench.py --out benches/http.json
 	$(BIN)/python benches/report.py benches/results.json
 
 ## docs: the MkDocs site in site/, offline, warnings as errors (installs the docs extra)
 docs: $(STAMP)
 	$(MATURIN) --extras test,dev,docs
 	$(BIN)/mkdocs build --strict
+
+## profile: pyinstrument call trees of a hit (memory, Redis) and of the floors, in benches/profiles/
+profile: build-dev
+	@scripts/ensure-redis
+	$(MATURIN) --extras test,bench
+	for t in memory redis floor-a floor-b; do \
+	  $(BIN)/python benches/with_redis.py $(BIN)/python benches/profile_hit.py $$t > benches/profiles/hit-$$t.txt || exit 1; \
+	done
 
 all: lint test-rust test
 

@@ -118,6 +118,31 @@ def oxcache_target(redis_url: str | None) -> Target:
     return Target(f"oxcache ({kind})", app, calls, setup, teardown, (b"x-fastapi-cache", b"Hit"))
 
 
+def oxcache_compressed_target(redis_url: str | None) -> Target:
+    """oxcache storing entries of 1 KiB and more LZ4-compressed (`compress_over=1024`)."""
+    from oxcache import Cache, cache
+
+    store = Cache(redis_url, prefix="bench-oxz", compress_over=1024)
+    app, calls = FastAPI(), [0]
+    _routes(app, lambda f: cache(expire=600, store=store)(f), calls, with_request=False)
+
+    async def setup() -> None:
+        await store.__aenter__()
+        await store.clear()
+
+    async def teardown() -> None:
+        await store.__aexit__(None, None, None)
+
+    return Target(
+        "oxcache, compress_over=1024 (Redis)",
+        app,
+        calls,
+        setup,
+        teardown,
+        (b"x-fastapi-cache", b"Hit"),
+    )
+
+
 def fastapi_cache2_target(redis_url: str | None) -> Target:
     from fastapi_cache import FastAPICache
     from fastapi_cache.backends.inmemory import InMemoryBackend

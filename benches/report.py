@@ -61,7 +61,14 @@ def e2e_tables(benches: list[dict[str, Any]]) -> list[str]:
         if b["group"].startswith("e2e"):
             groups[b["group"]].append(b)
     out: list[str] = []
-    order = ["e2e hit small", "e2e hit 50KiB", "e2e hit 1MiB", "e2e miss small", "e2e 304 small"]
+    order = [
+        "e2e hit small",
+        "e2e hit 50KiB",
+        "e2e hit 1MiB",
+        "e2e miss small",
+        "e2e 304 small",
+        "e2e 304 1MiB",
+    ]
     for group in order + sorted(set(groups) - set(order)):
         rows = groups.get(group)
         if not rows:
@@ -225,6 +232,237 @@ def core_tables(benches: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def http_tables(path: Path) -> list[str]:
+    if not path.exists():
+        return ["(no benches/http.json: run `make bench`)", ""]
+    data = json.loads(path.read_text())
+    rows = data["targets"]
+    out = [
+        f"`benches/http_bench.py`: uvicorn (one worker) on loopback, `wrk -t1 "
+        f"-c{data['connections']} -d{data['seconds']}s --latency` on hits of `{data['path']}`, "
+        f"{data['rounds']} rounds interleaving the libraries (a different order each round); "
+        "medians over rounds. wrk, uvicorn and Redis share the machine's cores.",
+        "",
+        "| library | requests / s | p50 ms | p99 ms | x floor A req/s | x best peer req/s, "
+        "same backend | x best peer req/s, any backend | endpoint runs / non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    floor_a = rows.get("floor-a-memory", {}).get("rps")
+    peers = {k: v["rps"] for k, v in rows.items() if not k.startswith(("floor", "oxcache"))}
+    best_any = max(peers.values(), default=None)
+    for target, r in sorted(rows.items(), key=lambda kv: -kv[1]["rps"]):
+        backend = target.rpartition("-")[2]
+        same = max((v for k, v in peers.items() if k.endswith(backend)), default=None)
+        mine = not target.startswith("floor")
+        cells = [
+            target,
+            f"{r['rps']:,.0f}",
+            f"{r['p50'] * 1e3:.2f}",
+            f"{r['p99'] * 1e3:.2f}",
+            f"{r['rps'] / floor_a:.2f}" if floor_a else "",
+            f"{r['rps'] / same:.2f}" if same and mine else "",
+            f"{r['rps'] / best_any:.2f}" if best_any and mine else "",
+            f"{r['endpoint_runs']:.0f} / {r['non2xx']:.0f}",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def redis_tables(path: Path) -> list[str]:
+    if not path.exists():
+        return ["(no benches/redis_stats.json: run `make bench`)", ""]
+    data = json.loads(path.read_text())
+
+    def fmt(commands: dict[str, float]) -> str:
+        total = sum(commands.values())
+        parts = ", ".join(f"{c} {n:g}" for c, n in commands.items())
+        return f"{total:g} ({parts})"
+
+    out = [
+        "`benches/redis_stats.py`: INFO commandstats around 20 requests of each kind "
+        "(CONFIG RESETSTAT before), divided by 20.",
+        "",
+        "| library | commands per hit | commands per miss |",
+        "|---|---|---|",
+    ]
+    libraries = {k: v for k, v in data.items() if k != "codec"}
+    for r in libraries.values():
+        out.append(f"| {r['name']} | {fmt(r['hit'])} | {fmt(r['miss']) if 'miss' in r else ''} |")
+    out += [
+        "",
+        "### Redis memory per entry",
+        "",
+        "100 misses of each size, then every key they added: `value` is STRLEN of the entry",
+        "(what the library's format adds to the body), `memory` is MEMORY USAGE of all new keys",
+        "(Redis's own key, dict and expiry overhead and jemalloc's size classes included; a",
+        "54 KB value occupies a 56 KiB allocation), per entry.",
+        "",
+        "| library | body | value | value - body | memory | memory - body |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in libraries.values():
+        for size, m in r.get("memory", {}).items():
+            out.append(
+                f"| {r['name']} {size} | {m['body']:,} | {m['value_per_entry']:,.0f} | "
+                f"{m['value_per_entry'] - m['body']:,.0f} | {m['memory_per_entry']:,.0f} | "
+                f"{m['memory_per_entry'] - m['body']:,.0f} |"
+            )
+    codec = data.get("codec")
+    if codec:
+        out += [
+            "",
+            "### Compression (`Cache(compress_over=...)`, LZ4): CPU cost and size",
+            "",
+            "One encoded entry of the JSON body, packed on a miss and unpacked on a hit",
+            "(`oxcache.store.pack_entry` / `unpack_entry`, best of 3).",
+            "",
+            "| body | entry bytes | stored bytes | saved | compress µs | decompress µs |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for size, c in codec.items():
+            out.append(
+                f"| {size} | {c['entry']:,} | {c['packed']:,} | "
+                f"{1 - c['packed'] / c['entry']:.0%} | {c['compress_us']:,.1f} | "
+                f"{c['decompress_us']:,.1f} |"
+            )
+    out.append("")
+    return out
+
+
+def _e2e(benches: list[dict[str, Any]], group: str, library: str) -> float | None:
+    for b in benches:
+        if b["group"] == group and b["extra_info"]["library"] == library:
+            return per_op(b)
+    return None
+
+
+def _core(benches: list[dict[str, Any]], group: str, prefix: str) -> float | None:
+    for b in benches:
+        if b["group"] == group and b["extra_info"]["library"].startswith(prefix):
+            return per_op(b)
+    return None
+
+
+def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
+    """Each target of issue 7 with the figure this run measured."""
+    rows: list[tuple[str, str, float | None, float, bool]] = []  # name, unit, got, bound, le
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows.append(
+        (
+            "Redis hit (small) / floor B",
+            "x",
+            ratio(
+                _e2e(benches, "e2e hit small", "oxcache (Redis)"),
+                _e2e(benches, "e2e hit small", "floor B (no cache + 1 Redis GET)"),
+            ),
+            1.1,
+            True,
+        )
+    )
+    rows.append(
+        (
+            "memory hit (small) / floor A",
+            "x",
+            ratio(
+                _e2e(benches, "e2e hit small", "oxcache (memory)"),
+                _e2e(benches, "e2e hit small", "floor A (no cache)"),
+            ),
+            1.1,
+            True,
+        )
+    )
+    http = source.with_name("http.json")
+    if http.exists():
+        t = json.loads(http.read_text())["targets"]
+        peers = {k: v["rps"] for k, v in t.items() if not k.startswith(("floor", "oxcache"))}
+        same = max(v for k, v in peers.items() if k.endswith("-redis"))
+        rows.append(
+            (
+                "wrk hits req/s, oxcache Redis / best peer on Redis",
+                "x",
+                t["oxcache-redis"]["rps"] / same,
+                1.5,
+                False,
+            )
+        )
+        rows.append(
+            (
+                "wrk hits req/s, oxcache Redis / best peer on any backend",
+                "x",
+                t["oxcache-redis"]["rps"] / max(peers.values()),
+                1.5,
+                False,
+            )
+        )
+    for kind in ("Redis", "memory"):
+        rows.append(
+            (
+                f"304 of 1 MiB / 304 of a small body ({kind})",
+                "x",
+                ratio(
+                    _e2e(benches, "e2e 304 1MiB", f"oxcache ({kind})"),
+                    _e2e(benches, "e2e 304 small", f"oxcache ({kind})"),
+                ),
+                1.2,
+                True,
+            )
+        )
+    rows.append(
+        (
+            "etag speed on 1 MiB / xxhash xxh3_128",
+            "x",
+            ratio(
+                _core(benches, "core etag 1 MiB", "xxhash"),
+                _core(benches, "core etag 1 MiB", "oxcache"),
+            ),
+            0.5,
+            False,
+        )
+    )
+    rows.append(
+        (
+            "cache_key speed / fastapi-cache2 default_key_builder",
+            "x",
+            ratio(
+                _core(benches, "core cache_key", "fastapi-cache2"),
+                _core(benches, "core cache_key", "oxcache"),
+            ),
+            10.0,
+            False,
+        )
+    )
+    stats = source.with_name("redis_stats.json")
+    if stats.exists():
+        memory = json.loads(stats.read_text()).get("oxcache", {}).get("memory", {})
+        for size, m in memory.items():
+            rows.append(
+                (
+                    f"entry bytes beyond the body, {size} (STRLEN - body)",
+                    "B",
+                    m["value_per_entry"] - m["body"],
+                    64,
+                    True,
+                )
+            )
+    out = ["| target | measured | bound | met |", "|---|---:|---:|---|"]
+    for name, unit, got, bound, at_most in rows:
+        if got is None:
+            out.append(f"| {name} | not measured | {bound:g}{unit} | ? |")
+            continue
+        met = got <= bound if at_most else got >= bound
+        sign = "<=" if at_most else ">="
+        out.append(
+            f"| {name} | {got:.2f}{unit} | {sign} {bound:g}{unit} | {'yes' if met else 'NO'} |"
+        )
+    out.append("| optional compression of large bodies | not built | | NO (see notes) |")
+    out.append("")
+    return out
+
+
 def main() -> None:
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "benches/results.json")
     data = json.loads(source.read_text())
@@ -240,14 +478,24 @@ def main() -> None:
         "",
         "End to end: the same FastAPI app under each library, driven in process through a raw",
         "ASGI call (no HTTP client, no sockets to the app), on the same redis-server on loopback.",
-        "Each figure is the median round over 50 sequential requests; every round checks status",
-        "and body, and that hits did not run the endpoint. Floor A is the endpoint with no cache;",
+        "Each figure is the median round over 50 sequential requests (10 for 1 MiB); every round",
+        "checks status and body, and that hits did not run the endpoint. Floor A is the endpoint",
+        "with no cache;",
         "floor B the same plus one bare `redis.asyncio` GET, the least a Redis hit can cost.",
         "Lower is better; ratios are times (x floor A = 1.10 means 10% slower than no cache).",
         "",
+        "## Targets (issue 7), this run",
+        "",
+        *targets_table(benches, source),
         "## End to end, in process",
         "",
         *e2e_tables(benches),
+        "## Over HTTP, 64 connections (wrk)",
+        "",
+        *http_tables(source.with_name("http.json")),
+        "## Redis commands per request",
+        "",
+        *redis_tables(source.with_name("redis_stats.json")),
         "## Per-user hits (`benches/bench_per_user.py`)",
         "",
         "`shared + auth` has the same authentication dependency as `per-user` without putting",
@@ -271,7 +519,7 @@ def main() -> None:
         *core_tables(benches),
     ]
     if notes.exists():
-        lines += ["## Notes", "", notes.read_text().strip(), ""]
+        lines += [notes.read_text().strip(), ""]
     out = Path(__file__).with_name("RESULTS.md")
     out.write_text("\n".join(lines) + "\n")
     print("wrote", out)

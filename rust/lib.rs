@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 
+mod codec;
 mod entry;
 mod etag;
 mod headers;
@@ -54,5 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(entry::peek_entry, m)?)?;
     m.add_class::<entry::Entry>()?;
     m.add_class::<entry::EntryHead>()?;
+    m.add_function(wrap_pyfunction!(codec::lz4_compress, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::lz4_decompress, m)?)?;
     Ok(())
 }

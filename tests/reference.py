@@ -425,3 +425,63 @@ def decode_entry(data: bytes) -> Entry:
     if etag(body) != head.etag:
         raise EntryError("digest mismatch")
     return Entry(head.status, headers, body, head.etag, head.created_ms, head.expires_ms)
+
+
+# -- LZ4 blocks (store compression) --------------------------------------------------------------
+
+
+def lz4_compress(data: bytes) -> bytes:
+    """A valid LZ4 block of `data`: one sequence of literals only (no matches). Not the bytes
+    the Rust encoder writes, but any LZ4 reader must return `data` from it."""
+    n = len(data)
+    if n < 15:
+        return bytes([n << 4]) + data
+    rest = n - 15
+    return b"\xf0" + b"\xff" * (rest // 255) + bytes([rest % 255]) + data
+
+
+def lz4_decompress(data: bytes, size: int) -> bytes:
+    """Read an LZ4 block (sequences of literals and back-references) that must give
+    exactly `size` bytes; ValueError otherwise."""
+    out = bytearray()
+    i, n = 0, len(data)
+    try:
+        while i < n:
+            token = data[i]
+            i += 1
+            length = token >> 4
+            if length == 15:
+                while True:
+                    extra = data[i]
+                    i += 1
+                    length += extra
+                    if extra != 255:
+                        break
+            if i + length > n:
+                raise ValueError("literals past the end")
+            out += data[i : i + length]
+            i += length
+            if i == n:
+                break  # the last sequence has literals only
+            offset = data[i] | data[i + 1] << 8
+            i += 2
+            if offset == 0 or offset > len(out):
+                raise ValueError("bad offset")
+            length = token & 15
+            if length == 15:
+                while True:
+                    extra = data[i]
+                    i += 1
+                    length += extra
+                    if extra != 255:
+                        break
+            start = len(out) - offset
+            for k in range(length + 4):
+                out.append(out[start + k])
+            if len(out) > size:
+                raise ValueError("longer than expected")
+    except IndexError:
+        raise ValueError("truncated LZ4 block") from None
+    if len(out) != size:
+        raise ValueError(f"LZ4 block gave {len(out)} bytes, expected {size}")
+    return bytes(out)

@@ -25,6 +25,8 @@ __all__ = [
     "encode_entry",
     "etag",
     "if_none_match",
+    "lz4_compress",
+    "lz4_decompress",
     "parse_cache_control",
     "peek_entry",
 ]
@@ -180,3 +182,11 @@ def peek_entry(data: bytes) -> EntryHead:
     Raises `EntryError` for a short head, wrong magic bytes or another version; the body is
     not checked.
     """
+
+def lz4_compress(data: bytes) -> bytes:
+    """`data` as one LZ4 block (no frame, no size prefix), as `Cache(compress_over=...)`
+    stores large entries (docs/formats.md)."""
+
+def lz4_decompress(data: bytes, size: int) -> bytes:
+    """The `size` bytes the LZ4 block `data` decompresses to; `ValueError` if it is not a
+    valid block of exactly that size."""

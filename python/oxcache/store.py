@@ -17,6 +17,8 @@ from oxcache._core import (
     EntryError,
     EntryHead,
     decode_entry,
+    lz4_compress,
+    lz4_decompress,
     peek_entry,
 )
 from oxcache.backends.base import Backend
@@ -32,6 +34,35 @@ logger.addHandler(logging.NullHandler())
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 _MAX_PENDING = 1000
+# A compressed entry (docs/formats.md): this prefix, the entry's 44-byte head unchanged, then
+# the rest of the entry (header block and body) as one LZ4 block.
+_PACKED = b"OXZ\x01"
+_PACKED_HEAD_SIZE = len(_PACKED) + ENTRY_HEAD_SIZE
+
+
+def pack_entry(data: bytes) -> bytes:
+    """An encoded entry in its compressed form, or `data` itself when LZ4 does not shrink it."""
+    packed = lz4_compress(data[ENTRY_HEAD_SIZE:])
+    if len(packed) + len(_PACKED) >= len(data) - ENTRY_HEAD_SIZE:
+        return data
+    return _PACKED + data[:ENTRY_HEAD_SIZE] + packed
+
+
+def unpack_entry(data: bytes) -> bytes:
+    """The encoded entry a compressed one holds (`data` itself if it is not compressed);
+    raises EntryError when the compressed form is malformed."""
+    if data[:4] != _PACKED:
+        return data
+    head = data[len(_PACKED) : _PACKED_HEAD_SIZE]
+    peek_entry(head)  # raises EntryError for a short or foreign head
+    size = int.from_bytes(head[42:44], "big") + int.from_bytes(head[38:42], "big")
+    packed = data[_PACKED_HEAD_SIZE:]
+    if size > 255 * len(packed) + 16:  # more than LZ4 can expand to: a corrupt head
+        raise EntryError("compressed entry: its head claims more than the block can hold")
+    try:
+        return head + lz4_decompress(packed, size)
+    except ValueError as exc:
+        raise EntryError(f"compressed entry: {exc}") from None
 
 
 class Stats:
@@ -117,6 +148,10 @@ class Cache:
         near: A `NearCache`: an in-process L1 in front of Redis, kept coherent across
             workers (see docs/near-cache.md). Redis backends only: the memory backend is
             already in process.
+        compress_over: When set, entries of at least this many bytes are stored LZ4-compressed
+            (when that makes them smaller); None (the default) stores every entry as is.
+            Reading compressed entries needs no setting (an oxcache without compression
+            reads them as misses).
     """
 
     def __init__(
@@ -140,7 +175,10 @@ class Cache:
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
+        compress_over: int | None = None,
     ) -> None:
+        if compress_over is not None and compress_over < 0:
+            raise ConfigError("compress_over must be None or a number of bytes, not negative")
         if sum(x is not None for x in (url, backend, client, sentinel)) > 1:
             raise ConfigError("give at most one of url=, client=, sentinel= and backend=")
         if (sentinel is None) != (service_name is None):
@@ -183,6 +221,7 @@ class Cache:
         self.on_error = on_error
         self.lock_ms = int(lock_timeout * 1000)
         self.refresh_on_no_cache = refresh_on_no_cache
+        self.compress_over = compress_over
         self.counters = Stats()
         # Concurrent misses of one key in this process share one endpoint run.
         self._inflight: dict[str, asyncio.Future[Any]] = {}
@@ -339,7 +378,7 @@ class Cache:
             return None
         self.counters.bytes_read += len(data)
         try:
-            entry = decode_entry(data)
+            entry = decode_entry(unpack_entry(data))
         except EntryError as exc:
             if near is not None and token is not None:
                 near.end(key, token)
@@ -359,11 +398,12 @@ class Cache:
         With a near cache in use, the whole entry (from the L1, or read into it)."""
         if self.near is not None and self.near.ready:
             return await self.read(key)
-        data = await self._fetch(self.backend.get_head, key, ENTRY_HEAD_SIZE)
+        # (The head of a compressed entry starts after its 4-byte prefix.)
+        data = await self._fetch(self.backend.get_head, key, _PACKED_HEAD_SIZE)
         if data is None:
             return None
         try:
-            return peek_entry(data)
+            return peek_entry(data[len(_PACKED) :] if data[:4] == _PACKED else data)
         except EntryError:
             return None
 
@@ -374,6 +414,8 @@ class Cache:
         if not self._available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
+        if self.compress_over is not None and len(data) >= self.compress_over:
+            data = pack_entry(data)
         try:
             await self.backend.set(key, data, ttl_ms, indexes)
         except Exception as exc:

@@ -4,6 +4,7 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 import sys
 import time
 from collections import defaultdict
@@ -109,6 +110,11 @@ class ClusterBackend(RedisBackend):
         self._permits = asyncio.Semaphore(max_connections)
         self._release = client.register_script(_RELEASE)
         self._reloading: asyncio.Task[Any] | None = None
+        # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
+        # routed by redis-py instead.
+        self.auto_pipeline = False
+        self._pipes = weakref.WeakKeyDictionary()
+        self._pipe = None
 
     def _ready(self) -> None:
         """Raise at once while redis-py has to reload the slot map (before the first command,

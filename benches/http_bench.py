@@ -1,0 +1,180 @@
+"""Over HTTP: each library's app under uvicorn on loopback (one worker), loaded by `wrk` with
+64 connections, on cache hits of the small endpoint. Rounds interleave the libraries (a
+different order each round) so machine drift hits all of them alike; each figure is the
+median over rounds. Writes benches/http.json for benches/report.py.
+
+Usage: python benches/http_bench.py [--rounds N] [--seconds S]  (REDIS_URL names the Redis)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+TARGETS = [
+    "floor-a-memory",
+    "floor-b-redis",
+    "oxcache-redis",
+    "oxcache-memory",
+    "fastapi-cache2-redis",
+    "fastapi-cache2-memory",
+    "cashews-redis",
+    "cashews-memory",
+    "fastapi-cachex-redis",
+    "fastapi-cachex-memory",
+    "fastapi-redis-cache-redis",
+]
+CONNECTIONS = 64
+PATH = "/small"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return bytes(response.read())
+
+
+def start(target: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=".")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benches.http_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            get(base + "/_calls", timeout=1.0)
+            return proc, base
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"uvicorn for {target} did not start")
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, duration: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    result = {"rps": rps}
+    for pct in ("50", "99"):
+        found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
+        result[f"p{pct}"] = seconds(found.group(1)) if found else float("nan")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    result["non2xx"] = float(bad.group(1)) if bad else 0.0
+    result["socket_errors"] = 1.0 if errors else 0.0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--out", default="benches/http.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run scripts/ensure-wrk (apt-get install wrk)")
+    servers = {t: start(t, args.redis_url) for t in TARGETS}
+    runs: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
+    try:
+        for _, base in servers.values():
+            get(base + PATH)  # the miss that fills the entry
+            get(base + PATH)
+        for round_ in range(args.rounds):
+            order = TARGETS[round_ % len(TARGETS) :] + TARGETS[: round_ % len(TARGETS)]
+            if round_ % 2:
+                order.reverse()
+            for target in order:
+                base = servers[target][1]
+                before = int(get(base + "/_calls"))
+                result = wrk(base + PATH, args.seconds)
+                ran = int(get(base + "/_calls")) - before
+                # A "hit" benchmark where the endpoint ran would measure something else.
+                result["endpoint_runs"] = float(ran if not target.startswith("floor") else 0)
+                runs[target].append(result)
+                print(
+                    f"round {round_ + 1} {target:28s} {result['rps']:9.0f} req/s "
+                    f"p50 {result['p50'] * 1e3:6.2f} ms p99 {result['p99'] * 1e3:6.2f} ms",
+                    flush=True,
+                )
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    summary = {
+        target: {
+            key: statistics.median(r[key] for r in results)
+            for key in ("rps", "p50", "p99", "non2xx", "socket_errors", "endpoint_runs")
+        }
+        | {"rounds": len(results)}
+        for target, results in runs.items()
+    }
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "connections": CONNECTIONS,
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "path": PATH,
+                "targets": summary,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Auto-pipelined reads (backends/_pipe.py): concurrent GETs share one connection and one
+write; a dead, stuck or restarted Redis fails them like any other Redis error (the store
+serves uncached), and the pipe connects again afterwards. All against real redis-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from oxcache.backends._pipe import ReadPipe, _ReplyProtocol, encode_get
+from oxcache.backends.redis import RedisBackend
+from tests.conftest import RedisServer
+
+
+@pytest.fixture
+def own_redis() -> Any:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        if server.proc is not None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+def _clients(url: str) -> int:
+    info = redis.Redis.from_url(url).info("clients")
+    return int(info["connected_clients"])
+
+
+def test_concurrent_reads_share_one_connection_and_keep_their_order(redis_url: str) -> None:
+    prefix = "pipe-" + uuid.uuid4().hex[:8] + ":"
+    backend = RedisBackend(redis_url, timeout=5.0)
+    assert backend.auto_pipeline
+    values = {f"{prefix}{i}": os.urandom(i * 37 % 5000 + 1) for i in range(300)}
+    values[prefix + "big"] = os.urandom(3 * 1024 * 1024)  # arrives in many chunks
+
+    async def scenario() -> tuple[list[Any], list[Any], int]:
+        for key, value in values.items():
+            await backend.set(key, value, 60_000)
+        before = _clients(redis_url)
+        keys = [*values, prefix + "missing"] * 2
+        got = await asyncio.gather(*(backend.get(k) for k in keys))
+        heads = await asyncio.gather(*(backend.get_head(k, 16) for k in keys))
+        after = _clients(redis_url)
+        await backend.delete(list(values))
+        await backend.close()
+        return got, heads, after - before
+
+    got, heads, extra = asyncio.run(scenario())
+    expected = [*values.values(), None] * 2
+    assert got == expected
+    assert heads == [None if v is None else v[:16] for v in expected]
+    assert extra <= 1  # 1200 reads, at most one new connection (the pipe's own)
+
+
+def test_a_cancelled_read_does_not_shift_the_replies_of_the_others(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, timeout=5.0)
+
+    async def scenario() -> list[Any]:
+        for i in range(50):
+            await backend.set(f"pipe-c:{i}", b"v%d" % i, 60_000)
+        tasks = [asyncio.ensure_future(backend.get(f"pipe-c:{i}")) for i in range(50)]
+        await asyncio.sleep(0)
+        tasks[10].cancel()
+        tasks[11].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results.append(await backend.get("pipe-c:7"))
+        await backend.delete([f"pipe-c:{i}" for i in range(50)])
+        await backend.close()
+        return results
+
+    results = asyncio.run(scenario())
+    for i, result in enumerate(results[:50]):
+        if i in (10, 11):
+            assert isinstance(result, asyncio.CancelledError)
+        else:
+            assert result == b"v%d" % i
+    assert results[50] == b"v7"
+
+
+def test_one_backend_serves_successive_event_loops(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # (Pooled commands of redis.asyncio are bound to one loop; the pipe makes one per loop.)
+    backend = RedisBackend(redis_url, timeout=5.0)
+    redis_client.set("pipe-loop", b"x", px=60_000)
+
+    async def read() -> bytes | None:
+        return await backend.get("pipe-loop")
+
+    async def read_and_close() -> bytes | None:
+        value = await backend.get("pipe-loop")
+        await backend.close()
+        return value
+
+    assert asyncio.run(read()) == b"x"
+    assert asyncio.run(read_and_close()) == b"x"  # a new loop, a new pipe
+    redis_client.delete("pipe-loop")
+
+
+def test_reads_fail_when_redis_dies_and_recover_when_it_returns(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, timeout=2.0)
+
+    async def scenario() -> None:
+        await backend.set("k", b"v", 600_000)
+        assert await backend.get("k") == b"v"
+        assert own_redis.proc is not None
+        own_redis.proc.kill()
+        own_redis.proc.wait(timeout=10)
+        results = await asyncio.gather(
+            *(backend.get("k") for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, redis.ConnectionError) for r in results), results
+        with pytest.raises(redis.ConnectionError):  # connecting again fails too
+            await backend.get("k")
+        own_redis.start()  # empty
+        assert await backend.get("k") is None
+        await backend.set("k", b"w", 600_000)  # the pool's stale connections were dropped
+        assert await backend.get("k") == b"w"
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stuck_redis_fails_every_outstanding_read_within_the_timeout(
+    own_redis: RedisServer,
+) -> None:
+    backend = RedisBackend(own_redis.url, timeout=0.2)
+
+    async def scenario() -> float:
+        await backend.set("k", b"v", 600_000)
+        assert await backend.get("k") == b"v"
+        assert own_redis.proc is not None
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(backend.get("k") for _ in range(20)), return_exceptions=True
+            )
+            elapsed = time.monotonic() - started
+            assert all(isinstance(r, redis.TimeoutError) for r in results), results
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        assert await backend.get("k") == b"v"  # a fresh connection once it answers
+        await backend.close()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    # The requirement is a bound: the timeout plus generous slack for a loaded machine.
+    assert elapsed < 0.2 + 1.5, elapsed
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_replies_split_at_every_byte_are_parsed_in_order() -> None:
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        pipe = ReadPipe(None, 5.0, loop)
+        transport: Any = _Transport()
+        pipe.transport = transport
+        protocol = _ReplyProtocol(pipe, transport, None)
+        tasks = [asyncio.ensure_future(pipe.request(encode_get(b"k%d" % i))) for i in range(5)]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert b"".join(transport.written).count(b"GET") == 5  # one write for the tick
+        assert len(transport.written) == 1
+        stream = b"$5\r\nhello\r\n$-1\r\n_\r\n-WRONGTYPE no\r\n$0\r\n\r\n"
+        for i in range(len(stream)):
+            protocol.data_received(stream[i : i + 1])
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert results[:3] == [b"hello", None, None]
+    assert isinstance(results[3], redis.ResponseError) and "WRONGTYPE" in str(results[3])
+    assert results[4] == b""
+
+
+def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection() -> None:
+    async def scenario() -> tuple[Any, bool]:
+        loop = asyncio.get_running_loop()
+        pipe = ReadPipe(None, 5.0, loop)
+        transport: Any = _Transport()
+        pipe.transport = transport
+        protocol = _ReplyProtocol(pipe, transport, None)
+        task = asyncio.ensure_future(pipe.request(encode_get(b"k")))
+        await asyncio.sleep(0)
+        protocol.data_received(b"*1\r\n$1\r\nx\r\n")  # an array: never a GET's reply
+        result = await asyncio.gather(task, return_exceptions=True)
+        return result[0], transport.aborted
+
+    result, aborted = asyncio.run(scenario())
+    assert isinstance(result, redis.ConnectionError) and aborted
