@@ -458,7 +458,6 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
         out.append(
             f"| {name} | {got:.2f}{unit} | {sign} {bound:g}{unit} | {'yes' if met else 'NO'} |"
         )
-    out.append("| optional compression of large bodies | not built | | NO (see notes) |")
     out.append("")
     return out
 
