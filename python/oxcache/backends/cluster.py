@@ -4,9 +4,9 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 import sys
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from contextlib import asynccontextmanager
