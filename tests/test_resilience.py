@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from oxcache import Cache, CacheUnavailable, cache
+from oxcache import Cache, CacheUnavailable, ConfigError, cache
 from oxcache.backends.memory import MemoryBackend
 from tests.conftest import RedisServer, free_port
 
@@ -432,3 +432,42 @@ def test_stats_count_what_happened(make_store: MakeStore) -> None:
     assert stats["misses"] == 1 and stats["hits"] == 3 and stats["bypasses"] == 1
     assert stats["bytes_written"] > 0 and stats["bytes_read"] >= 2 * stats["bytes_written"]
     assert stats["errors"] == 0
+
+
+@pytest.mark.parametrize("beta", [0.0, 1000.0])
+def test_early_recompute_refreshes_a_hot_entry_before_it_expires(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, beta: float
+) -> None:
+    import oxcache.decorator
+
+    draw = [0.999999]  # XFetch's U: ln(1 - U) = -13.8, so beta * delta * 13.8 s early
+    monkeypatch.setattr(oxcache.decorator.random, "random", lambda: draw[0])
+    store = make_store()
+    app = FastAPI()
+    state = {"version": 1, "runs": 0}
+
+    @app.get("/hot")
+    @cache(expire=60, store=store, early_recompute=beta)
+    async def hot() -> dict[str, int]:
+        state["runs"] += 1
+        await asyncio.sleep(0.01)  # delta: 10 ms, so 1000 * 0.01 * 13.8 = 138 s > 60 s left
+        return {"version": state["version"]}
+
+    app.router.lifespan_context = store.lifespan
+    with TestClient(app) as client:
+        assert client.get("/hot").headers["x-fastapi-cache"] == "Miss"
+        state["version"] = 2
+        hit = client.get("/hot")  # fresh hit; with beta, refreshed after it is sent
+        draw[0] = 0.0  # ln(1) = 0: no early refresh from now on
+        after = client.get("/hot")
+    assert hit.json() == {"version": 1} and hit.headers["x-fastapi-cache"] == "Hit"
+    assert after.headers["x-fastapi-cache"] == "Hit"
+    if beta:
+        assert after.json() == {"version": 2} and state["runs"] == 2
+    else:
+        assert after.json() == {"version": 1} and state["runs"] == 1
+
+
+def test_early_recompute_must_be_a_non_negative_number() -> None:
+    with pytest.raises(ConfigError):
+        cache(expire=60, early_recompute=-1)(lambda: None)

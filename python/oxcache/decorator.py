@@ -6,6 +6,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
+import random
 import re
 import string
 import threading
@@ -212,7 +214,13 @@ class CachedEndpoint:
         max_age: Expire | None = None,
         cache_control: str | None = None,
         refresh_on_no_cache: bool | None = None,
+        early_recompute: float = 0.0,
     ) -> None:
+        if not isinstance(early_recompute, (int, float)) or not 0 <= early_recompute < 1e6:
+            raise ConfigError("early_recompute must be a number >= 0 (XFetch's beta; 1 is usual)")
+        self.beta = float(early_recompute)
+        # XFetch's delta: how long a run of this endpoint takes (a moving average, seconds).
+        self.run_s = 0.0
         if max_age is not None and cache_control is not None:
             raise ConfigError("give max_age or cache_control, not both")
         self.browser_max_age = None if max_age is None else _ttl_ms(max_age) // 1000
@@ -417,9 +425,18 @@ class CachedEndpoint:
     # -- requests --------------------------------------------------------------------------
 
     async def call(self, kwargs: dict[str, Any]) -> Any:
+        if not self.beta:
+            if self.is_async:
+                return await self.func(**kwargs)
+            return await run_in_threadpool(self.func, **kwargs)
+        began = time.monotonic()
         if self.is_async:
-            return await self.func(**kwargs)
-        return await run_in_threadpool(self.func, **kwargs)
+            result = await self.func(**kwargs)
+        else:
+            result = await run_in_threadpool(self.func, **kwargs)
+        took = time.monotonic() - began
+        self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
+        return result
 
     async def _bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
         """Serve a cacheable request without the cache (counted in `stats()`)."""
@@ -544,23 +561,17 @@ class CachedEndpoint:
             ):
                 logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
                 store.counters.hits += 1
-                return reply.replay(entry, now_ms)
+                response = reply.replay(entry, now_ms)
+                if self.beta and _xfetch(now_ms, entry.expires_ms, self.run_s, self.beta):
+                    self._refresh_later(store, request, kwargs, key, uid, response)
+                return response
             if max_age_ms is None and entry.expires_ms <= now_ms < entry.expires_ms + self.swr_ms:
                 # RFC 5861 stale-while-revalidate: serve at once, refresh after the response
                 # (as a background task, while the request's dependencies are still open).
                 store.counters.stale += 1
                 logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
                 response = reply.replay(entry, now_ms)
-                started = store._refreshing.get(key)
-                if started is None or started < time.monotonic() - _REFRESH_GIVE_UP_S:
-                    # (A refresh that never ran, say the client left before the background
-                    # task, is given up after a while rather than blocking refreshes forever.)
-                    if len(store._refreshing) > 10_000:
-                        store._refreshing.clear()
-                    store._refreshing[key] = time.monotonic()
-                    response.background = BackgroundTask(
-                        self._refresh, store, request, kwargs, key, uid
-                    )
+                self._refresh_later(store, request, kwargs, key, uid, response)
                 return response
         return await self._miss(
             store, request, sub_response, kwargs, key, uid, reply, entry, read_at
@@ -741,6 +752,25 @@ class CachedEndpoint:
         await store.write(key, data, self.ttl_ms + self.stale_ms, indexes)
         return _Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
 
+    def _refresh_later(
+        self,
+        store: Cache,
+        request: Request,
+        kwargs: dict[str, Any],
+        key: str,
+        uid: str | None,
+        response: Any,
+    ) -> None:
+        """Refresh `key` after `response` is sent, unless a refresh of it is running."""
+        started = store._refreshing.get(key)
+        if started is None or started < time.monotonic() - _REFRESH_GIVE_UP_S:
+            # (A refresh that never ran, say the client left before the background task,
+            # is given up after a while rather than blocking refreshes forever.)
+            if len(store._refreshing) > 10_000:
+                store._refreshing.clear()
+            store._refreshing[key] = time.monotonic()
+            response.background = BackgroundTask(self._refresh, store, request, kwargs, key, uid)
+
     async def _refresh(
         self, store: Cache, request: Request, kwargs: dict[str, Any], key: str, uid: str | None
     ) -> None:
@@ -834,6 +864,12 @@ class _Reply:
         return CachedResponse(entry.status, raw, body)
 
 
+def _xfetch(now_ms: int, expires_ms: int, run_s: float, beta: float) -> bool:
+    """XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): recompute early when
+    `now - delta * beta * ln(U) >= expiry`, U uniform in (0, 1], delta the run time."""
+    return now_ms - run_s * 1000.0 * beta * math.log(1.0 - random.random()) >= expires_ms
+
+
 def _forbids_store(value: bytes) -> bool:
     """RFC 9111 section 3: a shared cache must not store `no-store` or `private` responses."""
     lowered = value.lower()
@@ -859,6 +895,7 @@ def cache(
     max_age: Expire | None = None,
     cache_control: str | None = None,
     refresh_on_no_cache: bool | None = None,
+    early_recompute: float = 0.0,
 ) -> Callable[[F], F]: ...
 
 
@@ -876,6 +913,7 @@ def cache(
     max_age: Expire | None = None,
     cache_control: str | None = None,
     refresh_on_no_cache: bool | None = None,
+    early_recompute: float = 0.0,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -922,6 +960,11 @@ def cache(
         refresh_on_no_cache: When a request says `Cache-Control: no-cache` (or `Pragma:
             no-cache`), run the endpoint and store the fresh result instead of bypassing the
             cache. Default: the store's setting (off, the seed's behaviour).
+        early_recompute: XFetch's beta (Vattani et al., VLDB 2015), 0 (off) by default, 1
+            usual: a hit close to expiry refreshes the entry early in the background with
+            probability rising as expiry nears (sooner for endpoints that take longer to
+            run), so a hot key is recomputed before it expires instead of by a stampede.
+            The hit itself is served from the entry, as with stale_while_revalidate.
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
@@ -942,6 +985,7 @@ def cache(
             max_age=max_age,
             cache_control=cache_control,
             refresh_on_no_cache=refresh_on_no_cache,
+            early_recompute=early_recompute,
         )
         request_param = endpoint.request_param
         response_param = endpoint.response_param
