@@ -19,17 +19,6 @@ from oxcache.backends.redis import RedisBackend
 from tests.conftest import RedisServer
 
 
-@pytest.fixture
-def own_redis() -> Any:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        if server.proc is not None:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
-
-
 def _clients(url: str) -> int:
     info = redis.Redis.from_url(url).info("clients")
     return int(info["connected_clients"])

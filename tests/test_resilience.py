@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import anyio
@@ -24,18 +23,6 @@ from oxcache.backends.memory import MemoryBackend
 from tests.conftest import RedisServer, free_port
 
 MakeStore = Callable[..., Cache]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, to kill, stop and restart."""
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        if server.proc is not None:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 def item_app(store: Cache, **options: Any) -> tuple[FastAPI, list[int]]:
