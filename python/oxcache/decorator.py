@@ -425,17 +425,14 @@ class CachedEndpoint:
     # -- requests --------------------------------------------------------------------------
 
     async def call(self, kwargs: dict[str, Any]) -> Any:
-        if not self.beta:
-            if self.is_async:
-                return await self.func(**kwargs)
-            return await run_in_threadpool(self.func, **kwargs)
         began = time.monotonic()
         if self.is_async:
             result = await self.func(**kwargs)
         else:
             result = await run_in_threadpool(self.func, **kwargs)
-        took = time.monotonic() - began
-        self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
+        if self.beta:  # XFetch's delta
+            took = time.monotonic() - began
+            self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
         return result
 
     async def _bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
