@@ -120,17 +120,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--out", default="benches/http.json")
+    parser.add_argument("--only", nargs="*", help="run only these targets (for a quick look)")
     args = parser.parse_args()
+    targets = [t for t in TARGETS if not args.only or t in args.only]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run scripts/ensure-wrk (apt-get install wrk)")
-    servers = {t: start(t, args.redis_url) for t in TARGETS}
-    runs: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
+    servers = {t: start(t, args.redis_url) for t in targets}
+    runs: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
     try:
         for _, base in servers.values():
             get(base + PATH)  # the miss that fills the entry
             get(base + PATH)
         for round_ in range(args.rounds):
-            order = TARGETS[round_ % len(TARGETS) :] + TARGETS[: round_ % len(TARGETS)]
+            order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
             if round_ % 2:
                 order.reverse()
             for target in order:

@@ -147,6 +147,63 @@ def test_a_stuck_redis_fails_every_outstanding_read_within_the_timeout(
     assert elapsed < 0.2 + 1.5, elapsed
 
 
+def _busy(seconds: float) -> None:
+    """Hold the event loop for `seconds`, as one turn does under load (other requests' work)."""
+    time.sleep(seconds)
+
+
+def test_a_busy_event_loop_is_not_taken_for_a_slow_redis(redis_url: str) -> None:
+    # Under load one loop turn can outlast the timeout. Redis answers in well under a
+    # millisecond here, so none of these reads may time out, however late the loop gets
+    # to the socket.
+    key = "pipe-busy-" + uuid.uuid4().hex[:8]
+    backend = RedisBackend(redis_url, timeout=0.05)
+
+    async def scenario() -> None:
+        await backend.set(key, b"v", 600_000)
+        assert await backend.get(key) == b"v"  # connected
+        # Blocked after the GET was queued and before it was written.
+        read = asyncio.ensure_future(backend.get(key))
+        await asyncio.sleep(0)  # the read queues its GET; the write is the next turn's
+        _busy(0.2)
+        assert await read == b"v"
+        # Blocked after the GET was written: the reply waits in the socket meanwhile.
+        read = asyncio.ensure_future(backend.get(key))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        _busy(0.2)
+        assert await read == b"v"
+        # Many reads, with a turn longer than the timeout between each of them.
+        reads = []
+        for _ in range(10):
+            reads.append(asyncio.ensure_future(backend.get(key)))
+            await asyncio.sleep(0)
+            _busy(0.06)
+        assert await asyncio.gather(*reads) == [b"v"] * 10
+        await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_loop_neither_opens_the_circuit_nor_serves_uncached(redis_url: str) -> None:
+    from oxcache import Cache
+
+    store = Cache(redis_url, prefix="pipe-busy-" + uuid.uuid4().hex[:8], timeout=0.05)
+
+    async def scenario() -> None:
+        await store.write("k", b"not an entry", 600_000)
+        for _ in range(5):
+            read = asyncio.ensure_future(store.read("k"))
+            await asyncio.sleep(0)
+            _busy(0.12)
+            await read
+        assert store.stats()["errors"] == 0
+        assert store._available()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
 class _Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
@@ -197,3 +254,28 @@ def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection() -> None
 
     result, aborted = asyncio.run(scenario())
     assert isinstance(result, redis.ConnectionError) and aborted
+
+
+def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not() -> None:
+    async def scenario() -> tuple[bool, Any, Any]:
+        loop = asyncio.get_running_loop()
+        pipe = ReadPipe(None, 0.03, loop)
+        transport: Any = _Transport()
+        pipe.transport = transport
+        silent = asyncio.ensure_future(pipe.request(encode_get(b"k")))
+        await asyncio.sleep(0.1)  # overdue, and not a byte came
+        silent_failed = silent.done()
+        pipe.transport = transport  # the failure dropped the connection: a new one
+        protocol = _ReplyProtocol(pipe, transport, None)
+        streaming = asyncio.ensure_future(pipe.request(encode_get(b"big")))
+        reply = b"$20\r\n" + b"x" * 20 + b"\r\n"
+        # One byte every 5 ms: the whole reply takes 4x the timeout, Redis is never silent
+        # for a whole timeout.
+        for i in range(len(reply)):
+            loop.call_later(0.005 * (i + 1), protocol.data_received, reply[i : i + 1])
+        return silent_failed, await asyncio.gather(silent, return_exceptions=True), await streaming
+
+    silent_failed, silent, streamed = asyncio.run(scenario())
+    assert silent_failed
+    assert isinstance(silent[0], redis.TimeoutError)
+    assert streamed == b"x" * 20

@@ -14,6 +14,17 @@ Failure rules are those of the rest of the backend: every read is bounded by `ti
 connection or a reply that cannot be parsed fails every outstanding read and drops the
 connection, and the next read connects again. The store turns those failures into misses
 and opens its circuit breaker, as with any other Redis error.
+
+The timeout measures Redis, not this process's event loop. Under load one loop turn can
+take longer than the timeout (64 concurrent requests of a few hundred microseconds each),
+and a plain timer then fires before the loop has even looked at the socket, where the reply
+has long been waiting: a healthy Redis would look like an outage, and the store would open
+its circuit and serve uncached, which adds load. So a read's clock starts when its command
+is written, not when it is queued, and a timer that finds the oldest read past its deadline
+only suspects it: the read fails if the loop then polls the socket (two more loop turns,
+which covers asyncio's order, timers after I/O, and libuv's, timers before I/O) and still
+no byte of a reply has come. A large reply still streaming in is not late either: a read
+times out only once Redis has sent nothing for `timeout` since it was written.
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from oxcache.backends._bound import bounded
 
 _CRLF = b"\r\n"
 
@@ -62,6 +75,7 @@ class _ReplyProtocol(asyncio.Protocol):
         pipe = self.pipe
         if pipe.transport is not self.transport:
             return  # a connection the pipe already dropped
+        pipe.last_data = pipe.loop.time()
         buf = self.buf
         buf += data
         if len(buf) < self.need:
@@ -124,10 +138,17 @@ class ReadPipe:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.connecting: asyncio.Future[None] | None = None
-        # (future, deadline) of every read sent or queued, oldest first.
-        self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # [future, deadline] of every read sent or queued, oldest first; the deadline is
+        # 0.0 until the read's command is written.
+        self.waiting: deque[list[Any]] = deque()
         self.out: list[bytes] = []
+        self.unsent: list[list[Any]] = []  # the entries of `waiting` whose commands are in `out`
         self.timer: asyncio.TimerHandle | None = None
+        # When bytes last came (loop time), and what the check of an overdue read saw of it.
+        self.last_data = 0.0
+        self.suspect: list[Any] | None = None  # the overdue read being checked
+        self.suspect_seen = 0.0
+        self.suspect_turns = 0
         # A connection was lost or timed out: the pool's idle connections, made before the
         # outage, are likely dead too.
         self.dropped = False
@@ -138,13 +159,12 @@ class ReadPipe:
         if self.transport is None:
             await self._connect(loop)
         future: asyncio.Future[Any] = loop.create_future()
-        deadline = loop.time() + self.timeout
-        self.waiting.append((future, deadline))
+        entry = [future, 0.0]
+        self.waiting.append(entry)
         if not self.out:
             loop.call_soon(self._flush)
         self.out.append(command)
-        if self.timer is None:
-            self.timer = loop.call_at(deadline, self._expire)
+        self.unsent.append(entry)
         return await future
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -152,7 +172,7 @@ class ReadPipe:
             self.connecting = loop.create_future()
             try:
                 conn = self.pool.make_connection()
-                await asyncio.wait_for(conn.connect(), self.timeout)
+                await bounded(conn.connect(), self.timeout)
                 writer = conn._writer
                 transport = writer.transport
                 # The connection object must forget the streams, or its __del__ closes them.
@@ -164,9 +184,7 @@ class ReadPipe:
                     # circuit the read just closed.
                     self.dropped = False
                     with contextlib.suppress(Exception):  # best effort
-                        await asyncio.wait_for(
-                            self.pool.disconnect(inuse_connections=False), self.timeout
-                        )
+                        await bounded(self.pool.disconnect(inuse_connections=False), self.timeout)
                 self.transport = transport
                 self.connecting.set_result(None)
             except BaseException as exc:
@@ -186,19 +204,59 @@ class ReadPipe:
 
     def _flush(self) -> None:
         out, self.out = self.out, []
+        unsent, self.unsent = self.unsent, []
         if self.transport is None:
             return
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        deadline = self.loop.time() + self.timeout
+        for entry in unsent:
+            entry[1] = deadline
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
+        """The oldest read may be overdue: re-arm for it, or start checking it."""
         self.timer = None
         if not self.waiting:
             return
-        deadline = self.waiting[0][1]
-        if self.loop.time() >= deadline:
-            self.fail(RedisTimeoutError("Timeout reading from Redis"))
-        else:
+        head = self.waiting[0]
+        if not head[1]:
+            return  # not written yet: `_flush` arms the timer when it is
+        now = self.loop.time()
+        # Replies come in order, so bytes that came after the oldest read was written are
+        # its reply streaming in: the read is late only once Redis has been silent for
+        # `timeout`.
+        deadline = max(head[1], self.last_data + self.timeout)
+        if now < deadline:
             self.timer = self.loop.call_at(deadline, self._expire)
+            return
+        # Past its deadline, but the loop may not have read the socket since: suspect it,
+        # and decide once the loop has polled (see the module docstring).
+        self.suspect = head
+        self.suspect_seen = self.last_data
+        self.suspect_turns = 2
+        self.timer = self.loop.call_at(now, self._confirm)
+
+    def _confirm(self) -> None:
+        self.timer = None
+        waiting = self.waiting
+        if not waiting:
+            self.suspect = None
+            return
+        head = waiting[0]
+        now = self.loop.time()
+        if head is not self.suspect or self.last_data != self.suspect_seen:
+            # Redis answered meanwhile: the suspect's reply, or part of it.
+            self.suspect = None
+            if head[1]:
+                self.timer = self.loop.call_at(now, self._expire)
+            return
+        self.suspect_turns -= 1
+        if self.suspect_turns:
+            self.timer = self.loop.call_at(now, self._confirm)
+            return
+        self.suspect = None
+        self.fail(RedisTimeoutError("Timeout reading from Redis"))
 
     def disarm(self) -> None:
         """No read is outstanding: the timer has nothing to watch."""
@@ -213,6 +271,8 @@ class ReadPipe:
             self.dropped = True
         self.disarm()
         self.out = []
+        self.unsent = []
+        self.suspect = None
         waiting, self.waiting = self.waiting, deque()
         for future, _ in waiting:
             if not future.done():

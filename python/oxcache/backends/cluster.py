@@ -4,7 +4,6 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import weakref
 from collections import defaultdict
@@ -19,6 +18,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from oxcache.backends._bound import backstop
+from oxcache.backends._bound import bounded as _bounded
 from oxcache.backends.redis import _GLOB_SPECIALS, _RELEASE, RedisBackend
 
 T = TypeVar("T")
@@ -42,18 +43,6 @@ def cluster_url(url: str) -> str:
 def is_cluster_url(url: str) -> bool:
     """Whether `url` names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
     return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
-
-
-if sys.version_info >= (3, 11):
-
-    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-        return await asyncio.wait_for(awaitable, seconds)
 
 
 class ClusterBackend(RedisBackend):
@@ -92,8 +81,9 @@ class ClusterBackend(RedisBackend):
             assert url is not None
             client = RedisCluster.from_url(
                 cluster_url(url),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                # Backstops only: every call is bounded by `_bounded` (backends/_bound.py).
+                socket_timeout=backstop(timeout),
+                socket_connect_timeout=backstop(timeout),
                 # One attempt: the store's circuit breaker is the retry policy, and a retry
                 # inside redis-py would make a request wait for a failover.
                 retry=Retry(NoBackoff(), 0),
@@ -107,6 +97,7 @@ class ClusterBackend(RedisBackend):
             self.owns_connection = False
         self.client: Any = client
         self.timeout = timeout
+        self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
         self._permits = asyncio.Semaphore(max_connections)
         self._release = client.register_script(_RELEASE)
         self._reloading: asyncio.Task[Any] | None = None
@@ -123,7 +114,8 @@ class ClusterBackend(RedisBackend):
         Reloading asks a node for the slot map and the command table and connects to every
         primary: several round trips, more than `timeout` allows a request. A request that
         found the map stale is served as a miss (the circuit opens for `retry_after`) while
-        the reload runs, each of its socket operations bounded by `timeout`.
+        the reload runs, each of its socket operations bounded by the socket timeout
+        (`backstop(timeout)`, about a second for the default 50 ms).
         """
         if not getattr(self.client, "_initialize", False):
             return

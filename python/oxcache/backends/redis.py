@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio import connection as _connection
 
+from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange
 from oxcache.backends.base import Backend
+
+T = TypeVar("T")
 
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
@@ -71,10 +74,13 @@ class RedisBackend(Backend):
     Pass `url` (any redis-py URL: `redis://`, `rediss://`, `unix://`, with password and
     database) to let the backend create and own its client, or `client` to use one you made;
     a client passed in is never closed by oxcache. `timeout` bounds every command and
-    connection attempt, so a dead or stuck Redis costs a request at most that long.
-    `max_connections` (16) bounds the pool; more concurrent commands wait for a free
-    connection (at most `timeout`): a hit holds one for well under a millisecond, and
-    fewer connections mean fewer handshakes racing the timeout in a burst.
+    connection attempt, so a dead or stuck Redis costs a request at most about that long.
+    The bound is on Redis, not on this process's event loop: a command whose timer fires
+    late because the loop was busy with other requests gets more time (`backends/_bound.py`),
+    so load on the app alone never looks like an outage. `max_connections` (16) bounds the
+    pool; more concurrent commands wait for a free connection (within the same bound): a hit
+    holds one for well under a millisecond, and fewer connections mean fewer handshakes
+    racing the timeout in a burst.
 
     With `auto_pipeline` (the default) reads do not use the pool: each event loop gets one
     more connection on which the GETs of concurrent requests go out together in one write
@@ -100,12 +106,14 @@ class RedisBackend(Backend):
             # A blocking pool: past `max_connections` concurrent commands, a request waits
             # (at most `timeout`) for a free connection instead of failing at once, which
             # would look like an outage under load.
+            # The pool's own timeouts are only a backstop: `bounded` enforces `timeout`.
+            limit = backstop(timeout)
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                socket_timeout=limit,
+                socket_connect_timeout=limit,
                 max_connections=max_connections,
-                timeout=timeout,
+                timeout=limit,
                 decode_responses=False,
                 retry_on_timeout=False,
             )
@@ -115,6 +123,9 @@ class RedisBackend(Backend):
             self.owns_connection = False
         self.client: Any = client
         self.timeout = timeout
+        # Commands on a client made here are bounded by `timeout`; a client passed in keeps
+        # its own timeouts.
+        self.bound: float | None = timeout if self.owns_connection else None
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
         self._set_indexed = client.register_script(_SET_INDEXED)
         self._invalidate = client.register_script(_INVALIDATE)
@@ -133,6 +144,12 @@ class RedisBackend(Backend):
         )
         self._pipe: ReadPipe | None = None  # the last one used
 
+    async def _limit(self, aw: Awaitable[T]) -> T:
+        """`aw` under this backend's bound (see `backends/_bound.py`), when it has one."""
+        if self.bound is None:
+            return await aw
+        return await bounded(aw, self.bound)
+
     def _read_pipe(self) -> ReadPipe:
         loop = asyncio.get_running_loop()
         pipe = self._pipe
@@ -147,7 +164,7 @@ class RedisBackend(Backend):
         if self.auto_pipeline:
             value = await self._read_pipe().request(encode_get(key.encode()))
         else:
-            value = await self.client.get(key)
+            value = await self._limit(self.client.get(key))
         return bytes(value) if value is not None else None
 
     async def get_head(self, key: str, size: int) -> bytes | None:
@@ -155,32 +172,34 @@ class RedisBackend(Backend):
         if self.auto_pipeline:
             value = await self._read_pipe().request(encode_getrange(key.encode(), 0, size - 1))
         else:
-            value = await self.client.getrange(key, 0, size - 1)
+            value = await self._limit(self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
     async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
         ttl = max(int(ttl_ms), 1)
         if not indexes:
-            await self.client.set(key, value, px=ttl)
+            await self._limit(self.client.set(key, value, px=ttl))
             return
         now_ms = time.time_ns() // 1_000_000
-        await self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms])
+        await self._limit(self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms]))
 
     async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
         if not indexes and not keys:
             return 0
-        return int(await self._invalidate(keys=[*indexes, *keys], args=[len(indexes)]))
+        return int(await self._limit(self._invalidate(keys=[*indexes, *keys], args=[len(indexes)])))
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return int(await self.client.unlink(*keys))
+        return int(await self._limit(self.client.unlink(*keys)))
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
-        return bool(await self.client.set(name, token, px=max(int(ttl_ms), 1), nx=True))
+        return bool(
+            await self._limit(self.client.set(name, token, px=max(int(ttl_ms), 1), nx=True))
+        )
 
     async def release(self, name: str, token: bytes) -> None:
-        await self._release(keys=[name], args=[token])
+        await self._limit(self._release(keys=[name], args=[token]))
 
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(_GLOB_SPECIALS) + "*"
@@ -196,7 +215,7 @@ class RedisBackend(Backend):
         return deleted
 
     async def ping(self) -> None:
-        await self.client.ping()
+        await self._limit(self.client.ping())
 
     async def close(self) -> None:
         for pipe in list(self._pipes.values()):

@@ -10,6 +10,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from oxcache.backends._bound import backstop
 from oxcache.backends.redis import RedisBackend
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -67,11 +68,14 @@ class SentinelBackend(RedisBackend):
         timeout: float = 0.1,
         connection: dict[str, object] | None = None,
     ) -> None:
-        socket_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        # The Sentinels are asked with `timeout`; the master's commands are bounded by
+        # `bounded` (see backends/_bound.py), with the socket timeout only as a backstop.
+        limit = backstop(timeout)
         self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(host, int(port)) for host, port in sentinels],
-            sentinel_kwargs=dict(socket_options),
-            **socket_options,
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            socket_timeout=limit,
+            socket_connect_timeout=limit,
         )
         master_for: Any = self.sentinel.master_for
         master = master_for(
@@ -84,6 +88,7 @@ class SentinelBackend(RedisBackend):
         )
         super().__init__(client=master, timeout=timeout)
         self.owns_connection = True
+        self.bound = timeout
         self.service_name = service_name
 
     async def close(self) -> None:

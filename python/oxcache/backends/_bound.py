@@ -1,0 +1,57 @@
+"""A timeout that measures Redis, not this process's event loop.
+
+`asyncio.wait_for(aw, timeout)` fails when `timeout` seconds of wall time have passed, also
+when the loop itself was too busy (other requests' work) to run the callbacks that would have
+completed `aw` in time: under load a healthy Redis looks like an outage, the store opens its
+circuit and serves uncached, which adds load. `bounded` gives up only when its timer fires
+about on time (the loop was responsive, so Redis really is late); a timer that fires late by
+more than half the timeout restarts the clock, at most twice, so a Redis that is really stuck
+still costs at most about three timeouts plus the loop's own lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
+
+_RESTARTS = 2
+
+
+def backstop(timeout: float) -> float:
+    """The socket timeout to give redis-py when `bounded` enforces `timeout` itself: it only
+    catches what `bounded` does not wrap, and must outlast `bounded`'s restarts."""
+    return (_RESTARTS + 1) * timeout + 1.0
+
+
+async def bounded(aw: Awaitable[T], timeout: float) -> T:
+    """Await `aw`; raise redis's `TimeoutError` (and cancel it) when Redis takes longer than
+    `timeout` seconds of a responsive event loop."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(aw)
+    deadline = loop.time() + timeout
+    restarts = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0.0))
+            if done:
+                return task.result()
+            now = loop.time()
+            if now - deadline > timeout / 2 and restarts < _RESTARTS:
+                restarts += 1  # the timer itself was late: the loop, not Redis, was slow
+                deadline = now + timeout
+                continue
+            break
+    except BaseException:
+        task.cancel()
+        raise
+    task.cancel()
+    # The cancellation, or whatever the command failed with meanwhile.
+    with contextlib.suppress(BaseException):
+        await task
+    raise RedisTimeoutError(f"Timeout: Redis did not answer within {timeout:g} s")
