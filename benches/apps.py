@@ -100,11 +100,16 @@ def floor_b(redis_url: str | None) -> Target:
     return Target("floor B (no cache + 1 Redis GET)", app, calls, setup, teardown)
 
 
-def oxcache_target(redis_url: str | None) -> Target:
-    from oxcache import Cache, cache
+def oxcache_target(redis_url: str | None, route: bool = False) -> Target:
+    """oxcache with the default `APIRoute`, or with `CachedRoute` (hits answered before
+    FastAPI solves the parameters)."""
+    from oxcache import Cache, CachedRoute, cache
 
-    store = Cache(redis_url, prefix="bench-ox") if redis_url else Cache(prefix="bench-ox")
+    prefix = "bench-oxr" if route else "bench-ox"
+    store = Cache(redis_url, prefix=prefix) if redis_url else Cache(prefix=prefix)
     app, calls = FastAPI(), [0]
+    if route:
+        app.router.route_class = CachedRoute
     _routes(app, lambda f: cache(expire=600, store=store)(f), calls, with_request=False)
 
     async def setup() -> None:
@@ -115,7 +120,12 @@ def oxcache_target(redis_url: str | None) -> Target:
         await store.__aexit__(None, None, None)
 
     kind = "Redis" if redis_url else "memory"
-    return Target(f"oxcache ({kind})", app, calls, setup, teardown, (b"x-fastapi-cache", b"Hit"))
+    name = f"oxcache CachedRoute ({kind})" if route else f"oxcache ({kind})"
+    return Target(name, app, calls, setup, teardown, (b"x-fastapi-cache", b"Hit"))
+
+
+def oxcache_route_target(redis_url: str | None) -> Target:
+    return oxcache_target(redis_url, route=True)
 
 
 def oxcache_compressed_target(redis_url: str | None) -> Target:
@@ -246,6 +256,7 @@ BUILDERS: dict[str, tuple[Callable[[str | None], Target], tuple[str, ...]]] = {
     "floor-a": (floor_a, ("memory",)),
     "floor-b": (floor_b, ("redis",)),
     "oxcache": (oxcache_target, ("redis", "memory")),
+    "oxcache-route": (oxcache_route_target, ("redis", "memory")),
     "fastapi-redis-cache": (fastapi_redis_cache_target, ("redis",)),
     "fastapi-cache2": (fastapi_cache2_target, ("redis", "memory")),
     "cashews": (cashews_target, ("redis", "memory")),

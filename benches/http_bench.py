@@ -26,6 +26,8 @@ TARGETS = [
     "floor-b-redis",
     "oxcache-redis",
     "oxcache-memory",
+    "oxcache-route-redis",
+    "oxcache-route-memory",
     "fastapi-cache2-redis",
     "fastapi-cache2-memory",
     "cashews-redis",

@@ -33,6 +33,7 @@ from oxcache.errors import (
 )
 from oxcache.functions import cached
 from oxcache.near import NearCache
+from oxcache.route import CachedRoute
 from oxcache.store import Cache, default_store
 
 cache.function = cached  # type: ignore[attr-defined]
@@ -47,6 +48,7 @@ __all__ = [
     "Backend",
     "Cache",
     "CacheUnavailable",
+    "CachedRoute",
     "ClusterBackend",
     "ConfigError",
     "EntryError",

@@ -15,7 +15,7 @@ import time
 import typing
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union, cast, overload
 
@@ -61,6 +61,8 @@ _RESPONSE_PARAM = "oxcache_response__"
 _USER_PARAM = "oxcache_user__"
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _NO_USER: Any = object()
+_FAST = "oxcache.early"  # scope key: the `EarlyState` of a request `CachedRoute` saw first
+_ROUTE_MEMO_LIMIT = 10_000  # raw requests remembered per route
 _REFRESH_GIVE_UP_S = 60.0
 _MAX_LANDED = 10_000  # keys remembered by Cache._landed before it starts over
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -524,6 +526,11 @@ class CachedEndpoint:
             )
             return await self._bypass(store, kwargs)
 
+        fast = request.scope.get(_FAST)
+        if fast is not None and (fast.memo.endpoint is not self or uid is not None):
+            fast = None
+        if fast is not None:
+            fast.learn(store, key)
         now_ms = time.time_ns() // 1_000_000
         max_age_ms = (
             None if directives is None or directives.max_age is None else directives.max_age * 1000
@@ -539,19 +546,15 @@ class CachedEndpoint:
         )
         if force:
             return await self._miss(store, request, sub_response, kwargs, key, uid, reply, None)
-        read_at = time.monotonic()
-        if reply.condition is not None:
-            head = await store.read_head(key)
-            if (
-                head is not None
-                and head.expires_ms > now_ms
-                and (max_age_ms is None or now_ms - head.created_ms <= max_age_ms)
-                and if_none_match(reply.condition, head.etag)
-            ):
-                logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
-                store.counters.hits += 1
-                return CachedResponse(304, reply.headers(head, now_ms, hit=True), b"")
-        entry = await store.read(key)
+        if fast is not None and fast.read_key == key and fast.store is store:
+            # `CachedRoute` read this entry already, and left the request to this path.
+            entry, read_at = fast.entry, fast.read_at
+        else:
+            read_at = time.monotonic()
+            found = await _lookup(store, key, reply, now_ms, max_age_ms)
+            if isinstance(found, CachedResponse):
+                return found
+            entry = found
         if entry is not None:
             if entry.expires_ms > now_ms and (
                 max_age_ms is None or now_ms - entry.created_ms <= max_age_ms
@@ -573,6 +576,67 @@ class CachedEndpoint:
         return await self._miss(
             store, request, sub_response, kwargs, key, uid, reply, entry, read_at
         )
+
+    async def answer_early(
+        self, scope: MutableMapping[str, Any], memo: RouteMemo
+    ) -> Response | None:
+        """`CachedRoute`'s hit before FastAPI solves the parameters: the response when this
+        raw request's key is known and its entry is fresh (or a 304), else None (after
+        leaving what it read in the scope for `handle`)."""
+        if scope["method"] not in _CACHED_METHODS or self.ttl_ms <= 0:
+            return None
+        condition_raw: bytes | None = None
+        vary_names = self.vary_names
+        varied: dict[bytes, bytes] | None = {} if vary_names else None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                condition_raw = value if condition_raw is None else condition_raw + b", " + value
+            elif name == b"cache-control" or name == b"pragma":
+                return None  # request directives: `handle` applies them
+            elif name in _CREDENTIAL_HEADERS and name not in vary_names and not self.shared:
+                return None  # `handle` decides (served uncached, with a warning)
+            if varied is not None and name in vary_names:
+                seen = varied.get(name)
+                varied[name] = value if seen is None else seen + b", " + value
+        path, query = scope["path"], scope["query_string"]
+        signature: tuple[Any, ...] = (
+            (path, query)
+            if varied is None
+            else (path, query, *(varied.get(name) for name in vary_names))
+        )
+        state = EarlyState(memo, signature)
+        scope[_FAST] = state
+        known = memo.keys.get(signature)
+        if known is None:
+            return None
+        store, key = known
+        if store is not (self.store or default_store()):
+            return None  # the store was replaced since: learn again
+        now_ms = time.time_ns() // 1_000_000
+        reply = _Reply(
+            store,
+            None if condition_raw is None else condition_raw.decode("latin-1"),
+            False,
+            self.vary_header,
+            self.directives,
+            self.browser_max_age,
+            self.control,
+        )
+        read_at = time.monotonic()
+        found = await _lookup(store, key, reply, now_ms, None)
+        if isinstance(found, CachedResponse):
+            return found
+        if (
+            found is not None
+            and found.expires_ms > now_ms
+            and not (self.beta and _xfetch(now_ms, found.expires_ms, self.run_s, self.beta))
+        ):
+            logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
+            store.counters.hits += 1
+            return reply.replay(found, now_ms)
+        # Missing, stale or due for an early refresh: FastAPI's path, without reading again.
+        state.store, state.read_key, state.entry, state.read_at = store, key, found, read_at
+        return None
 
     # -- misses --------------------------------------------------------------------------
 
@@ -786,6 +850,57 @@ class CachedEndpoint:
             logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
         finally:
             store._refreshing.pop(key, None)
+
+
+async def _lookup(
+    store: Cache, key: str, reply: _Reply, now_ms: int, max_age_ms: int | None
+) -> Any:
+    """The 304 for a request whose `If-None-Match` matches the entry's ETag (read from the
+    entry's head only), else the entry under `key` (None when there is none)."""
+    if reply.condition is not None:
+        head = await store.read_head(key)
+        if (
+            head is not None
+            and head.expires_ms > now_ms
+            and (max_age_ms is None or now_ms - head.created_ms <= max_age_ms)
+            and if_none_match(reply.condition, head.etag)
+        ):
+            logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
+            store.counters.hits += 1
+            return CachedResponse(304, reply.headers(head, now_ms, hit=True), b"")
+    return await store.read(key)
+
+
+class RouteMemo:
+    """What `CachedRoute` learned for one route: raw request -> (store, key)."""
+
+    __slots__ = ("endpoint", "keys")
+
+    def __init__(self, endpoint: CachedEndpoint) -> None:
+        self.endpoint = endpoint
+        self.keys: dict[tuple[Any, ...], tuple[Cache, str]] = {}
+
+
+class EarlyState:
+    """One request as `CachedRoute` saw it: its raw signature, and the entry it read when it
+    did not answer (so FastAPI's path does not read it again)."""
+
+    __slots__ = ("entry", "memo", "read_at", "read_key", "signature", "store")
+
+    def __init__(self, memo: RouteMemo, signature: tuple[Any, ...]) -> None:
+        self.memo = memo
+        self.signature = signature
+        self.store: Cache | None = None
+        self.read_key: str | None = None
+        self.entry: Any = None
+        self.read_at = 0.0
+
+    def learn(self, store: Cache, key: str) -> None:
+        """FastAPI's path computed `key` for this raw request."""
+        keys = self.memo.keys
+        if self.signature not in keys and len(keys) >= _ROUTE_MEMO_LIMIT:
+            del keys[next(iter(keys))]  # the oldest
+        keys[self.signature] = (store, key)
 
 
 class _Stored:

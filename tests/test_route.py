@@ -1,0 +1,289 @@
+"""`CachedRoute`: hits answered before FastAPI solves the parameters, with the same responses
+as the plain route, and never for a route that has something else to run (dependencies,
+security, per-user). On memory, Redis and Redis Cluster (parametrized through make_store)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any, Callable
+
+import anyio
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi.testclient import TestClient
+from pydantic import AfterValidator
+
+import oxcache.decorator
+from oxcache import Cache, CachedRoute, MemoryBackend, cache
+
+MakeStore = Callable[..., Cache]
+_VOLATILE = {"date", "expires", "age", "cache-control"}
+
+
+SOLVED: Counter[str] = Counter()
+
+
+def _solved(value: str) -> str:
+    """Counts how often FastAPI solved (validated) the parameter."""
+    SOLVED["q"] += 1
+    return value
+
+
+CountedQuery = Annotated[str, AfterValidator(_solved)]
+
+
+def items_app(store: Cache, counter: Counter[str], route_class: type | None) -> FastAPI:
+    app = FastAPI()
+    if route_class is not None:
+        app.router.route_class = route_class
+
+    @app.get("/items/{item_id}")
+    @cache(expire=300, store=store)
+    async def item(item_id: int, q: CountedQuery = "none") -> dict[str, Any]:
+        counter["ran"] += 1
+        return {"id": item_id, "q": q, "run": counter["ran"]}
+
+    return app
+
+
+def client_for(app: FastAPI, store: Cache) -> TestClient:
+    """A client whose lifespan connects (and later closes) the store, on one event loop."""
+    app.router.lifespan_context = store.lifespan
+    return TestClient(app)
+
+
+def stable(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
+    headers = sorted((k, v) for k, v in response.headers.items() if k not in _VOLATILE)
+    return response.status_code, response.content, headers
+
+
+def test_hits_skip_solving_and_answer_like_the_plain_route(make_store: MakeStore) -> None:
+    plain_counter: Counter[str] = Counter()
+    early_counter: Counter[str] = Counter()
+    plain_store, early_store = make_store(), make_store()
+    plain_client = client_for(items_app(plain_store, plain_counter, None), plain_store)
+    early_client = client_for(items_app(early_store, early_counter, CachedRoute), early_store)
+    with plain_client as plain, early_client as early:
+        check_same_answers(plain, early)
+    assert plain_counter["ran"] == early_counter["ran"] == 3
+    # 3 hits and a 304 each, and the request that read the ETag.
+    assert plain_store.stats()["hits"] == 4
+    assert early_store.stats()["hits"] == 5
+
+
+def check_same_answers(plain: TestClient, early: TestClient) -> None:
+    requests: list[tuple[str, dict[str, str]]] = [
+        ("/items/1?q=a", {}),
+        ("/items/1?q=a", {}),
+        ("/items/1?q=b", {}),
+        ("/items/2", {}),
+        ("/items/1?q=a", {}),
+        ("/items/2", {}),
+    ]
+    solved = SOLVED["q"]
+    plain_responses = [stable(plain.get(path, headers=headers)) for path, headers in requests]
+    plain_solved, solved = SOLVED["q"] - solved, SOLVED["q"]
+    early_responses = [stable(early.get(path, headers=headers)) for path, headers in requests]
+    early_solved = SOLVED["q"] - solved
+    assert plain_responses == early_responses
+    # The plain route solved `q` on every request that gave it; CachedRoute only on the
+    # misses (the first request of each raw URL, which teaches it the key).
+    assert plain_solved == 4
+    assert early_solved == 2
+    etag = early.get("/items/1?q=a").headers["etag"]
+    for client in (plain, early):
+        response = client.get("/items/1?q=a", headers={"If-None-Match": etag})
+        assert response.status_code == 304 and response.content == b""
+        assert response.headers["etag"] == etag
+
+
+def auth(x_token: str | None = Header(default=None)) -> str:
+    if x_token != "secret":
+        raise HTTPException(status_code=401, detail="no")
+    return x_token
+
+
+@pytest.mark.parametrize("where", ["app", "router", "include", "route"])
+def test_a_route_with_a_dependency_is_never_answered_early(
+    make_store: MakeStore, where: str
+) -> None:
+    store = make_store()
+    calls: Counter[str] = Counter()
+
+    def guard(token: str = Depends(auth)) -> None:
+        calls["guard"] += 1
+
+    app = FastAPI(dependencies=[Depends(guard)] if where == "app" else None)
+    router = APIRouter(
+        route_class=CachedRoute, dependencies=[Depends(guard)] if where == "router" else None
+    )
+
+    @router.get("/report", dependencies=[Depends(guard)] if where == "route" else None)
+    @cache(expire=300, store=store, shared=True)
+    async def report() -> dict[str, int]:
+        calls["ran"] += 1
+        return {"n": calls["ran"]}
+
+    app.include_router(router, dependencies=[Depends(guard)] if where == "include" else None)
+    with client_for(app, store) as client:
+        check_guarded(client)
+    assert calls["guard"] == 3 and calls["ran"] == 1
+
+
+def check_guarded(client: TestClient) -> None:
+    ok = {"X-Token": "secret"}
+    assert client.get("/report", headers=ok).headers["x-fastapi-cache"] == "Miss"
+    assert client.get("/report", headers=ok).headers["x-fastapi-cache"] == "Hit"
+    # The entry is there, but the dependency still runs first and refuses.
+    assert client.get("/report").status_code == 401
+    assert client.get("/report", headers={"X-Token": "wrong"}).status_code == 401
+    assert client.get("/report", headers=ok).json() == {"n": 1}
+
+
+def test_per_user_endpoints_are_not_answered_early(make_store: MakeStore) -> None:
+    store = make_store()
+    calls: Counter[str] = Counter()
+
+    def user(x_user: str | None = Header(default=None)) -> str:
+        if x_user is None:
+            raise HTTPException(status_code=401)
+        calls["auth"] += 1
+        return x_user
+
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/me")
+    @cache(expire=300, store=store, per_user=user)
+    async def me(who: str = Depends(user)) -> dict[str, str]:
+        return {"user": who}
+
+    with client_for(app, store) as client:
+        for _ in range(2):
+            for name in ("alice", "bob"):
+                assert client.get("/me", headers={"X-User": name}).json() == {"user": name}
+        assert client.get("/me").status_code == 401
+        assert calls["auth"] == 4
+
+
+def test_credentials_and_request_directives_take_fastapis_path(make_store: MakeStore) -> None:
+    store = make_store()
+    counter: Counter[str] = Counter()
+    app = items_app(store, counter, CachedRoute)
+    with client_for(app, store) as client:
+        assert client.get("/items/5").headers["x-fastapi-cache"] == "Miss"
+        assert client.get("/items/5").headers["x-fastapi-cache"] == "Hit"
+        # Not shared, so a request with credentials is served uncached (the rule of @cache).
+        with_cookie = client.get("/items/5", headers={"Cookie": "session=1"})
+        assert "x-fastapi-cache" not in with_cookie.headers
+        assert with_cookie.json()["run"] == 2
+        no_cache = client.get("/items/5", headers={"Cache-Control": "no-cache"})
+        assert no_cache.json()["run"] == 3
+        assert client.get("/items/5").json()["run"] == 1  # the entry is untouched
+        assert counter["ran"] == 3
+
+
+def test_vary_variants_stay_apart(make_store: MakeStore) -> None:
+    store = make_store()
+    calls: Counter[str] = Counter()
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/greeting")
+    @cache(expire=300, store=store, vary=["Accept-Language"])
+    async def greeting(name: str = "you") -> dict[str, Any]:
+        calls["ran"] += 1
+        return {"name": name, "run": calls["ran"]}
+
+    with client_for(app, store) as client:
+        en, fr = {"Accept-Language": "en"}, {"Accept-Language": "fr"}
+        first = {"en": client.get("/greeting", headers=en).json()}
+        first["fr"] = client.get("/greeting", headers=fr).json()
+        first["none"] = client.get("/greeting").json()
+        assert calls["ran"] == 3
+        for _ in range(2):
+            assert client.get("/greeting", headers=en).json() == first["en"]
+            assert client.get("/greeting", headers=fr).json() == first["fr"]
+            assert client.get("/greeting").json() == first["none"]
+        assert calls["ran"] == 3
+
+
+class CountingBackend(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return await super().get(key)
+
+
+def test_invalidation_is_seen_and_a_miss_reads_once() -> None:
+    backend = CountingBackend()
+    store = Cache(backend=backend, prefix="early")
+    counter: Counter[str] = Counter()
+    app = items_app(store, counter, CachedRoute)
+    client = TestClient(app)
+    assert client.get("/items/7").json()["run"] == 1
+    assert client.get("/items/7").json()["run"] == 1
+    endpoint = next(r.endpoint for r in app.routes if getattr(r, "path", "") == "/items/{item_id}")
+    assert anyio.run(lambda: store.invalidate(endpoint, item_id=7)) == 1
+    before = backend.gets
+    assert client.get("/items/7").json()["run"] == 2  # invalidated: a miss, seen at once
+    assert backend.gets - before == 1  # CachedRoute's read was handed to FastAPI's path
+    assert client.get("/items/7").json()["run"] == 2
+
+
+def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oxcache.decorator, "_ROUTE_MEMO_LIMIT", 5)
+    store = Cache(prefix="bounded")
+    counter: Counter[str] = Counter()
+    app = items_app(store, counter, CachedRoute)
+    client = TestClient(app)
+    for i in range(20):
+        assert client.get(f"/items/1?q={i}").status_code == 200
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/items/{item_id}")
+    memos = route.oxcache_memos
+    assert len(memos) == 1 and len(memos[0].keys) == 5
+    # The most recent are remembered and answered early; older ones are misses of the memo
+    # only (still hits of the cache, through FastAPI's path).
+    solved = SOLVED["q"]
+    assert client.get("/items/1?q=19").headers["x-fastapi-cache"] == "Hit"
+    assert SOLVED["q"] == solved
+    assert client.get("/items/1?q=0").headers["x-fastapi-cache"] == "Hit"
+    assert SOLVED["q"] == solved + 1
+
+
+def test_a_new_default_store_is_learned_again() -> None:
+    counter: Counter[str] = Counter()
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/x")
+    @cache(expire=300)
+    async def x() -> dict[str, int]:
+        counter["ran"] += 1
+        return {"run": counter["ran"]}
+
+    first, second = Cache(prefix="first"), Cache(prefix="second")
+    for store, run in ((first, 1), (second, 2), (first, 1)):
+        app.router.lifespan_context = store.lifespan
+        with TestClient(app) as client:
+            client.get("/x")
+            assert client.get("/x").json() == {"run": run}
+    assert counter["ran"] == 2
+
+
+def test_routes_without_cache_are_plain_api_routes() -> None:
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/plain")
+    async def plain(q: Annotated[int, Query(gt=0)] = 1) -> dict[str, int]:
+        return {"q": q}
+
+    client = TestClient(app)
+    assert client.get("/plain?q=2").json() == {"q": 2}
+    assert client.get("/plain?q=0").status_code == 422
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/plain")
+    assert not getattr(route, "oxcache_memos", [])
