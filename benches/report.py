@@ -375,6 +375,22 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
             True,
         )
     )
+    for kind, floor in (
+        ("Redis", "floor B (no cache + 1 Redis GET)"),
+        ("memory", "floor A (no cache)"),
+    ):
+        rows.append(
+            (
+                f"{kind} hit (small), CachedRoute / {floor.split(' (')[0]}",
+                "x",
+                ratio(
+                    _e2e(benches, "e2e hit small", f"oxcache CachedRoute ({kind})"),
+                    _e2e(benches, "e2e hit small", floor),
+                ),
+                1.1,
+                True,
+            )
+        )
     http = source.with_name("http.json")
     if http.exists():
         t = json.loads(http.read_text())["targets"]
@@ -398,6 +414,20 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
                 False,
             )
         )
+        for target, label in (
+            ("oxcache-route-redis", "CachedRoute Redis"),
+            ("oxcache-route-memory", "CachedRoute memory"),
+        ):
+            if target in t:
+                rows.append(
+                    (
+                        f"wrk hits req/s, oxcache {label} / best peer on any backend",
+                        "x",
+                        t[target]["rps"] / max(peers.values()),
+                        1.5,
+                        False,
+                    )
+                )
     for kind in ("Redis", "memory"):
         rows.append(
             (
