@@ -53,7 +53,8 @@ def get(url: str, timeout: float = 5.0) -> bytes:
 
 def start(target: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=".")
+    path = os.pathsep.join(p for p in (".", os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=path)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,6 +67,11 @@ def start(target: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
             str(port),
             "--workers",
             "1",
+            # What `pip install "fastapi[standard]"` (uvicorn[standard]) runs.
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
             "--no-access-log",
             "--log-level",
             "warning",

@@ -238,7 +238,8 @@ def http_tables(path: Path) -> list[str]:
     data = json.loads(path.read_text())
     rows = data["targets"]
     out = [
-        f"`benches/http_bench.py`: uvicorn (one worker) on loopback, `wrk -t1 "
+        f"`benches/http_bench.py`: uvicorn (one worker, uvloop and httptools, as installed "
+        "by `pip install 'fastapi[standard]'`) on loopback, `wrk -t1 "
         f"-c{data['connections']} -d{data['seconds']}s --latency` on hits of `{data['path']}`, "
         f"{data['rounds']} rounds interleaving the libraries (a different order each round); "
         "medians over rounds. wrk, uvicorn and Redis share the machine's cores.",

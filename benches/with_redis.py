@@ -15,7 +15,9 @@ from tests.conftest import RedisServer
 if __name__ == "__main__":
     server = RedisServer()
     try:
-        env = dict(os.environ, REDIS_URL=server.url, PYTHONPATH=".")
+        # The repository root first (for `benches` and `tests`), then what the caller had.
+        path = os.pathsep.join(p for p in (".", os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, REDIS_URL=server.url, PYTHONPATH=path)
         code = subprocess.call(sys.argv[1:], env=env)
     finally:
         server.stop()

@@ -9,7 +9,8 @@ import os
 import signal
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -18,13 +19,31 @@ from oxcache.backends._pipe import ReadPipe, _ReplyProtocol, encode_get
 from oxcache.backends.redis import RedisBackend
 from tests.conftest import RedisServer
 
+T = TypeVar("T")
+
+
+Runner = Callable[[Coroutine[Any, Any, T]], T]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner[Any]:
+    """Each scenario on asyncio's own loop and on uvloop (uvicorn's loop when installed):
+    the pipe drives transports itself, and the two loops order timers and I/O differently."""
+    if request.param == "uvloop":
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    return asyncio.run
+
 
 def _clients(url: str) -> int:
     info = redis.Redis.from_url(url).info("clients")
     return int(info["connected_clients"])
 
 
-def test_concurrent_reads_share_one_connection_and_keep_their_order(redis_url: str) -> None:
+def test_concurrent_reads_share_one_connection_and_keep_their_order(
+    redis_url: str, run: Runner[Any]
+) -> None:
     prefix = "pipe-" + uuid.uuid4().hex[:8] + ":"
     backend = RedisBackend(redis_url, timeout=5.0)
     assert backend.auto_pipeline
@@ -43,14 +62,16 @@ def test_concurrent_reads_share_one_connection_and_keep_their_order(redis_url: s
         await backend.close()
         return got, heads, after - before
 
-    got, heads, extra = asyncio.run(scenario())
+    got, heads, extra = run(scenario())
     expected = [*values.values(), None] * 2
     assert got == expected
     assert heads == [None if v is None else v[:16] for v in expected]
     assert extra <= 1  # 1200 reads, at most one new connection (the pipe's own)
 
 
-def test_a_cancelled_read_does_not_shift_the_replies_of_the_others(redis_url: str) -> None:
+def test_a_cancelled_read_does_not_shift_the_replies_of_the_others(
+    redis_url: str, run: Runner[Any]
+) -> None:
     backend = RedisBackend(redis_url, timeout=5.0)
 
     async def scenario() -> list[Any]:
@@ -66,7 +87,7 @@ def test_a_cancelled_read_does_not_shift_the_replies_of_the_others(redis_url: st
         await backend.close()
         return results
 
-    results = asyncio.run(scenario())
+    results = run(scenario())
     for i, result in enumerate(results[:50]):
         if i in (10, 11):
             assert isinstance(result, asyncio.CancelledError)
@@ -76,7 +97,7 @@ def test_a_cancelled_read_does_not_shift_the_replies_of_the_others(redis_url: st
 
 
 def test_one_backend_serves_successive_event_loops(
-    redis_url: str, redis_client: redis.Redis
+    redis_url: str, redis_client: redis.Redis, run: Runner[Any]
 ) -> None:
     # (Pooled commands of redis.asyncio are bound to one loop; the pipe makes one per loop.)
     backend = RedisBackend(redis_url, timeout=5.0)
@@ -90,12 +111,14 @@ def test_one_backend_serves_successive_event_loops(
         await backend.close()
         return value
 
-    assert asyncio.run(read()) == b"x"
-    assert asyncio.run(read_and_close()) == b"x"  # a new loop, a new pipe
+    assert run(read()) == b"x"
+    assert run(read_and_close()) == b"x"  # a new loop, a new pipe
     redis_client.delete("pipe-loop")
 
 
-def test_reads_fail_when_redis_dies_and_recover_when_it_returns(own_redis: RedisServer) -> None:
+def test_reads_fail_when_redis_dies_and_recover_when_it_returns(
+    own_redis: RedisServer, run: Runner[Any]
+) -> None:
     backend = RedisBackend(own_redis.url, timeout=2.0)
 
     async def scenario() -> None:
@@ -116,11 +139,11 @@ def test_reads_fail_when_redis_dies_and_recover_when_it_returns(own_redis: Redis
         assert await backend.get("k") == b"w"
         await backend.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_stuck_redis_fails_every_outstanding_read_within_the_timeout(
-    own_redis: RedisServer,
+    own_redis: RedisServer, run: Runner[Any]
 ) -> None:
     backend = RedisBackend(own_redis.url, timeout=0.2)
 
@@ -142,7 +165,7 @@ def test_a_stuck_redis_fails_every_outstanding_read_within_the_timeout(
         await backend.close()
         return elapsed
 
-    elapsed = asyncio.run(scenario())
+    elapsed = run(scenario())
     # The requirement is a bound: the timeout plus generous slack for a loaded machine.
     assert elapsed < 0.2 + 1.5, elapsed
 
@@ -152,7 +175,7 @@ def _busy(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def test_a_busy_event_loop_is_not_taken_for_a_slow_redis(redis_url: str) -> None:
+def test_a_busy_event_loop_is_not_taken_for_a_slow_redis(redis_url: str, run: Runner[Any]) -> None:
     # Under load one loop turn can outlast the timeout. Redis answers in well under a
     # millisecond here, so none of these reads may time out, however late the loop gets
     # to the socket.
@@ -182,10 +205,12 @@ def test_a_busy_event_loop_is_not_taken_for_a_slow_redis(redis_url: str) -> None
         assert await asyncio.gather(*reads) == [b"v"] * 10
         await backend.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
-def test_a_busy_loop_neither_opens_the_circuit_nor_serves_uncached(redis_url: str) -> None:
+def test_a_busy_loop_neither_opens_the_circuit_nor_serves_uncached(
+    redis_url: str, run: Runner[Any]
+) -> None:
     from oxcache import Cache
 
     store = Cache(redis_url, prefix="pipe-busy-" + uuid.uuid4().hex[:8], timeout=0.05)
@@ -201,7 +226,7 @@ def test_a_busy_loop_neither_opens_the_circuit_nor_serves_uncached(redis_url: st
         assert store._available()
         await store.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 class _Transport:
@@ -216,7 +241,7 @@ class _Transport:
         self.aborted = True
 
 
-def test_replies_split_at_every_byte_are_parsed_in_order() -> None:
+def test_replies_split_at_every_byte_are_parsed_in_order(run: Runner[Any]) -> None:
     async def scenario() -> list[Any]:
         loop = asyncio.get_running_loop()
         pipe = ReadPipe(None, 5.0, loop)
@@ -233,13 +258,13 @@ def test_replies_split_at_every_byte_are_parsed_in_order() -> None:
             protocol.data_received(stream[i : i + 1])
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    results = asyncio.run(scenario())
+    results = run(scenario())
     assert results[:3] == [b"hello", None, None]
     assert isinstance(results[3], redis.ResponseError) and "WRONGTYPE" in str(results[3])
     assert results[4] == b""
 
 
-def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection() -> None:
+def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection(run: Runner[Any]) -> None:
     async def scenario() -> tuple[Any, bool]:
         loop = asyncio.get_running_loop()
         pipe = ReadPipe(None, 5.0, loop)
@@ -252,11 +277,11 @@ def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection() -> None
         result = await asyncio.gather(task, return_exceptions=True)
         return result[0], transport.aborted
 
-    result, aborted = asyncio.run(scenario())
+    result, aborted = run(scenario())
     assert isinstance(result, redis.ConnectionError) and aborted
 
 
-def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not() -> None:
+def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not(run: Runner[Any]) -> None:
     async def scenario() -> tuple[bool, Any, Any]:
         loop = asyncio.get_running_loop()
         pipe = ReadPipe(None, 0.03, loop)
@@ -275,7 +300,7 @@ def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not() -> None
             loop.call_later(0.005 * (i + 1), protocol.data_received, reply[i : i + 1])
         return silent_failed, await asyncio.gather(silent, return_exceptions=True), await streaming
 
-    silent_failed, silent, streamed = asyncio.run(scenario())
+    silent_failed, silent, streamed = run(scenario())
     assert silent_failed
     assert isinstance(silent[0], redis.TimeoutError)
     assert streamed == b"x" * 20
