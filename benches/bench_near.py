@@ -22,12 +22,14 @@ BATCH = 50
 ROUNDS = {"small": 30, "50KiB": 15, "1MiB": 4}
 
 
-def oxcache_near_target(redis_url: str | None) -> Target:
-    from oxcache import Cache, NearCache, cache
+def oxcache_near_target(redis_url: str | None, route: bool = False) -> Target:
+    from oxcache import Cache, CachedRoute, NearCache, cache
 
     assert redis_url
-    store = Cache(redis_url, prefix="bench-near", near=NearCache())
+    store = Cache(redis_url, prefix="bench-nearr" if route else "bench-near", near=NearCache())
     app, calls = FastAPI(), [0]
+    if route:
+        app.router.route_class = CachedRoute
     _routes(app, lambda f: cache(expire=600, store=store)(f), calls, with_request=False)
 
     async def setup() -> None:
@@ -38,9 +40,8 @@ def oxcache_near_target(redis_url: str | None) -> Target:
     async def teardown() -> None:
         await store.__aexit__(None, None, None)
 
-    target = Target(
-        "oxcache (Redis + near)", app, calls, setup, teardown, (b"x-fastapi-cache", b"Hit")
-    )
+    name = "oxcache CachedRoute (Redis + near)" if route else "oxcache (Redis + near)"
+    target = Target(name, app, calls, setup, teardown, (b"x-fastapi-cache", b"Hit"))
     target.store = store  # type: ignore[attr-defined]
     return target
 
@@ -49,6 +50,7 @@ BUILDERS = {
     "floor-a": floor_a,
     "oxcache-redis": oxcache_target,
     "oxcache-near": oxcache_near_target,
+    "oxcache-near-route": lambda url: oxcache_near_target(url, route=True),
 }
 
 

@@ -346,7 +346,7 @@ def _core(benches: list[dict[str, Any]], group: str, prefix: str) -> float | Non
 
 
 def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
-    """Each target of issue 7 with the figure this run measured."""
+    """Each target of issues 7 and 9 with the figure this run measured."""
     rows: list[tuple[str, str, float | None, float, bool]] = []  # name, unit, got, bound, le
 
     def ratio(a: float | None, b: float | None) -> float | None:
@@ -387,6 +387,19 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
                 ratio(
                     _e2e(benches, "e2e hit small", f"oxcache CachedRoute ({kind})"),
                     _e2e(benches, "e2e hit small", floor),
+                ),
+                1.1,
+                True,
+            )
+        )
+    for library in ("oxcache (Redis + near)", "oxcache CachedRoute (Redis + near)"):
+        rows.append(
+            (
+                f"near-cache L1 hit (small), {library.removesuffix(' (Redis + near)')} / floor A",
+                "x",
+                ratio(
+                    _e2e(benches, "near-cache hit small", library),
+                    _e2e(benches, "near-cache hit small", "floor A (no cache)"),
                 ),
                 1.1,
                 True,
@@ -514,7 +527,7 @@ def main() -> None:
         "floor B the same plus one bare `redis.asyncio` GET, the least a Redis hit can cost.",
         "Lower is better; ratios are times (x floor A = 1.10 means 10% slower than no cache).",
         "",
-        "## Targets (issue 7), this run",
+        "## Targets (issues 7 and 9), this run",
         "",
         *targets_table(benches, source),
         "## End to end, in process",
