@@ -126,3 +126,56 @@ def _endpoint(client: TestClient, path: str) -> Any:
         if getattr(route, "path", None) == path:
             return route.endpoint
     raise LookupError(path)
+
+
+def _per_endpoint_app(store: Cache, calls: list[str]) -> FastAPI:
+    app = FastAPI()
+    rows = [{"id": i, "name": f"item {i}", "ok": True} for i in range(400)]
+
+    def endpoint(path: str, compress: bool | int | None) -> None:
+        @app.get(path)
+        @cache(expire=60, store=store, compress=compress, name="e" + path.strip("/"))
+        async def handler() -> Any:
+            calls.append(path)
+            return rows
+
+    endpoint("/default", None)
+    endpoint("/on", True)
+    endpoint("/off", False)
+    endpoint("/over-1m", 1 << 20)
+    endpoint("/over-0", 0)
+    app.router.lifespan_context = store.lifespan
+    return app
+
+
+@pytest.mark.parametrize("store_setting", [None, 0])
+def test_compress_per_endpoint_overrides_the_store(
+    make_store: MakeStore, store_setting: int | None
+) -> None:
+    store = make_store(compress_over=store_setting)
+    calls: list[str] = []
+    paths = ["/default", "/on", "/off", "/over-1m", "/over-0"]
+    with TestClient(_per_endpoint_app(store, calls)) as client:
+        first = {path: client.get(path) for path in paths}
+        for path in paths:
+            hit = client.get(path)
+            assert hit.headers["x-fastapi-cache"] == "Hit"
+            assert hit.content == first[path].content
+            etag = first[path].headers["etag"]
+            assert client.get(path, headers={"if-none-match": etag}).status_code == 304
+        stored = {
+            path: client.portal.call(store.backend.get, store.key_for(_endpoint(client, path)))
+            for path in paths
+        }
+    assert calls == paths  # one run each: everything else was a hit
+    compressed = {path for path, value in stored.items() if value and value[:4] == b"OXZ\x01"}
+    expected = {"/on", "/over-0"} | ({"/default"} if store_setting == 0 else set())
+    assert compressed == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "yes"])
+def test_compress_takes_a_bool_or_a_size(bad: Any) -> None:
+    from oxcache import ConfigError
+
+    with pytest.raises(ConfigError, match="compress"):
+        cache(expire=60, compress=bad)

@@ -42,7 +42,14 @@ from oxcache.keys import (
     resolved_hints,
 )
 from oxcache.responses import CachedResponse, render
-from oxcache.store import Cache, default_store, normalize_user_id
+from oxcache.store import (
+    DEFAULT_COMPRESS_OVER,
+    STORE_SETTING,
+    Cache,
+    StoreSetting,
+    default_store,
+    normalize_user_id,
+)
 
 logger = logging.getLogger("oxcache")
 
@@ -105,6 +112,20 @@ def _ttl_ms(expire: Expire) -> int:
     if seconds < 0:
         raise ConfigError(f"expire must not be negative, got {expire!r}")
     return int(seconds * 1000)
+
+
+def _compress_over(compress: bool | int | None) -> int | StoreSetting | None:
+    """`@cache(compress=...)` as the threshold `Cache.write` takes (`STORE_SETTING`: the
+    store's own `compress_over`)."""
+    if compress is None:
+        return STORE_SETTING
+    if compress is True:
+        return DEFAULT_COMPRESS_OVER
+    if compress is False:
+        return None
+    if isinstance(compress, int) and compress >= 0:
+        return compress
+    raise ConfigError(f"compress must be None, True, False or a number of bytes, not {compress!r}")
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -217,7 +238,9 @@ class CachedEndpoint:
         cache_control: str | None = None,
         refresh_on_no_cache: bool | None = None,
         early_recompute: float = 0.0,
+        compress: bool | int | None = None,
     ) -> None:
+        self.compress_over = _compress_over(compress)
         if not isinstance(early_recompute, (int, float)) or not 0 <= early_recompute < 1e6:
             raise ConfigError("early_recompute must be a number >= 0 (XFetch's beta; 1 is usual)")
         self.beta = float(early_recompute)
@@ -810,7 +833,7 @@ class CachedEndpoint:
         expires_ms = now_ms + self.ttl_ms
         data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms)
         # Kept past its freshness for as long as a stale copy may still be served.
-        await store.write(key, data, self.ttl_ms + self.stale_ms, indexes)
+        await store.write(key, data, self.ttl_ms + self.stale_ms, indexes, self.compress_over)
         return _Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
 
     def _refresh_later(
@@ -1008,6 +1031,7 @@ def cache(
     cache_control: str | None = None,
     refresh_on_no_cache: bool | None = None,
     early_recompute: float = 0.0,
+    compress: bool | int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -1026,6 +1050,7 @@ def cache(
     cache_control: str | None = None,
     refresh_on_no_cache: bool | None = None,
     early_recompute: float = 0.0,
+    compress: bool | int | None = None,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -1077,10 +1102,16 @@ def cache(
             probability rising as expiry nears (sooner for endpoints that take longer to
             run), so a hot key is recomputed before it expires instead of by a stampede.
             The hit itself is served from the entry, as with stale_while_revalidate.
+        compress: LZ4 compression of this endpoint's entries, over the store's
+            `compress_over`: None (the default) follows the store; True compresses entries
+            of 1 KiB and more, a number of bytes sets that threshold, False never
+            compresses. An entry is stored compressed only when that makes it smaller;
+            reading needs no setting.
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
     ttl_ms = _ttl_ms(expire)
+    _compress_over(compress)  # a bad value fails here, not at the first request
 
     def decorator(func: F) -> F:
         endpoint = CachedEndpoint(
@@ -1098,6 +1129,7 @@ def cache(
             cache_control=cache_control,
             refresh_on_no_cache=refresh_on_no_cache,
             early_recompute=early_recompute,
+            compress=compress,
         )
         request_param = endpoint.request_param
         response_param = endpoint.response_param

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 import uuid
@@ -33,6 +34,17 @@ logger = logging.getLogger("oxcache")
 logger.addHandler(logging.NullHandler())
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
+# `@cache(compress=True)`: entries from this size on are stored LZ4-compressed.
+DEFAULT_COMPRESS_OVER = 1024
+
+
+class StoreSetting(enum.Enum):
+    """`Cache.write(compress_over=STORE_SETTING)`: the store's own `compress_over`."""
+
+    STORE = "store"
+
+
+STORE_SETTING = StoreSetting.STORE
 _MAX_PENDING = 1000
 # A compressed entry (docs/formats.md): this prefix, the entry's 44-byte head unchanged, then
 # the rest of the entry (header block and body) as one LZ4 block.
@@ -407,14 +419,23 @@ class Cache:
         except EntryError:
             return None
 
-    async def write(self, key: str, data: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> bool:
+    async def write(
+        self,
+        key: str,
+        data: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        compress_over: int | StoreSetting | None = STORE_SETTING,
+    ) -> bool:
         """Store an encoded entry, listed in `indexes` (see `user_index`, `tag_index`,
-        `variants_index`). Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and returns False
-        when the backend cannot take it."""
+        `variants_index`); LZ4-compressed from `compress_over` bytes on (by default the
+        store's setting; None: never). Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and
+        returns False when the backend cannot take it."""
         if not self._available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
-        if self.compress_over is not None and len(data) >= self.compress_over:
+        threshold = self.compress_over if compress_over is STORE_SETTING else compress_over
+        if threshold is not None and len(data) >= threshold:
             data = pack_entry(data)
         try:
             await self.backend.set(key, data, ttl_ms, indexes)
