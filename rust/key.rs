@@ -4,7 +4,9 @@
 //! over `&str`/`&[u8]`; only the dispatch over Python values needs the interpreter.
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyTypeError;
@@ -214,41 +216,138 @@ fn push_quoted_py(out: &mut String, s: &Bound<'_, PyString>) -> PyResult<()> {
     Ok(())
 }
 
-/// Types seen by rule 6, by address, with whether they have `__cache_key__`. Each entry holds
-/// its type, so the address cannot be reused by another type while the entry exists.
-type HookMemo = Mutex<HashMap<usize, (Py<PyType>, bool)>>;
-static HOOK_MEMO: PyOnceLock<HookMemo> = PyOnceLock::new();
-/// Beyond this many types, answers are computed each time instead of remembered.
-const HOOK_MEMO_LIMIT: usize = 4096;
+/// What the slow rules need to know about a type, found once per type (`docs/formats.md`).
+#[derive(Clone, Copy)]
+struct TypeInfo {
+    /// Rule 6: `hasattr(type(v), "__cache_key__")`. A failed lookup costs an exception, and Enum
+    /// and pydantic classes add a Python-level `__getattr__` on top (about 0.9 and 0.7 us on
+    /// CPython 3.11), so it is remembered.
+    has_cache_key: bool,
+    /// `type(v).__name__` may be read by calling `type.__getattribute__` directly: the metatype
+    /// does not override `__getattribute__`. Enum classes need it: `EnumType.__getattr__` makes
+    /// every attribute of the class go through a Python-level slot and a method-wrapper
+    /// (about 0.3 us), though `__getattr__` itself only runs when the lookup fails, which
+    /// `__name__` never does. The name itself is read each time (it may be reassigned).
+    direct_name: bool,
+}
 
-/// Rule 6: `hasattr(type(v), "__cache_key__")`, remembered per type (`docs/formats.md`): a
-/// failed lookup costs an exception, and Enum and pydantic classes add a Python-level
-/// `__getattr__` on top (about 0.9 and 0.7 us on CPython 3.11).
-fn type_has_cache_key(value: &Bound<'_, PyAny>, t: &Types) -> PyResult<bool> {
+/// Types seen past rules 1-5, by address. Each entry holds its type, so the address cannot be
+/// reused by another type while the entry exists.
+type InfoMemo = Mutex<HashMap<usize, (Py<PyType>, TypeInfo), BuildHasherDefault<AddrHasher>>>;
+static INFO_MEMO: PyOnceLock<InfoMemo> = PyOnceLock::new();
+/// Beyond this many types, answers are computed each time instead of remembered.
+const INFO_MEMO_LIMIT: usize = 4096;
+
+/// A hasher for object addresses: they are unique and 16-byte aligned, so one multiply
+/// spreads them (SipHash is several times slower and buys nothing here).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// `type.__getattribute__` as a C function, and as the Python object a metatype shows
+/// when it does not override it.
+struct TypeGetattr {
+    slot: ffi::getattrofunc,
+    wrapper: Py<PyAny>,
+}
+
+static TYPE_GETATTR: PyOnceLock<TypeGetattr> = PyOnceLock::new();
+
+fn type_getattr(py: Python<'_>) -> PyResult<&'static TypeGetattr> {
+    TYPE_GETATTR.get_or_try_init(py, || {
+        let type_type = py.get_type::<PyType>();
+        // SAFETY: `type` is a live type object; since Python 3.10 (our floor, abi3-py310)
+        // `PyType_GetSlot` also answers for static types such as `type`.
+        let slot = unsafe { ffi::PyType_GetSlot(type_type.as_type_ptr(), ffi::Py_tp_getattro) };
+        if slot.is_null() {
+            return Err(PyTypeError::new_err("type has no tp_getattro"));
+        }
+        // SAFETY: the `Py_tp_getattro` slot holds a `getattrofunc`.
+        let slot = unsafe { std::mem::transmute::<*mut c_void, ffi::getattrofunc>(slot) };
+        let wrapper = type_type.getattr(intern!(py, "__getattribute__"))?.unbind();
+        Ok(TypeGetattr { slot, wrapper })
+    })
+}
+
+fn find_type_info(py: Python<'_>, ty: &Bound<'_, PyType>, t: &Types) -> PyResult<TypeInfo> {
+    let has_cache_key = t
+        .hasattr
+        .bind(py)
+        .call1((ty, intern!(py, "__cache_key__")))?
+        .as_ptr()
+        == py_true();
+    let tg = type_getattr(py)?;
+    let meta = ty.get_type();
+    // SAFETY: `meta` is a live type object (the type of a type).
+    let meta_slot = unsafe { ffi::PyType_GetSlot(meta.as_type_ptr(), ffi::Py_tp_getattro) };
+    let direct_name = meta_slot == tg.slot as *mut c_void
+        || meta.getattr(intern!(py, "__getattribute__"))?.as_ptr() == tg.wrapper.as_ptr();
+    Ok(TypeInfo {
+        has_cache_key,
+        direct_name,
+    })
+}
+
+/// The remembered facts about `type(value)`, found on first sight.
+fn type_info(value: &Bound<'_, PyAny>, t: &Types) -> PyResult<TypeInfo> {
     let py = value.py();
-    let ty = value.get_type();
-    let addr = ty.as_ptr() as usize;
-    let memo = HOOK_MEMO.get_or_init(py, || Mutex::new(HashMap::new()));
+    // SAFETY: the type of a live object is a live type object.
+    let addr = unsafe { ffi::Py_TYPE(value.as_ptr()) } as usize;
+    let memo = INFO_MEMO.get_or_init(py, || Mutex::new(HashMap::default()));
     if let Ok(seen) = memo.lock() {
-        if let Some((_, has)) = seen.get(&addr) {
-            return Ok(*has);
+        if let Some((_, info)) = seen.get(&addr) {
+            return Ok(*info);
         }
     }
     // The lock is not held while Python code runs (it could build a key itself).
-    let has = t
-        .hasattr
-        .bind(py)
-        .call1((&ty, intern!(py, "__cache_key__")))?
-        .as_ptr()
-        == py_true();
+    let ty = value.get_type();
+    let info = find_type_info(py, &ty, t)?;
     if let Ok(mut seen) = memo.lock() {
-        if seen.len() < HOOK_MEMO_LIMIT {
-            seen.insert(addr, (ty.unbind(), has));
+        if seen.len() < INFO_MEMO_LIMIT {
+            seen.insert(addr, (ty.unbind(), info));
         }
     }
-    Ok(has)
+    Ok(info)
 }
 
+/// Append `type(value).__name__`.
+fn push_type_name(out: &mut String, value: &Bound<'_, PyAny>, info: TypeInfo) -> PyResult<()> {
+    let py = value.py();
+    let ty = value.get_type();
+    let name = if info.direct_name {
+        let tg = type_getattr(py)?;
+        // SAFETY: `tp_getattro` of `type` called on a type object with a str name, as
+        // `PyObject_GetAttr` would; it returns a new reference or NULL with an exception set.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                (tg.slot)(ty.as_ptr(), intern!(py, "__name__").as_ptr()),
+            )?
+        }
+    } else {
+        ty.getattr(intern!(py, "__name__"))?
+    };
+    // `type.__name__` is always a str; a metatype's `__getattribute__` might lie.
+    let name = name.cast_into::<PyString>()?;
+    out.push_str(&name.to_string_lossy());
+    Ok(())
+}
+
+/// `type(value).__name__`, for error messages.
+/// `type(value).__name__`, for error messages.
 fn type_name(value: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(value.get_type().name()?.to_string_lossy().into_owned())
 }
@@ -312,11 +411,12 @@ impl Canon<'_> {
         }
         // Rule 6: an explicit key.
         let t = self.types;
-        if type_has_cache_key(value, t)? {
+        let info = type_info(value, t)?;
+        if info.has_cache_key {
             let key = value
                 .call_method0(intern!(py, "__cache_key__"))
                 .map_err(|e| self.failed(py, value, "__cache_key__()", e))?;
-            out.push_str(&type_name(value)?);
+            push_type_name(out, value, info)?;
             out.push('(');
             self.write(out, &key, depth + 1)?;
             out.push(')');
@@ -328,9 +428,13 @@ impl Canon<'_> {
                 Some(name) => name,
                 None => value.getattr(intern!(py, "name"))?,
             };
-            out.push_str(&type_name(value)?);
+            push_type_name(out, value, info)?;
             out.push('.');
-            out.push_str(&member.str()?.to_string_lossy());
+            // `str()` of an exact str is itself (and `PyObject_Str` checks for signals).
+            match member.cast_exact::<PyString>() {
+                Ok(member) => out.push_str(&member.to_string_lossy()),
+                Err(_) => out.push_str(&member.str()?.to_string_lossy()),
+            }
             return Ok(());
         }
         // Rule 8: subclasses of the scalar builtins, as their base value.
@@ -393,7 +497,7 @@ impl Canon<'_> {
                         PyTypeError::new_err(e.to_string()),
                     )
                 })?;
-                out.push_str(&type_name(value)?);
+                push_type_name(out, value, info)?;
                 return self.write_dict(out, &dict, depth);
             }
         }
@@ -401,15 +505,17 @@ impl Canon<'_> {
         let text = value
             .str()
             .map_err(|e| self.failed(py, value, "str()", e))?;
-        let name = type_name(value)?;
-        if has_memory_address(&text.to_string_lossy()) {
+        let start = out.len();
+        push_type_name(out, value, info)?;
+        let text_utf8 = text.to_string_lossy();
+        if has_memory_address(&text_utf8) {
+            let name = out.split_off(start);
             return Err(key_error(
                 py,
-                memory_address_message(self.arg, &name, &text.to_string_lossy()),
+                memory_address_message(self.arg, &name, &text_utf8),
                 None,
             ));
         }
-        out.push_str(&name);
         out.push('(');
         push_quoted_py(out, &text)?;
         out.push(')');
@@ -425,75 +531,54 @@ impl Canon<'_> {
         depth: usize,
         exact: bool,
     ) -> PyResult<Option<()>> {
-        let is = |exact_match: bool, instance: bool| if exact { exact_match } else { instance };
-        if is(
-            value.is_exact_instance_of::<PyList>(),
-            value.is_instance_of::<PyList>(),
-        ) {
-            let list = value.cast::<PyList>()?;
-            out.push('[');
-            for (i, item) in list.iter().enumerate() {
-                if i > 0 {
+        let kind = if exact {
+            Container::of_exact(value)
+        } else {
+            Container::of_subclass(value)
+        };
+        let Some(kind) = kind else {
+            return Ok(None);
+        };
+        match kind {
+            Container::List => {
+                let list = value.cast::<PyList>()?;
+                out.push('[');
+                for (i, item) in list.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.write(out, &item, depth + 1)?;
+                }
+                out.push(']');
+            }
+            Container::Tuple => {
+                let tuple = value.cast::<PyTuple>()?;
+                out.push('(');
+                for (i, item) in tuple.iter_borrowed().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.write(out, &item, depth + 1)?;
+                }
+                if tuple.len() == 1 {
                     out.push(',');
                 }
-                self.write(out, &item, depth + 1)?;
+                out.push(')');
             }
-            out.push(']');
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyTuple>(),
-            value.is_instance_of::<PyTuple>(),
-        ) {
-            let tuple = value.cast::<PyTuple>()?;
-            out.push('(');
-            for (i, item) in tuple.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+            Container::Dict => self.write_dict(out, value.cast::<PyDict>()?, depth)?,
+            Container::Set => {
+                let mut items = Vec::new();
+                for item in value.try_iter()? {
+                    let mut s = String::new();
+                    self.write(&mut s, &item?, depth + 1)?;
+                    items.push(s);
                 }
-                self.write(out, &item, depth + 1)?;
+                push_set(out, items);
             }
-            if tuple.len() == 1 {
-                out.push(',');
-            }
-            out.push(')');
-            return Ok(Some(()));
+            Container::Bytes => push_hex(out, value.cast::<PyBytes>()?.as_bytes()),
+            Container::ByteArray => push_hex(out, &value.cast::<PyByteArray>()?.to_vec()),
         }
-        if is(
-            value.is_exact_instance_of::<PyDict>(),
-            value.is_instance_of::<PyDict>(),
-        ) {
-            self.write_dict(out, value.cast::<PyDict>()?, depth)?;
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PySet>() || value.is_exact_instance_of::<PyFrozenSet>(),
-            value.is_instance_of::<PySet>() || value.is_instance_of::<PyFrozenSet>(),
-        ) {
-            let mut items = Vec::new();
-            for item in value.try_iter()? {
-                let mut s = String::new();
-                self.write(&mut s, &item?, depth + 1)?;
-                items.push(s);
-            }
-            push_set(out, items);
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyBytes>(),
-            value.is_instance_of::<PyBytes>(),
-        ) {
-            push_hex(out, value.cast::<PyBytes>()?.as_bytes());
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyByteArray>(),
-            value.is_instance_of::<PyByteArray>(),
-        ) {
-            push_hex(out, &value.cast::<PyByteArray>()?.to_vec());
-            return Ok(Some(()));
-        }
-        Ok(None)
+        Ok(Some(()))
     }
 
     /// Rule 18: the dict's pairs, at the depth of the dict.
@@ -529,6 +614,61 @@ impl Canon<'_> {
     }
 }
 
+/// The builtin containers of rules 9 and 15-18.
+enum Container {
+    List,
+    Tuple,
+    Dict,
+    Set,
+    Bytes,
+    ByteArray,
+}
+
+impl Container {
+    /// By the exact type: one pointer comparison each, no call into the interpreter.
+    fn of_exact(value: &Bound<'_, PyAny>) -> Option<Self> {
+        // SAFETY: the type of a live object; the builtin type objects are statics.
+        let ty = unsafe { ffi::Py_TYPE(value.as_ptr()) };
+        let is = |builtin: *mut ffi::PyTypeObject| ty == builtin;
+        use std::ptr::addr_of_mut;
+        // Only the addresses of the builtin type objects are taken.
+        if is(addr_of_mut!(ffi::PyList_Type)) {
+            Some(Self::List)
+        } else if is(addr_of_mut!(ffi::PyTuple_Type)) {
+            Some(Self::Tuple)
+        } else if is(addr_of_mut!(ffi::PyDict_Type)) {
+            Some(Self::Dict)
+        } else if is(addr_of_mut!(ffi::PySet_Type)) || is(addr_of_mut!(ffi::PyFrozenSet_Type)) {
+            Some(Self::Set)
+        } else if is(addr_of_mut!(ffi::PyBytes_Type)) {
+            Some(Self::Bytes)
+        } else if is(addr_of_mut!(ffi::PyByteArray_Type)) {
+            Some(Self::ByteArray)
+        } else {
+            None
+        }
+    }
+
+    /// By `isinstance`, in the order of the rules, for subclasses.
+    fn of_subclass(value: &Bound<'_, PyAny>) -> Option<Self> {
+        if value.is_instance_of::<PyList>() {
+            Some(Self::List)
+        } else if value.is_instance_of::<PyTuple>() {
+            Some(Self::Tuple)
+        } else if value.is_instance_of::<PyDict>() {
+            Some(Self::Dict)
+        } else if value.is_instance_of::<PySet>() || value.is_instance_of::<PyFrozenSet>() {
+            Some(Self::Set)
+        } else if value.is_instance_of::<PyBytes>() {
+            Some(Self::Bytes)
+        } else if value.is_instance_of::<PyByteArray>() {
+            Some(Self::ByteArray)
+        } else {
+            None
+        }
+    }
+}
+
 fn py_true() -> *mut ffi::PyObject {
     // SAFETY: `Py_True` only takes the address of the interpreter's `True` singleton.
     unsafe { ffi::Py_True() }
@@ -557,19 +697,43 @@ fn write_int(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
             return Ok(());
         }
     }
-    let _ = write!(out, "{n}");
+    push_i64(out, n);
     Ok(())
 }
 
+/// Append the decimal digits of `n` (`-` first when negative), without `fmt` machinery.
+pub fn push_i64(out: &mut String, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// The `(name, value)` pair of one `args` item.
-fn arg_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyAny>)> {
+fn arg_pair<'a, 'py>(
+    item: &'a Bound<'py, PyAny>,
+) -> PyResult<(Borrowed<'a, 'py, PyString>, Borrowed<'a, 'py, PyAny>)> {
     match item.cast::<PyTuple>() {
         Ok(t) if t.len() == 2 => {
+            // The tuple is immutable and `item` holds it, so its items outlive the borrow.
             let name = t
-                .get_item(0)?
-                .cast_into::<PyString>()
+                .get_borrowed_item(0)?
+                .cast::<PyString>()
                 .map_err(|_| PyTypeError::new_err("cache_key: an argument name must be a str"))?;
-            Ok((name, t.get_item(1)?))
+            Ok((name, t.get_borrowed_item(1)?))
         }
         _ => Err(PyTypeError::new_err(
             "cache_key: args must hold (name, value) tuples",
