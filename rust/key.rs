@@ -3,6 +3,7 @@
 //! The string work (quoting, hex, the memory-address check, hashing long values) is plain Rust
 //! over `&str`/`&[u8]`; only the dispatch over Python values needs the interpreter.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
@@ -306,21 +307,52 @@ fn type_info(value: &Bound<'_, PyAny>, t: &Types) -> PyResult<TypeInfo> {
     let py = value.py();
     // SAFETY: the type of a live object is a live type object.
     let addr = unsafe { ffi::Py_TYPE(value.as_ptr()) } as usize;
+    let slot = (addr >> 4) % RECENT_SLOTS;
+    let recent = RECENT.try_with(|recent| {
+        let (seen, info) = recent.get()[slot];
+        (seen == addr).then_some(info)
+    });
+    if let Ok(Some(info)) = recent {
+        return Ok(info);
+    }
     let memo = INFO_MEMO.get_or_init(py, || Mutex::new(HashMap::default()));
+    let mut remembered = None;
     if let Ok(seen) = memo.lock() {
-        if let Some((_, info)) = seen.get(&addr) {
-            return Ok(*info);
-        }
+        remembered = seen.get(&addr).map(|(_, info)| *info);
     }
-    // The lock is not held while Python code runs (it could build a key itself).
-    let ty = value.get_type();
-    let info = find_type_info(py, &ty, t)?;
-    if let Ok(mut seen) = memo.lock() {
-        if seen.len() < INFO_MEMO_LIMIT {
-            seen.insert(addr, (ty.unbind(), info));
+    let info = match remembered {
+        Some(info) => info,
+        None => {
+            // The lock is not held while Python code runs (it could build a key itself).
+            let ty = value.get_type();
+            let info = find_type_info(py, &ty, t)?;
+            let Ok(mut seen) = memo.lock() else {
+                return Ok(info);
+            };
+            if seen.len() >= INFO_MEMO_LIMIT {
+                return Ok(info);
+            }
+            seen.entry(addr).or_insert((ty.unbind(), info)).1
         }
-    }
+    };
+    // Only types the memo holds (alive until exit) go in the per-thread front.
+    let _ = RECENT.try_with(|recent| {
+        let mut slots = recent.get();
+        slots[slot] = (addr, info);
+        recent.set(slots);
+    });
     Ok(info)
+}
+
+/// Slots of the per-thread front of `INFO_MEMO`, by type address.
+const RECENT_SLOTS: usize = 8;
+
+thread_local! {
+    /// The last types seen on this thread, each one held by `INFO_MEMO` (never removed from
+    /// it), so an address here cannot belong to another type. Saves the lock and the hash.
+    static RECENT: Cell<[(usize, TypeInfo); RECENT_SLOTS]> = const {
+        Cell::new([(0, TypeInfo { has_cache_key: false, direct_name: false }); RECENT_SLOTS])
+    };
 }
 
 /// Append `type(value).__name__`.
@@ -750,15 +782,51 @@ fn arg_pair<'a, 'py>(
 /// over 32 levels, or a `__cache_key__`/`model_dump`/`__str__` that raises.
 #[pyfunction]
 #[pyo3(signature = (prefix, module, name, args))]
-pub fn cache_key(
+pub fn cache_key<'py>(
+    py: Python<'py>,
+    prefix: Option<&str>,
+    module: &str,
+    name: &str,
+    args: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyString>> {
+    let fresh = || {
+        let mut out = String::new();
+        build_key(py, prefix, module, name, args, &mut out).map(|()| PyString::new(py, &out))
+    };
+    // A key built inside `__cache_key__` (re-entry) finds the buffer taken and uses its own.
+    BUFFER
+        .try_with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                let key = build_key(py, prefix, module, name, args, &mut out);
+                let key = key.map(|()| PyString::new(py, &out));
+                if out.capacity() > BUFFER_KEEP {
+                    *out = String::new();
+                }
+                key
+            }
+            Err(_) => fresh(),
+        })
+        .unwrap_or_else(|_| fresh())
+}
+
+/// A per-thread buffer for `cache_key`: the key is copied into a Python str anyway, so the
+/// String need not be allocated and freed on each call.
+const BUFFER_KEEP: usize = 4096;
+
+thread_local! {
+    static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn build_key(
     py: Python<'_>,
     prefix: Option<&str>,
     module: &str,
     name: &str,
     args: &Bound<'_, PyAny>,
-) -> PyResult<String> {
+    out: &mut String,
+) -> PyResult<()> {
     let types = types(py)?;
-    let mut out = String::with_capacity(96);
     if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
         out.push_str(prefix);
         out.push(':');
@@ -784,19 +852,19 @@ pub fn cache_key(
     };
     if let Ok(list) = args.cast_exact::<PyList>() {
         for item in list.iter() {
-            one(&item, &mut out)?;
+            one(&item, out)?;
         }
     } else if let Ok(tuple) = args.cast_exact::<PyTuple>() {
         for item in tuple.iter() {
-            one(&item, &mut out)?;
+            one(&item, out)?;
         }
     } else {
         for item in args.try_iter()? {
-            one(&item?, &mut out)?;
+            one(&item?, out)?;
         }
     }
     out.push(')');
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -889,7 +957,7 @@ mod tests {
     }
 
     fn key(args: &Bound<'_, PyAny>) -> PyResult<String> {
-        cache_key(args.py(), Some("p"), "m", "f", args)
+        Ok(cache_key(args.py(), Some("p"), "m", "f", args)?.to_string())
     }
 
     #[test]
