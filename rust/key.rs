@@ -432,8 +432,8 @@ impl Canon<'_> {
         if value.is_exact_instance_of::<PyInt>() {
             return write_int(out, value);
         }
-        if value.is_exact_instance_of::<PyFloat>() {
-            out.push_str(&value.repr()?.to_string_lossy());
+        if let Ok(x) = value.cast_exact::<PyFloat>() {
+            push_float_repr(out, x.value());
             return Ok(());
         }
         // Instances of these exact builtins cannot carry `__cache_key__` (no instance dict,
@@ -480,11 +480,9 @@ impl Canon<'_> {
         if value.is_instance_of::<PyInt>() {
             return write_int(out, value);
         }
-        if value.is_instance_of::<PyFloat>() {
-            let repr = py
-                .get_type::<PyFloat>()
-                .call_method1(intern!(py, "__repr__"), (value,))?;
-            out.push_str(&repr.cast_into::<PyString>()?.to_string_lossy());
+        if let Ok(x) = value.cast::<PyFloat>() {
+            // `float.__repr__(v)` reads the stored double, as `value()` does.
+            push_float_repr(out, x.value());
             return Ok(());
         }
         // Rules 9 and 15-18 for subclasses of bytes, bytearray, list, tuple, set, dict.
@@ -733,6 +731,107 @@ fn write_int(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
+/// Append `float.__repr__(x)` as CPython writes it (`repr` style "short"): the shortest digits
+/// that round-trip, in fixed notation when the decimal point falls within 16 digits of the first
+/// digit (`1.0`, `0.0001`, `1234567890123456.0`), else as `d.ddde+XX` (`1e-05`, `1.5e+16`);
+/// `nan`, `inf`, `-inf`. Writing them here saves the `repr()` call and its str (about 0.5 us).
+pub fn push_float_repr(out: &mut String, x: f64) {
+    if x.is_nan() {
+        out.push_str("nan");
+        return;
+    }
+    if x.is_infinite() {
+        out.push_str(if x < 0.0 { "-inf" } else { "inf" });
+        return;
+    }
+    // Ryu gives the shortest digits that round-trip, the nearest to the exact value, ties to
+    // even: the digits of CPython's repr (dtoa mode 0). Only its layout differs, so the digits
+    // and the decimal point's place are read back from it and laid out as CPython does.
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(x);
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, text),
+    };
+    let (mantissa, exp) = text.split_once(['e', 'E']).unwrap_or((text, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mut digits = [0u8; 40];
+    let mut n = 0;
+    // Digits before the mantissa's '.' (or all of them when it has none).
+    let mut int_len: i32 = 0;
+    let mut seen_point = false;
+    for &b in mantissa.as_bytes() {
+        if b == b'.' {
+            seen_point = true;
+        } else if b.is_ascii_digit() {
+            if n == 0 && b == b'0' {
+                // A leading zero moves the point left instead of being a digit.
+                if !seen_point {
+                    continue;
+                }
+                int_len -= 1;
+                continue;
+            }
+            if n < digits.len() {
+                digits[n] = b;
+                n += 1;
+            }
+            if !seen_point {
+                int_len += 1;
+            }
+        }
+    }
+    while n > 1 && digits[n - 1] == b'0' {
+        n -= 1;
+    }
+    if n == 0 {
+        // Zero: one digit, the point after it.
+        digits[0] = b'0';
+        n = 1;
+        int_len = 1;
+    }
+    let digits = std::str::from_utf8(&digits[..n]).unwrap_or("0");
+    let exp = if digits == "0" { 0 } else { exp + int_len - 1 };
+    // The decimal point sits `decpt` digits after the first digit.
+    let decpt = exp + 1;
+    if negative {
+        out.push('-');
+    }
+    if decpt <= -4 || decpt > 16 {
+        let (first, rest) = digits.split_at(1);
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        let e = decpt - 1;
+        out.push_str(if e < 0 { "e-" } else { "e+" });
+        if e.unsigned_abs() < 10 {
+            out.push('0');
+        }
+        push_i64(out, i64::from(e.unsigned_abs()));
+    } else if decpt <= 0 {
+        out.push_str("0.");
+        for _ in 0..-decpt {
+            out.push('0');
+        }
+        out.push_str(digits);
+    } else {
+        let decpt = decpt as usize;
+        if decpt >= digits.len() {
+            out.push_str(digits);
+            for _ in digits.len()..decpt {
+                out.push('0');
+            }
+            out.push_str(".0");
+        } else {
+            out.push_str(&digits[..decpt]);
+            out.push('.');
+            out.push_str(&digits[decpt..]);
+        }
+    }
+}
+
 /// Append the decimal digits of `n` (`-` first when negative), without `fmt` machinery.
 pub fn push_i64(out: &mut String, n: i64) {
     let mut buf = [0u8; 20];
@@ -892,6 +991,42 @@ mod tests {
         let mut out = String::new();
         push_quoted_code_points(&mut out, [0x61, 0xd800, 0x22, 0x1f600, 0x1f].into_iter());
         assert_eq!(out, "\"a\\ud800\\\"\u{1f600}\\u001f\"");
+    }
+
+    #[test]
+    fn floats_are_laid_out_as_cpython_repr() {
+        let repr = |x: f64| {
+            let mut out = String::new();
+            push_float_repr(&mut out, x);
+            out
+        };
+        for (x, text) in [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.5, "1.5"),
+            (100.0, "100.0"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (1e16, "1e+16"),
+            (1.5e300, "1.5e+300"),
+            (5e-324, "5e-324"),
+            (-1113178120592002.2, "-1113178120592002.2"),
+            (f64::NAN, "nan"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            assert_eq!(repr(x), text);
+        }
+    }
+
+    #[test]
+    fn ints_are_decimal() {
+        for n in [0, 7, -7, 10, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_i64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ the key against `tests/reference.py` or a literal.
 from __future__ import annotations
 
 import enum
+import random
+import struct
 import threading
 from typing import Any
 
@@ -215,3 +217,33 @@ def test_keys_built_on_several_threads_at_once_are_each_right() -> None:
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
+
+
+class Ratio(float):
+    def __repr__(self) -> str:
+        return "not this"
+
+
+FLOAT_EDGES = [
+    0.0, -0.0, 1.0, -1.5, 0.1, 0.3, 1e-4, 1e-5, 0.00012, 1e15, 1e16, 9999999999999998.0,
+    1234567890123456.0, 12345678901234567.0, 1e22, 1e23, 1.5e300, 5e-324, -5e-324,
+    2.2250738585072014e-308, 1.7976931348623157e308, float("inf"), float("-inf"), float("nan"),
+    # Exact ties between two shortest strings: CPython takes the even one.
+    -1113178120592002.2, -233891771783429.62, 111659285584252.12, 2053637337633904.2,
+]  # fmt: skip
+
+
+def random_floats(n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    bits = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(n)]
+    spread = [10.0 ** rng.randint(-30, 30) * rng.choice([1, 1.5, 3.25]) for _ in range(n)]
+    halves = [rng.randint(-(10**16), 10**16) / 4 for _ in range(n)]
+    return bits + spread + halves
+
+
+def test_floats_are_written_as_float_repr() -> None:
+    values = FLOAT_EDGES + random_floats(20_000, seed=7)
+    for x in values:
+        key = core.cache_key(None, "m", "f", [("x", x), ("r", Ratio(x))])
+        text = float.__repr__(x)
+        assert key == f"m.f(x={text},r={text})", x
