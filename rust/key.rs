@@ -3,8 +3,11 @@
 //! The string work (quoting, hex, the memory-address check, hashing long values) is plain Rust
 //! over `&str`/`&[u8]`; only the dispatch over Python values needs the interpreter.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyTypeError;
@@ -214,41 +217,169 @@ fn push_quoted_py(out: &mut String, s: &Bound<'_, PyString>) -> PyResult<()> {
     Ok(())
 }
 
-/// Types seen by rule 6, by address, with whether they have `__cache_key__`. Each entry holds
-/// its type, so the address cannot be reused by another type while the entry exists.
-type HookMemo = Mutex<HashMap<usize, (Py<PyType>, bool)>>;
-static HOOK_MEMO: PyOnceLock<HookMemo> = PyOnceLock::new();
-/// Beyond this many types, answers are computed each time instead of remembered.
-const HOOK_MEMO_LIMIT: usize = 4096;
-
-/// Rule 6: `hasattr(type(v), "__cache_key__")`, remembered per type (`docs/formats.md`): a
-/// failed lookup costs an exception, and Enum and pydantic classes add a Python-level
-/// `__getattr__` on top (about 0.9 and 0.7 us on CPython 3.11).
-fn type_has_cache_key(value: &Bound<'_, PyAny>, t: &Types) -> PyResult<bool> {
-    let py = value.py();
-    let ty = value.get_type();
-    let addr = ty.as_ptr() as usize;
-    let memo = HOOK_MEMO.get_or_init(py, || Mutex::new(HashMap::new()));
-    if let Ok(seen) = memo.lock() {
-        if let Some((_, has)) = seen.get(&addr) {
-            return Ok(*has);
-        }
-    }
-    // The lock is not held while Python code runs (it could build a key itself).
-    let has = t
-        .hasattr
-        .bind(py)
-        .call1((&ty, intern!(py, "__cache_key__")))?
-        .as_ptr()
-        == py_true();
-    if let Ok(mut seen) = memo.lock() {
-        if seen.len() < HOOK_MEMO_LIMIT {
-            seen.insert(addr, (ty.unbind(), has));
-        }
-    }
-    Ok(has)
+/// What the slow rules need to know about a type, found once per type (`docs/formats.md`).
+#[derive(Clone, Copy)]
+struct TypeInfo {
+    /// Rule 6: `hasattr(type(v), "__cache_key__")`. A failed lookup costs an exception, and Enum
+    /// and pydantic classes add a Python-level `__getattr__` on top (about 0.9 and 0.7 us on
+    /// CPython 3.11), so it is remembered.
+    has_cache_key: bool,
+    /// `type(v).__name__` may be read by calling `type.__getattribute__` directly: the metatype
+    /// does not override `__getattribute__`. Enum classes need it: `EnumType.__getattr__` makes
+    /// every attribute of the class go through a Python-level slot and a method-wrapper
+    /// (about 0.3 us), though `__getattr__` itself only runs when the lookup fails, which
+    /// `__name__` never does. The name itself is read each time (it may be reassigned).
+    direct_name: bool,
 }
 
+/// Types seen past rules 1-5, by address. Each entry holds its type, so the address cannot be
+/// reused by another type while the entry exists.
+type InfoMemo = Mutex<HashMap<usize, (Py<PyType>, TypeInfo), BuildHasherDefault<AddrHasher>>>;
+static INFO_MEMO: PyOnceLock<InfoMemo> = PyOnceLock::new();
+/// Beyond this many types, answers are computed each time instead of remembered.
+const INFO_MEMO_LIMIT: usize = 4096;
+
+/// A hasher for object addresses: they are unique and 16-byte aligned, so one multiply
+/// spreads them (SipHash is several times slower and buys nothing here).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// `type.__getattribute__` as a C function, and as the Python object a metatype shows
+/// when it does not override it.
+struct TypeGetattr {
+    slot: ffi::getattrofunc,
+    wrapper: Py<PyAny>,
+}
+
+static TYPE_GETATTR: PyOnceLock<TypeGetattr> = PyOnceLock::new();
+
+fn type_getattr(py: Python<'_>) -> PyResult<&'static TypeGetattr> {
+    TYPE_GETATTR.get_or_try_init(py, || {
+        let type_type = py.get_type::<PyType>();
+        // SAFETY: `type` is a live type object; since Python 3.10 (our floor, abi3-py310)
+        // `PyType_GetSlot` also answers for static types such as `type`.
+        let slot = unsafe { ffi::PyType_GetSlot(type_type.as_type_ptr(), ffi::Py_tp_getattro) };
+        if slot.is_null() {
+            return Err(PyTypeError::new_err("type has no tp_getattro"));
+        }
+        // SAFETY: the `Py_tp_getattro` slot holds a `getattrofunc`.
+        let slot = unsafe { std::mem::transmute::<*mut c_void, ffi::getattrofunc>(slot) };
+        let wrapper = type_type.getattr(intern!(py, "__getattribute__"))?.unbind();
+        Ok(TypeGetattr { slot, wrapper })
+    })
+}
+
+fn find_type_info(py: Python<'_>, ty: &Bound<'_, PyType>, t: &Types) -> PyResult<TypeInfo> {
+    let has_cache_key = t
+        .hasattr
+        .bind(py)
+        .call1((ty, intern!(py, "__cache_key__")))?
+        .as_ptr()
+        == py_true();
+    let tg = type_getattr(py)?;
+    let meta = ty.get_type();
+    // SAFETY: `meta` is a live type object (the type of a type).
+    let meta_slot = unsafe { ffi::PyType_GetSlot(meta.as_type_ptr(), ffi::Py_tp_getattro) };
+    let direct_name = meta_slot == tg.slot as *mut c_void
+        || meta.getattr(intern!(py, "__getattribute__"))?.as_ptr() == tg.wrapper.as_ptr();
+    Ok(TypeInfo {
+        has_cache_key,
+        direct_name,
+    })
+}
+
+/// The remembered facts about `type(value)`, found on first sight.
+fn type_info(value: &Bound<'_, PyAny>, t: &Types) -> PyResult<TypeInfo> {
+    let py = value.py();
+    // SAFETY: the type of a live object is a live type object.
+    let addr = unsafe { ffi::Py_TYPE(value.as_ptr()) } as usize;
+    let slot = (addr >> 4) % RECENT_SLOTS;
+    let recent = RECENT.try_with(|recent| {
+        let (seen, info) = recent.get()[slot];
+        (seen == addr).then_some(info)
+    });
+    if let Ok(Some(info)) = recent {
+        return Ok(info);
+    }
+    let memo = INFO_MEMO.get_or_init(py, || Mutex::new(HashMap::default()));
+    let mut remembered = None;
+    if let Ok(seen) = memo.lock() {
+        remembered = seen.get(&addr).map(|(_, info)| *info);
+    }
+    let info = match remembered {
+        Some(info) => info,
+        None => {
+            // The lock is not held while Python code runs (it could build a key itself).
+            let ty = value.get_type();
+            let info = find_type_info(py, &ty, t)?;
+            let Ok(mut seen) = memo.lock() else {
+                return Ok(info);
+            };
+            if seen.len() >= INFO_MEMO_LIMIT {
+                return Ok(info);
+            }
+            seen.entry(addr).or_insert((ty.unbind(), info)).1
+        }
+    };
+    // Only types the memo holds (alive until exit) go in the per-thread front.
+    let _ = RECENT.try_with(|recent| {
+        let mut slots = recent.get();
+        slots[slot] = (addr, info);
+        recent.set(slots);
+    });
+    Ok(info)
+}
+
+/// Slots of the per-thread front of `INFO_MEMO`, by type address.
+const RECENT_SLOTS: usize = 8;
+
+thread_local! {
+    /// The last types seen on this thread, each one held by `INFO_MEMO` (never removed from
+    /// it), so an address here cannot belong to another type. Saves the lock and the hash.
+    static RECENT: Cell<[(usize, TypeInfo); RECENT_SLOTS]> = const {
+        Cell::new([(0, TypeInfo { has_cache_key: false, direct_name: false }); RECENT_SLOTS])
+    };
+}
+
+/// Append `type(value).__name__`.
+fn push_type_name(out: &mut String, value: &Bound<'_, PyAny>, info: TypeInfo) -> PyResult<()> {
+    let py = value.py();
+    let ty = value.get_type();
+    let name = if info.direct_name {
+        let tg = type_getattr(py)?;
+        // SAFETY: `tp_getattro` of `type` called on a type object with a str name, as
+        // `PyObject_GetAttr` would; it returns a new reference or NULL with an exception set.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                (tg.slot)(ty.as_ptr(), intern!(py, "__name__").as_ptr()),
+            )?
+        }
+    } else {
+        ty.getattr(intern!(py, "__name__"))?
+    };
+    // `type.__name__` is always a str; a metatype's `__getattribute__` might lie.
+    let name = name.cast_into::<PyString>()?;
+    out.push_str(&name.to_string_lossy());
+    Ok(())
+}
+
+/// `type(value).__name__`, for error messages.
+/// `type(value).__name__`, for error messages.
 fn type_name(value: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(value.get_type().name()?.to_string_lossy().into_owned())
 }
@@ -301,8 +432,8 @@ impl Canon<'_> {
         if value.is_exact_instance_of::<PyInt>() {
             return write_int(out, value);
         }
-        if value.is_exact_instance_of::<PyFloat>() {
-            out.push_str(&value.repr()?.to_string_lossy());
+        if let Ok(x) = value.cast_exact::<PyFloat>() {
+            push_float_repr(out, x.value());
             return Ok(());
         }
         // Instances of these exact builtins cannot carry `__cache_key__` (no instance dict,
@@ -312,11 +443,12 @@ impl Canon<'_> {
         }
         // Rule 6: an explicit key.
         let t = self.types;
-        if type_has_cache_key(value, t)? {
+        let info = type_info(value, t)?;
+        if info.has_cache_key {
             let key = value
                 .call_method0(intern!(py, "__cache_key__"))
                 .map_err(|e| self.failed(py, value, "__cache_key__()", e))?;
-            out.push_str(&type_name(value)?);
+            push_type_name(out, value, info)?;
             out.push('(');
             self.write(out, &key, depth + 1)?;
             out.push(')');
@@ -328,9 +460,13 @@ impl Canon<'_> {
                 Some(name) => name,
                 None => value.getattr(intern!(py, "name"))?,
             };
-            out.push_str(&type_name(value)?);
+            push_type_name(out, value, info)?;
             out.push('.');
-            out.push_str(&member.str()?.to_string_lossy());
+            // `str()` of an exact str is itself (and `PyObject_Str` checks for signals).
+            match member.cast_exact::<PyString>() {
+                Ok(member) => out.push_str(&member.to_string_lossy()),
+                Err(_) => out.push_str(&member.str()?.to_string_lossy()),
+            }
             return Ok(());
         }
         // Rule 8: subclasses of the scalar builtins, as their base value.
@@ -344,11 +480,9 @@ impl Canon<'_> {
         if value.is_instance_of::<PyInt>() {
             return write_int(out, value);
         }
-        if value.is_instance_of::<PyFloat>() {
-            let repr = py
-                .get_type::<PyFloat>()
-                .call_method1(intern!(py, "__repr__"), (value,))?;
-            out.push_str(&repr.cast_into::<PyString>()?.to_string_lossy());
+        if let Ok(x) = value.cast::<PyFloat>() {
+            // `float.__repr__(v)` reads the stored double, as `value()` does.
+            push_float_repr(out, x.value());
             return Ok(());
         }
         // Rules 9 and 15-18 for subclasses of bytes, bytearray, list, tuple, set, dict.
@@ -393,7 +527,7 @@ impl Canon<'_> {
                         PyTypeError::new_err(e.to_string()),
                     )
                 })?;
-                out.push_str(&type_name(value)?);
+                push_type_name(out, value, info)?;
                 return self.write_dict(out, &dict, depth);
             }
         }
@@ -401,15 +535,17 @@ impl Canon<'_> {
         let text = value
             .str()
             .map_err(|e| self.failed(py, value, "str()", e))?;
-        let name = type_name(value)?;
-        if has_memory_address(&text.to_string_lossy()) {
+        let start = out.len();
+        push_type_name(out, value, info)?;
+        let text_utf8 = text.to_string_lossy();
+        if has_memory_address(&text_utf8) {
+            let name = out.split_off(start);
             return Err(key_error(
                 py,
-                memory_address_message(self.arg, &name, &text.to_string_lossy()),
+                memory_address_message(self.arg, &name, &text_utf8),
                 None,
             ));
         }
-        out.push_str(&name);
         out.push('(');
         push_quoted_py(out, &text)?;
         out.push(')');
@@ -425,75 +561,54 @@ impl Canon<'_> {
         depth: usize,
         exact: bool,
     ) -> PyResult<Option<()>> {
-        let is = |exact_match: bool, instance: bool| if exact { exact_match } else { instance };
-        if is(
-            value.is_exact_instance_of::<PyList>(),
-            value.is_instance_of::<PyList>(),
-        ) {
-            let list = value.cast::<PyList>()?;
-            out.push('[');
-            for (i, item) in list.iter().enumerate() {
-                if i > 0 {
+        let kind = if exact {
+            Container::of_exact(value)
+        } else {
+            Container::of_subclass(value)
+        };
+        let Some(kind) = kind else {
+            return Ok(None);
+        };
+        match kind {
+            Container::List => {
+                let list = value.cast::<PyList>()?;
+                out.push('[');
+                for (i, item) in list.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.write(out, &item, depth + 1)?;
+                }
+                out.push(']');
+            }
+            Container::Tuple => {
+                let tuple = value.cast::<PyTuple>()?;
+                out.push('(');
+                for (i, item) in tuple.iter_borrowed().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    self.write(out, &item, depth + 1)?;
+                }
+                if tuple.len() == 1 {
                     out.push(',');
                 }
-                self.write(out, &item, depth + 1)?;
+                out.push(')');
             }
-            out.push(']');
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyTuple>(),
-            value.is_instance_of::<PyTuple>(),
-        ) {
-            let tuple = value.cast::<PyTuple>()?;
-            out.push('(');
-            for (i, item) in tuple.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+            Container::Dict => self.write_dict(out, value.cast::<PyDict>()?, depth)?,
+            Container::Set => {
+                let mut items = Vec::new();
+                for item in value.try_iter()? {
+                    let mut s = String::new();
+                    self.write(&mut s, &item?, depth + 1)?;
+                    items.push(s);
                 }
-                self.write(out, &item, depth + 1)?;
+                push_set(out, items);
             }
-            if tuple.len() == 1 {
-                out.push(',');
-            }
-            out.push(')');
-            return Ok(Some(()));
+            Container::Bytes => push_hex(out, value.cast::<PyBytes>()?.as_bytes()),
+            Container::ByteArray => push_hex(out, &value.cast::<PyByteArray>()?.to_vec()),
         }
-        if is(
-            value.is_exact_instance_of::<PyDict>(),
-            value.is_instance_of::<PyDict>(),
-        ) {
-            self.write_dict(out, value.cast::<PyDict>()?, depth)?;
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PySet>() || value.is_exact_instance_of::<PyFrozenSet>(),
-            value.is_instance_of::<PySet>() || value.is_instance_of::<PyFrozenSet>(),
-        ) {
-            let mut items = Vec::new();
-            for item in value.try_iter()? {
-                let mut s = String::new();
-                self.write(&mut s, &item?, depth + 1)?;
-                items.push(s);
-            }
-            push_set(out, items);
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyBytes>(),
-            value.is_instance_of::<PyBytes>(),
-        ) {
-            push_hex(out, value.cast::<PyBytes>()?.as_bytes());
-            return Ok(Some(()));
-        }
-        if is(
-            value.is_exact_instance_of::<PyByteArray>(),
-            value.is_instance_of::<PyByteArray>(),
-        ) {
-            push_hex(out, &value.cast::<PyByteArray>()?.to_vec());
-            return Ok(Some(()));
-        }
-        Ok(None)
+        Ok(Some(()))
     }
 
     /// Rule 18: the dict's pairs, at the depth of the dict.
@@ -529,6 +644,61 @@ impl Canon<'_> {
     }
 }
 
+/// The builtin containers of rules 9 and 15-18.
+enum Container {
+    List,
+    Tuple,
+    Dict,
+    Set,
+    Bytes,
+    ByteArray,
+}
+
+impl Container {
+    /// By the exact type: one pointer comparison each, no call into the interpreter.
+    fn of_exact(value: &Bound<'_, PyAny>) -> Option<Self> {
+        // SAFETY: the type of a live object; the builtin type objects are statics.
+        let ty = unsafe { ffi::Py_TYPE(value.as_ptr()) };
+        let is = |builtin: *mut ffi::PyTypeObject| ty == builtin;
+        use std::ptr::addr_of_mut;
+        // Only the addresses of the builtin type objects are taken.
+        if is(addr_of_mut!(ffi::PyList_Type)) {
+            Some(Self::List)
+        } else if is(addr_of_mut!(ffi::PyTuple_Type)) {
+            Some(Self::Tuple)
+        } else if is(addr_of_mut!(ffi::PyDict_Type)) {
+            Some(Self::Dict)
+        } else if is(addr_of_mut!(ffi::PySet_Type)) || is(addr_of_mut!(ffi::PyFrozenSet_Type)) {
+            Some(Self::Set)
+        } else if is(addr_of_mut!(ffi::PyBytes_Type)) {
+            Some(Self::Bytes)
+        } else if is(addr_of_mut!(ffi::PyByteArray_Type)) {
+            Some(Self::ByteArray)
+        } else {
+            None
+        }
+    }
+
+    /// By `isinstance`, in the order of the rules, for subclasses.
+    fn of_subclass(value: &Bound<'_, PyAny>) -> Option<Self> {
+        if value.is_instance_of::<PyList>() {
+            Some(Self::List)
+        } else if value.is_instance_of::<PyTuple>() {
+            Some(Self::Tuple)
+        } else if value.is_instance_of::<PyDict>() {
+            Some(Self::Dict)
+        } else if value.is_instance_of::<PySet>() || value.is_instance_of::<PyFrozenSet>() {
+            Some(Self::Set)
+        } else if value.is_instance_of::<PyBytes>() {
+            Some(Self::Bytes)
+        } else if value.is_instance_of::<PyByteArray>() {
+            Some(Self::ByteArray)
+        } else {
+            None
+        }
+    }
+}
+
 fn py_true() -> *mut ffi::PyObject {
     // SAFETY: `Py_True` only takes the address of the interpreter's `True` singleton.
     unsafe { ffi::Py_True() }
@@ -557,19 +727,144 @@ fn write_int(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
             return Ok(());
         }
     }
-    let _ = write!(out, "{n}");
+    push_i64(out, n);
     Ok(())
 }
 
+/// Append `float.__repr__(x)` as CPython writes it (`repr` style "short"): the shortest digits
+/// that round-trip, in fixed notation when the decimal point falls within 16 digits of the first
+/// digit (`1.0`, `0.0001`, `1234567890123456.0`), else as `d.ddde+XX` (`1e-05`, `1.5e+16`);
+/// `nan`, `inf`, `-inf`. Writing them here saves the `repr()` call and its str (about 0.5 us).
+pub fn push_float_repr(out: &mut String, x: f64) {
+    if x.is_nan() {
+        out.push_str("nan");
+        return;
+    }
+    if x.is_infinite() {
+        out.push_str(if x < 0.0 { "-inf" } else { "inf" });
+        return;
+    }
+    // Ryu gives the shortest digits that round-trip, the nearest to the exact value, ties to
+    // even: the digits of CPython's repr (dtoa mode 0). Only its layout differs, so the digits
+    // and the decimal point's place are read back from it and laid out as CPython does.
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(x);
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, text),
+    };
+    let (mantissa, exp) = text.split_once(['e', 'E']).unwrap_or((text, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mut digits = [0u8; 40];
+    let mut n = 0;
+    // Digits before the mantissa's '.' (or all of them when it has none).
+    let mut int_len: i32 = 0;
+    let mut seen_point = false;
+    for &b in mantissa.as_bytes() {
+        if b == b'.' {
+            seen_point = true;
+        } else if b.is_ascii_digit() {
+            if n == 0 && b == b'0' {
+                // A leading zero moves the point left instead of being a digit.
+                if !seen_point {
+                    continue;
+                }
+                int_len -= 1;
+                continue;
+            }
+            if n < digits.len() {
+                digits[n] = b;
+                n += 1;
+            }
+            if !seen_point {
+                int_len += 1;
+            }
+        }
+    }
+    while n > 1 && digits[n - 1] == b'0' {
+        n -= 1;
+    }
+    if n == 0 {
+        // Zero: one digit, the point after it.
+        digits[0] = b'0';
+        n = 1;
+        int_len = 1;
+    }
+    let digits = std::str::from_utf8(&digits[..n]).unwrap_or("0");
+    let exp = if digits == "0" { 0 } else { exp + int_len - 1 };
+    // The decimal point sits `decpt` digits after the first digit.
+    let decpt = exp + 1;
+    if negative {
+        out.push('-');
+    }
+    if decpt <= -4 || decpt > 16 {
+        let (first, rest) = digits.split_at(1);
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        let e = decpt - 1;
+        out.push_str(if e < 0 { "e-" } else { "e+" });
+        if e.unsigned_abs() < 10 {
+            out.push('0');
+        }
+        push_i64(out, i64::from(e.unsigned_abs()));
+    } else if decpt <= 0 {
+        out.push_str("0.");
+        for _ in 0..-decpt {
+            out.push('0');
+        }
+        out.push_str(digits);
+    } else {
+        let decpt = decpt as usize;
+        if decpt >= digits.len() {
+            out.push_str(digits);
+            for _ in digits.len()..decpt {
+                out.push('0');
+            }
+            out.push_str(".0");
+        } else {
+            out.push_str(&digits[..decpt]);
+            out.push('.');
+            out.push_str(&digits[decpt..]);
+        }
+    }
+}
+
+/// Append the decimal digits of `n` (`-` first when negative), without `fmt` machinery.
+pub fn push_i64(out: &mut String, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// The `(name, value)` pair of one `args` item.
-fn arg_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyAny>)> {
+fn arg_pair<'a, 'py>(
+    item: &'a Bound<'py, PyAny>,
+) -> PyResult<(Borrowed<'a, 'py, PyString>, Borrowed<'a, 'py, PyAny>)> {
     match item.cast::<PyTuple>() {
         Ok(t) if t.len() == 2 => {
+            // The tuple is immutable and `item` holds it, so its items outlive the borrow.
             let name = t
-                .get_item(0)?
-                .cast_into::<PyString>()
+                .get_borrowed_item(0)?
+                .cast::<PyString>()
                 .map_err(|_| PyTypeError::new_err("cache_key: an argument name must be a str"))?;
-            Ok((name, t.get_item(1)?))
+            Ok((name, t.get_borrowed_item(1)?))
         }
         _ => Err(PyTypeError::new_err(
             "cache_key: args must hold (name, value) tuples",
@@ -586,15 +881,51 @@ fn arg_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyString>, Bo
 /// over 32 levels, or a `__cache_key__`/`model_dump`/`__str__` that raises.
 #[pyfunction]
 #[pyo3(signature = (prefix, module, name, args))]
-pub fn cache_key(
+pub fn cache_key<'py>(
+    py: Python<'py>,
+    prefix: Option<&str>,
+    module: &str,
+    name: &str,
+    args: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyString>> {
+    let fresh = || {
+        let mut out = String::new();
+        build_key(py, prefix, module, name, args, &mut out).map(|()| PyString::new(py, &out))
+    };
+    // A key built inside `__cache_key__` (re-entry) finds the buffer taken and uses its own.
+    BUFFER
+        .try_with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                let key = build_key(py, prefix, module, name, args, &mut out);
+                let key = key.map(|()| PyString::new(py, &out));
+                if out.capacity() > BUFFER_KEEP {
+                    *out = String::new();
+                }
+                key
+            }
+            Err(_) => fresh(),
+        })
+        .unwrap_or_else(|_| fresh())
+}
+
+/// A per-thread buffer for `cache_key`: the key is copied into a Python str anyway, so the
+/// String need not be allocated and freed on each call.
+const BUFFER_KEEP: usize = 4096;
+
+thread_local! {
+    static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn build_key(
     py: Python<'_>,
     prefix: Option<&str>,
     module: &str,
     name: &str,
     args: &Bound<'_, PyAny>,
-) -> PyResult<String> {
+    out: &mut String,
+) -> PyResult<()> {
     let types = types(py)?;
-    let mut out = String::with_capacity(96);
     if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
         out.push_str(prefix);
         out.push(':');
@@ -620,19 +951,19 @@ pub fn cache_key(
     };
     if let Ok(list) = args.cast_exact::<PyList>() {
         for item in list.iter() {
-            one(&item, &mut out)?;
+            one(&item, out)?;
         }
     } else if let Ok(tuple) = args.cast_exact::<PyTuple>() {
         for item in tuple.iter() {
-            one(&item, &mut out)?;
+            one(&item, out)?;
         }
     } else {
         for item in args.try_iter()? {
-            one(&item?, &mut out)?;
+            one(&item?, out)?;
         }
     }
     out.push(')');
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -660,6 +991,42 @@ mod tests {
         let mut out = String::new();
         push_quoted_code_points(&mut out, [0x61, 0xd800, 0x22, 0x1f600, 0x1f].into_iter());
         assert_eq!(out, "\"a\\ud800\\\"\u{1f600}\\u001f\"");
+    }
+
+    #[test]
+    fn floats_are_laid_out_as_cpython_repr() {
+        let repr = |x: f64| {
+            let mut out = String::new();
+            push_float_repr(&mut out, x);
+            out
+        };
+        for (x, text) in [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.5, "1.5"),
+            (100.0, "100.0"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (1e16, "1e+16"),
+            (1.5e300, "1.5e+300"),
+            (5e-324, "5e-324"),
+            (-1113178120592002.2, "-1113178120592002.2"),
+            (f64::NAN, "nan"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            assert_eq!(repr(x), text);
+        }
+    }
+
+    #[test]
+    fn ints_are_decimal() {
+        for n in [0, 7, -7, 10, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_i64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]
@@ -725,7 +1092,7 @@ mod tests {
     }
 
     fn key(args: &Bound<'_, PyAny>) -> PyResult<String> {
-        cache_key(args.py(), Some("p"), "m", "f", args)
+        Ok(cache_key(args.py(), Some("p"), "m", "f", args)?.to_string())
     }
 
     #[test]
