@@ -398,8 +398,8 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
                 f"near-cache L1 hit (small), {library.removesuffix(' (Redis + near)')} / floor A",
                 "x",
                 ratio(
-                    _e2e(benches, "near-cache hit small", library),
-                    _e2e(benches, "near-cache hit small", "floor A (no cache)"),
+                    _e2e(benches, "near hit small", library),
+                    _e2e(benches, "near hit small", "floor A (no cache)"),
                 ),
                 1.1,
                 True,
