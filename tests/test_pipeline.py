@@ -304,3 +304,61 @@ def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not(run: Runn
     assert silent_failed
     assert isinstance(silent[0], redis.TimeoutError)
     assert streamed == b"x" * 20
+
+
+def test_bounded_lets_the_callers_cancellation_through(run: Runner[Any]) -> None:
+    from oxcache.backends._bound import bounded
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # a command unwinding after its timeout
+            raise
+
+    async def scenario() -> tuple[bool, bool]:
+        with pytest.raises(redis.TimeoutError):
+            await bounded(slow_to_stop(), 0.05)
+        caller = asyncio.ensure_future(bounded(slow_to_stop(), 0.05))
+        await asyncio.sleep(0.1)  # timed out; the command is unwinding
+        caller.cancel()
+        try:
+            await caller
+        except asyncio.CancelledError:
+            cancelled = True
+        except redis.TimeoutError:
+            cancelled = False  # the caller's cancellation swallowed
+        early = asyncio.ensure_future(bounded(slow_to_stop(), 5.0))
+        await asyncio.sleep(0.01)
+        early.cancel()
+        try:
+            await early
+            early_cancelled = False
+        except asyncio.CancelledError:
+            early_cancelled = True
+        await asyncio.sleep(0.3)
+        return cancelled, early_cancelled
+
+    assert run(scenario()) == (True, True)
+
+
+def test_clear_on_a_stuck_redis_gives_up_within_the_bound(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, timeout=0.1)
+
+    async def scenario() -> float:
+        await backend.set("stuck:k", b"v", 600_000)
+        assert own_redis.proc is not None
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                await backend.clear("stuck:")
+            return time.monotonic() - started
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+            await backend.close()
+
+    elapsed = asyncio.run(scenario())
+    # The bound is `timeout` (restarted at most twice on a late timer), well under redis-py's
+    # socket timeout, which is only a backstop here (1.3 s).
+    assert elapsed < 1.0, elapsed

@@ -243,8 +243,8 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(20):
         assert client.get(f"/items/1?q={i}").status_code == 200
     route = next(r for r in app.routes if getattr(r, "path", "") == "/items/{item_id}")
-    memos = route.oxcache_memos
-    assert len(memos) == 1 and len(memos[0].keys) == 5
+    (memo,) = route.oxcache_memos
+    assert len(memo.keys) == 5
     # The most recent are remembered and answered early; older ones are misses of the memo
     # only (still hits of the cache, through FastAPI's path).
     solved = SOLVED["q"]
@@ -287,3 +287,93 @@ def test_routes_without_cache_are_plain_api_routes() -> None:
     assert client.get("/plain?q=0").status_code == 422
     route = next(r for r in app.routes if getattr(r, "path", "") == "/plain")
     assert not getattr(route, "oxcache_memos", [])
+
+
+def test_a_default_made_per_request_is_never_answered_early() -> None:
+    source = {"day": "mon"}
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+    store = Cache(prefix="factory")
+
+    @app.get("/report")
+    @cache(expire=300, store=store)
+    async def report(day: str = Query(default_factory=lambda: source["day"])) -> dict[str, str]:
+        return {"day": day}
+
+    with client_for(app, store) as client:
+        assert client.get("/report").json() == {"day": "mon"}
+        assert client.get("/report").json() == {"day": "mon"}
+        source["day"] = "tue"  # date.today() rolled over, say
+        assert client.get("/report").json() == {"day": "tue"}
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/report")
+    assert not getattr(route, "oxcache_memos", None)
+
+
+def test_the_same_path_under_another_root_path_is_another_request() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Host, Mount
+
+    store = Cache(prefix="mounts")
+    sub = FastAPI()
+    sub.router.route_class = CachedRoute
+
+    @sub.get("/{page:path}")
+    @cache(expire=300, store=store)
+    async def page(page: str) -> dict[str, str]:
+        return {"page": page}
+
+    # The same raw path: under a mount, the route sees "b"; at the root, "a/b".
+    outer = Starlette(
+        routes=[
+            Host("one.test", app=Starlette(routes=[Mount("/a", app=sub)])),
+            Host("two.test", app=sub),
+        ]
+    )
+    with TestClient(outer) as client:
+        for _ in range(2):
+            assert client.get("http://one.test/a/b").json() == {"page": "b"}
+            assert client.get("http://two.test/a/b").json() == {"page": "a/b"}
+
+
+def test_an_early_refresh_is_drawn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+    store = Cache(prefix="xfetch-early")
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/x")
+    @cache(expire=300, store=store, early_recompute=1.0)
+    async def x() -> dict[str, int]:
+        ran.append(1)
+        return {"n": len(ran)}
+
+    draws = iter([True, False, False, False])
+    with client_for(app, store) as client:
+        client.get("/x")
+        client.get("/x")  # learned
+        x.__oxcache__.run_s = 0.01  # type: ignore[attr-defined]
+        monkeypatch.setattr(oxcache.decorator, "_xfetch", lambda *a: next(draws))
+        assert client.get("/x").headers["x-fastapi-cache"] == "Hit"  # and refreshed after
+        client.get("/x")
+    assert len(ran) == 2  # the "refresh now" draw was honoured, not drawn again
+
+
+def test_secret_vary_values_are_remembered_hashed_and_long_requests_not_at_all() -> None:
+    store = Cache(prefix="secret-vary")
+    app = FastAPI()
+    app.router.route_class = CachedRoute
+
+    @app.get("/mine")
+    @cache(expire=300, store=store, vary=["Authorization"])
+    async def mine(q: str = "") -> dict[str, int]:
+        return {"n": len(q)}
+
+    with client_for(app, store) as client:
+        for _ in range(2):
+            client.get("/mine", headers={"Authorization": "Bearer s3cr3t"})
+            client.get("/mine?q=" + "x" * 3000)
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/mine")
+    (memo,) = route.oxcache_memos
+    remembered = list(memo.keys)
+    assert len(remembered) == 1  # the long request was not remembered
+    assert b"s3cr3t" not in repr(remembered).encode()

@@ -15,6 +15,7 @@ import time
 import typing
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any, Callable, TypeVar, Union, cast, overload
@@ -70,6 +71,7 @@ _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _NO_USER: Any = object()
 _FAST = "oxcache.early"  # scope key: the `EarlyState` of a request `CachedRoute` saw first
 _ROUTE_MEMO_LIMIT = 10_000  # raw requests remembered per route
+_ROUTE_MEMO_MAX_REQUEST = 2048  # bytes of path, query and vary values; longer: not remembered
 _REFRESH_GIVE_UP_S = 60.0
 _MAX_LANDED = 10_000  # keys remembered by Cache._landed before it starts over
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -569,9 +571,10 @@ class CachedEndpoint:
         )
         if force:
             return await self._miss(store, request, sub_response, kwargs, key, uid, reply, None)
+        refresh_due: bool | None = None  # XFetch's draw, when CachedRoute made it
         if fast is not None and fast.read_key == key and fast.store is store:
             # `CachedRoute` read this entry already, and left the request to this path.
-            entry, read_at = fast.entry, fast.read_at
+            entry, read_at, refresh_due = fast.entry, fast.read_at, fast.refresh_due
         else:
             read_at = time.monotonic()
             found = await _lookup(store, key, reply, now_ms, max_age_ms)
@@ -585,7 +588,11 @@ class CachedEndpoint:
                 logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
                 store.counters.hits += 1
                 response = reply.replay(entry, now_ms)
-                if self.beta and _xfetch(now_ms, entry.expires_ms, self.run_s, self.beta):
+                if refresh_due is None:
+                    refresh_due = bool(self.beta) and _xfetch(
+                        now_ms, entry.expires_ms, self.run_s, self.beta
+                    )
+                if refresh_due:
                     self._refresh_later(store, request, kwargs, key, uid, response)
                 return response
             if max_age_ms is None and entry.expires_ms <= now_ms < entry.expires_ms + self.swr_ms:
@@ -621,13 +628,25 @@ class CachedEndpoint:
             if varied is not None and name in vary_names:
                 seen = varied.get(name)
                 varied[name] = value if seen is None else seen + b", " + value
+        # Everything such a route's key depends on (FastAPI takes path parameters from the
+        # path after root_path); credential headers only as their hash, as in keys.
         path, query = scope["path"], scope["query_string"]
-        signature: tuple[Any, ...] = (
-            (path, query)
-            if varied is None
-            else (path, query, *(varied.get(name) for name in vary_names))
-        )
-        state = EarlyState(memo, signature)
+        size = len(path) + len(query)
+        signature: tuple[Any, ...]
+        if varied is None:
+            signature = (scope.get("root_path", ""), path, query)
+        else:
+            parts: list[bytes | str | None] = []
+            for name in vary_names:
+                raw = varied.get(name)
+                if raw is not None:
+                    size += len(raw)
+                    if name in _SECRET_HEADERS:
+                        parts.append(etag(raw))
+                        continue
+                parts.append(raw)
+            signature = (scope.get("root_path", ""), path, query, *parts)
+        state = EarlyState(memo, signature, learn=size <= _ROUTE_MEMO_MAX_REQUEST)
         scope[_FAST] = state
         known = memo.keys.get(signature)
         if known is None:
@@ -649,14 +668,12 @@ class CachedEndpoint:
         found = await _lookup(store, key, reply, now_ms, None)
         if isinstance(found, CachedResponse):
             return found
-        if (
-            found is not None
-            and found.expires_ms > now_ms
-            and not (self.beta and _xfetch(now_ms, found.expires_ms, self.run_s, self.beta))
-        ):
-            logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
-            store.counters.hits += 1
-            return reply.replay(found, now_ms)
+        if found is not None and found.expires_ms > now_ms:
+            if not (self.beta and _xfetch(now_ms, found.expires_ms, self.run_s, self.beta)):
+                logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
+                store.counters.hits += 1
+                return reply.replay(found, now_ms)
+            state.refresh_due = True  # `handle` refreshes it: the draw is made once
         # Missing, stale or due for an early refresh: FastAPI's path, without reading again.
         state.store, state.read_key, state.entry, state.read_at = store, key, found, read_at
         return None
@@ -895,34 +912,48 @@ async def _lookup(
 
 
 class RouteMemo:
-    """What `CachedRoute` learned for one route: raw request -> (store, key)."""
+    """What `CachedRoute` learned for one route: raw request -> (store, key), the oldest
+    forgotten first past `_ROUTE_MEMO_LIMIT` requests."""
 
-    __slots__ = ("endpoint", "keys")
+    __slots__ = ("__weakref__", "endpoint", "keys")
 
     def __init__(self, endpoint: CachedEndpoint) -> None:
         self.endpoint = endpoint
-        self.keys: dict[tuple[Any, ...], tuple[Cache, str]] = {}
+        self.keys: OrderedDict[tuple[Any, ...], tuple[Cache, str]] = OrderedDict()
 
 
 class EarlyState:
     """One request as `CachedRoute` saw it: its raw signature, and the entry it read when it
     did not answer (so FastAPI's path does not read it again)."""
 
-    __slots__ = ("entry", "memo", "read_at", "read_key", "signature", "store")
+    __slots__ = (
+        "entry",
+        "learns",
+        "memo",
+        "read_at",
+        "read_key",
+        "refresh_due",
+        "signature",
+        "store",
+    )
 
-    def __init__(self, memo: RouteMemo, signature: tuple[Any, ...]) -> None:
+    def __init__(self, memo: RouteMemo, signature: tuple[Any, ...], learn: bool = True) -> None:
         self.memo = memo
         self.signature = signature
+        self.learns = learn  # False for a request too large to remember
         self.store: Cache | None = None
         self.read_key: str | None = None
         self.entry: Any = None
         self.read_at = 0.0
+        self.refresh_due: bool | None = None
 
     def learn(self, store: Cache, key: str) -> None:
         """FastAPI's path computed `key` for this raw request."""
+        if not self.learns:
+            return
         keys = self.memo.keys
         if self.signature not in keys and len(keys) >= _ROUTE_MEMO_LIMIT:
-            del keys[next(iter(keys))]  # the oldest
+            keys.popitem(last=False)  # the oldest
         keys[self.signature] = (store, key)
 
 

@@ -10,13 +10,15 @@ the next such request reads the entry and answers straight away; anything it is 
 goes the usual way, which applies every rule of `@cache`.
 
 It only does this for routes that have nothing else to run: no dependencies (the route's,
-its router's or the app's, security included), no header, cookie or body parameters and no
-`per_user`. A route with an authentication dependency is never answered early, so a cached
-response is never sent to a request that dependency would have refused.
+its router's or the app's, security included), no header, cookie or body parameters, no
+per-request defaults (`default_factory`) and no `per_user`. A route with an authentication
+dependency is never answered early, so a cached response is never sent to a request that
+dependency would have refused.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -48,12 +50,19 @@ def answers_early(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) -> 
     if dependant is None or endpoint.per_user is not None or endpoint.deps:
         return False
     try:
-        return not (
+        if (
             dependant.dependencies
             or dependant.header_params
             or dependant.cookie_params
             or dependant.body_params
             or dependant.security_scopes_param_name
+        ):
+            return False
+        # A default made per request (`Query(default_factory=date.today)`) is an input the
+        # raw request does not show.
+        return not any(
+            getattr(getattr(field, "field_info", None), "default_factory", None) is not None
+            for field in (*dependant.path_params, *dependant.query_params)
         )
     except AttributeError:  # a FastAPI whose dependant we do not know: take no chances
         return False
@@ -81,8 +90,13 @@ class CachedRoute(APIRoute):
         ):
             return handler
         memo = RouteMemo(endpoint)
-        # One memo per handler built (FastAPI builds one per inclusion of a router).
-        self.oxcache_memos: list[RouteMemo] = [*getattr(self, "oxcache_memos", ()), memo]
+        # The memos of the handlers built and still in use (FastAPI builds one handler per
+        # inclusion of a router); weak, so a rebuilt handler's old memo goes with it.
+        memos: weakref.WeakSet[RouteMemo] | None = getattr(self, "oxcache_memos", None)
+        if memos is None:
+            memos = weakref.WeakSet()
+            self.oxcache_memos = memos
+        memos.add(memo)
 
         async def cached_route_handler(request: Request) -> Response:
             response = await endpoint.answer_early(request.scope, memo)

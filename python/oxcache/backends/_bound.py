@@ -12,9 +12,8 @@ still costs at most about three timeouts plus the loop's own lag.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,9 +28,16 @@ def backstop(timeout: float) -> float:
     return (_RESTARTS + 1) * timeout + 1.0
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome as seen (a cancelled command's late error is nobody's)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def bounded(aw: Awaitable[T], timeout: float) -> T:
     """Await `aw`; raise redis's `TimeoutError` (and cancel it) when Redis takes longer than
-    `timeout` seconds of a responsive event loop."""
+    `timeout` seconds of a responsive event loop. A cancellation of the caller cancels `aw`
+    and propagates as usual."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(aw)
     deadline = loop.time() + timeout
@@ -47,11 +53,14 @@ async def bounded(aw: Awaitable[T], timeout: float) -> T:
                 deadline = now + timeout
                 continue
             break
-    except BaseException:
         task.cancel()
+        # Let the command unwind (redis-py drops the connection it was using). Only the
+        # caller's own cancellation can interrupt this wait, and it propagates.
+        await asyncio.wait((task,))
+    except BaseException:
+        if not task.done():
+            task.cancel()
+        task.add_done_callback(_retrieve)
         raise
-    task.cancel()
-    # The cancellation, or whatever the command failed with meanwhile.
-    with contextlib.suppress(BaseException):
-        await task
+    _retrieve(task)
     raise RedisTimeoutError(f"Timeout: Redis did not answer within {timeout:g} s")

@@ -76,6 +76,7 @@ class _ReplyProtocol(asyncio.Protocol):
         if pipe.transport is not self.transport:
             return  # a connection the pipe already dropped
         pipe.last_data = pipe.loop.time()
+        pipe.chunks += 1
         buf = self.buf
         buf += data
         if len(buf) < self.need:
@@ -144,10 +145,13 @@ class ReadPipe:
         self.out: list[bytes] = []
         self.unsent: list[list[Any]] = []  # the entries of `waiting` whose commands are in `out`
         self.timer: asyncio.TimerHandle | None = None
-        # When bytes last came (loop time), and what the check of an overdue read saw of it.
+        # When bytes last came (loop time) and how many times they came (a count, because a
+        # loop's clock may be coarser than the gap between two chunks), and what the check of
+        # an overdue read saw of it.
         self.last_data = 0.0
+        self.chunks = 0
         self.suspect: list[Any] | None = None  # the overdue read being checked
-        self.suspect_seen = 0.0
+        self.suspect_seen = 0
         self.suspect_turns = 0
         # A connection was lost or timed out: the pool's idle connections, made before the
         # outage, are likely dead too.
@@ -233,7 +237,7 @@ class ReadPipe:
         # Past its deadline, but the loop may not have read the socket since: suspect it,
         # and decide once the loop has polled (see the module docstring).
         self.suspect = head
-        self.suspect_seen = self.last_data
+        self.suspect_seen = self.chunks
         self.suspect_turns = 2
         self.timer = self.loop.call_at(now, self._confirm)
 
@@ -245,7 +249,7 @@ class ReadPipe:
             return
         head = waiting[0]
         now = self.loop.time()
-        if head is not self.suspect or self.last_data != self.suspect_seen:
+        if head is not self.suspect or self.chunks != self.suspect_seen:
             # Redis answered meanwhile: the suspect's reply, or part of it.
             self.suspect = None
             if head[1]:

@@ -186,7 +186,7 @@ class ClusterBackend(RedisBackend):
                 pipe = self.client.pipeline(transaction=False)
                 for index in indexes:
                     pipe.zrange(index, 0, -1)
-                members = list(await pipe.execute())
+                members = list(await _bounded(pipe.execute(), self.timeout))
             targets = {k.encode() for k in keys}
             for listed in members:
                 targets.update(listed)
@@ -199,7 +199,7 @@ class ClusterBackend(RedisBackend):
                     for start in range(0, len(listed), _BATCH):
                         pipe.zrem(index, *listed[start : start + _BATCH])
                 if len(pipe):
-                    await pipe.execute()
+                    await _bounded(pipe.execute(), self.timeout)
             return deleted
 
     async def _unlink(self, keys: Collection[bytes]) -> int:
@@ -213,7 +213,7 @@ class ClusterBackend(RedisBackend):
         for same_slot in by_slot.values():
             for start in range(0, len(same_slot), _BATCH):
                 pipe.execute_command("UNLINK", *same_slot[start : start + _BATCH])
-        return sum(int(n) for n in await pipe.execute())
+        return sum(int(n) for n in await _bounded(pipe.execute(), self.timeout))
 
     async def delete(self, keys: Sequence[str]) -> int:
         async with self._permit():
@@ -222,21 +222,31 @@ class ClusterBackend(RedisBackend):
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(_GLOB_SPECIALS) + "*"
         deleted = 0
-        batch: list[bytes] = []
         async with self._permit():
-            # redis-py's cluster scan_iter walks every primary in turn.
-            async for key in self.client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= _BATCH:
-                    deleted += await self._unlink(batch)
-                    batch.clear()
-            if batch:
-                deleted += await self._unlink(batch)
-        return deleted
+            # SCAN every primary (as redis-py's scan_iter does), each round trip bounded.
+            cursors, keys = await _bounded(
+                self.client.scan(match=pattern, count=1000), self.timeout
+            )
+            nodes = {name: self.client.get_node(node_name=name) for name in cursors}
+            while True:
+                for start in range(0, len(keys), _BATCH):
+                    deleted += await self._unlink(keys[start : start + _BATCH])
+                cursors = {name: cursor for name, cursor in cursors.items() if cursor}
+                if not cursors:
+                    return deleted
+                name, cursor = next(iter(cursors.items()))
+                found, keys = await _bounded(
+                    self.client.scan(
+                        cursor=cursor, match=pattern, count=1000, target_nodes=nodes[name]
+                    ),
+                    self.timeout,
+                )
+                cursors[name] = found[name]
 
     async def ping(self) -> None:
         # At startup (`Cache.connect`) the slot map is loaded here, in the foreground: each
-        # socket operation is bounded by `timeout`, the whole load is not.
+        # socket operation is bounded by the socket timeout (`backstop(timeout)`), the whole
+        # load is not.
         await self.client.initialize()
         await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
 

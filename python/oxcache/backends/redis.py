@@ -204,15 +204,15 @@ class RedisBackend(Backend):
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(_GLOB_SPECIALS) + "*"
         deleted = 0
-        batch: list[bytes] = []
-        async for key in self.client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += int(await self.client.unlink(*batch))
-                batch.clear()
-        if batch:
-            deleted += int(await self.client.unlink(*batch))
-        return deleted
+        cursor = 0
+        while True:  # SCAN + UNLINK, each round trip under the bound (never KEYS)
+            cursor, keys = await self._limit(
+                self.client.scan(cursor=cursor, match=pattern, count=1000)
+            )
+            for start in range(0, len(keys), 500):
+                deleted += int(await self._limit(self.client.unlink(*keys[start : start + 500])))
+            if not cursor:
+                return deleted
 
     async def ping(self) -> None:
         await self._limit(self.client.ping())
