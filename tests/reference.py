@@ -100,7 +100,8 @@ def canonical(value: Any, arg: str, depth: int = 0) -> str:
         return f"{name}({canonical(key, arg, depth + 1)})"
     # Rule 7: enum members.
     if isinstance(value, enum.Enum):
-        return f"{name}.{value.name}"
+        member = value.__dict__.get("_name_")  # the member's own name, whatever `.name` says
+        return f"{name}.{member if member is not None else value.name}"
     # Rule 8: subclasses of the scalar builtins.
     if isinstance(value, bool):
         return "True" if value else "False"
@@ -125,10 +126,11 @@ def canonical(value: Any, arg: str, depth: int = 0) -> str:
     if isinstance(value, decimal.Decimal):
         return f"Decimal({quoted(str(value))})"
     # Rules 15-18: containers.
+    # A subclass is read as its base type stores it: its own `__iter__`/`items` are not asked.
     if isinstance(value, list):
-        return "[" + ",".join(canonical(v, arg, depth + 1) for v in value) + "]"
+        return "[" + ",".join(canonical(v, arg, depth + 1) for v in list.__iter__(value)) + "]"
     if isinstance(value, tuple):
-        items = [canonical(v, arg, depth + 1) for v in value]
+        items = [canonical(v, arg, depth + 1) for v in tuple.__iter__(value)]
         return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
     if isinstance(value, (set, frozenset)):
         items = sorted(canonical(v, arg, depth + 1) for v in value)
@@ -156,7 +158,9 @@ def canonical(value: Any, arg: str, depth: int = 0) -> str:
 
 
 def canonical_dict(value: dict[Any, Any], arg: str, depth: int) -> str:
-    pairs = [(canonical(k, arg, depth + 1), canonical(v, arg, depth + 1)) for k, v in value.items()]
+    pairs = [
+        (canonical(k, arg, depth + 1), canonical(v, arg, depth + 1)) for k, v in dict.items(value)
+    ]
     pairs.sort(key=lambda kv: (kv[0].encode("utf-8"), kv[1].encode("utf-8")))
     return "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
 

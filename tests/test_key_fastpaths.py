@@ -247,3 +247,44 @@ def test_floats_are_written_as_float_repr() -> None:
         key = core.cache_key(None, "m", "f", [("x", x), ("r", Ratio(x))])
         text = float.__repr__(x)
         assert key == f"m.f(x={text},r={text})", x
+
+
+class _IterList(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter([9])
+
+
+class _IterTuple(tuple):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter([9, 9])
+
+
+class _ItemsDict(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        return [("z", 1)]
+
+
+class _NamedEnum(enum.Enum):
+    A = 1
+
+    @property
+    def nickname(self) -> str:
+        return "custom"
+
+    name = nickname  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (_IterList([1]), "m.f(a=[1])"),
+        (_IterTuple((1,)), "m.f(a=(1,))"),
+        (_ItemsDict(a=1), 'm.f(a={"a":1})'),
+        (_NamedEnum.A, "m.f(a=_NamedEnum.A)"),
+    ],
+)
+def test_subclasses_are_read_as_their_base_stores_them(value: Any, key: str) -> None:
+    # docs/formats.md: an overridden __iter__/items, or an Enum's `name` property, is not
+    # asked; the Rust core and the reference agree on it.
+    assert core.cache_key(None, "m", "f", [("a", value)]) == key
+    assert reference.cache_key(None, "m", "f", [("a", value)]) == key
