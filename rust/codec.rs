@@ -4,8 +4,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-/// Inputs at least this large are (de)compressed with the interpreter released.
-const DETACH_THRESHOLD: usize = 64 * 1024;
+/// Inputs at least this large are (de)compressed with the interpreter released: about a
+/// millisecond of LZ4 (see `etag::DETACH_THRESHOLD` for why not less).
+const DETACH_THRESHOLD: usize = 512 * 1024;
 
 /// `data` as one LZ4 block (no frame, no size prefix: the entry's head records the size).
 #[pyfunction]
