@@ -476,23 +476,8 @@ class CachedEndpoint:
     ) -> Any:
         if request.scope["method"] not in _CACHED_METHODS or self.ttl_ms <= 0:
             return await self.call(kwargs)
-        # One pass over the raw request headers finds everything the cache looks at.
-        cache_control = pragma = condition_raw = None
-        credentials: bytes | None = None
+        cache_control, pragma, condition_raw, credentials, varied = self._scan(request.scope)
         vary_names = self.vary_names
-        varied: dict[bytes, bytes] | None = {} if vary_names else None
-        for name, value in request.scope["headers"]:
-            if name == b"cache-control":
-                cache_control = value if cache_control is None else cache_control + b", " + value
-            elif name == b"if-none-match":
-                condition_raw = value if condition_raw is None else condition_raw + b", " + value
-            elif name == b"pragma":
-                pragma = value
-            elif name in _CREDENTIAL_HEADERS and name not in vary_names:
-                credentials = name
-            if varied is not None and name in vary_names:
-                seen = varied.get(name)
-                varied[name] = value if seen is None else seen + b", " + value
         directives = request_directives(cache_control, pragma)
         store = self.store or default_store()
         force = False
@@ -607,6 +592,30 @@ class CachedEndpoint:
             store, request, sub_response, kwargs, key, uid, reply, entry, read_at
         )
 
+    def _scan(
+        self, scope: MutableMapping[str, Any]
+    ) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None, dict[bytes, bytes] | None]:
+        """One pass over the raw request headers finds everything the cache looks at:
+        Cache-Control, Pragma, If-None-Match, a credential header (not among `vary`), and
+        the `vary` headers' values (None when the endpoint has no `vary`)."""
+        cache_control = pragma = condition_raw = None
+        credentials: bytes | None = None
+        vary_names = self.vary_names
+        varied: dict[bytes, bytes] | None = {} if vary_names else None
+        for name, value in scope["headers"]:
+            if name == b"cache-control":
+                cache_control = value if cache_control is None else cache_control + b", " + value
+            elif name == b"if-none-match":
+                condition_raw = value if condition_raw is None else condition_raw + b", " + value
+            elif name == b"pragma":
+                pragma = value
+            elif name in _CREDENTIAL_HEADERS and name not in vary_names:
+                credentials = name
+            if varied is not None and name in vary_names:
+                seen = varied.get(name)
+                varied[name] = value if seen is None else seen + b", " + value
+        return cache_control, pragma, condition_raw, credentials, varied
+
     async def answer_early(
         self, scope: MutableMapping[str, Any], memo: RouteMemo
     ) -> Response | None:
@@ -615,19 +624,12 @@ class CachedEndpoint:
         leaving what it read in the scope for `handle`)."""
         if scope["method"] not in _CACHED_METHODS or self.ttl_ms <= 0:
             return None
-        condition_raw: bytes | None = None
+        cache_control, pragma, condition_raw, credentials, varied = self._scan(scope)
+        if cache_control is not None or pragma is not None:
+            return None  # request directives: `handle` applies them
+        if credentials is not None and not self.shared:
+            return None  # `handle` decides (served uncached, with a warning)
         vary_names = self.vary_names
-        varied: dict[bytes, bytes] | None = {} if vary_names else None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                condition_raw = value if condition_raw is None else condition_raw + b", " + value
-            elif name == b"cache-control" or name == b"pragma":
-                return None  # request directives: `handle` applies them
-            elif name in _CREDENTIAL_HEADERS and name not in vary_names and not self.shared:
-                return None  # `handle` decides (served uncached, with a warning)
-            if varied is not None and name in vary_names:
-                seen = varied.get(name)
-                varied[name] = value if seen is None else seen + b", " + value
         # Everything such a route's key depends on (FastAPI takes path parameters from the
         # path after root_path); credential headers only as their hash, as in keys.
         path, query = scope["path"], scope["query_string"]
