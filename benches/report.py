@@ -352,59 +352,38 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
-    rows.append(
+    floor_a, floor_b = "floor A (no cache)", "floor B (no cache + 1 Redis GET)"
+    hits = [
+        ("Redis hit (small) / floor B", "e2e hit small", "oxcache (Redis)", floor_b),
+        ("memory hit (small) / floor A", "e2e hit small", "oxcache (memory)", floor_a),
         (
-            "Redis hit (small) / floor B",
-            "x",
-            ratio(
-                _e2e(benches, "e2e hit small", "oxcache (Redis)"),
-                _e2e(benches, "e2e hit small", "floor B (no cache + 1 Redis GET)"),
-            ),
-            1.1,
-            True,
-        )
-    )
-    rows.append(
+            "Redis hit (small), CachedRoute / floor B",
+            "e2e hit small",
+            "oxcache CachedRoute (Redis)",
+            floor_b,
+        ),
         (
-            "memory hit (small) / floor A",
-            "x",
-            ratio(
-                _e2e(benches, "e2e hit small", "oxcache (memory)"),
-                _e2e(benches, "e2e hit small", "floor A (no cache)"),
-            ),
-            1.1,
-            True,
-        )
-    )
-    for kind, floor in (
-        ("Redis", "floor B (no cache + 1 Redis GET)"),
-        ("memory", "floor A (no cache)"),
-    ):
-        rows.append(
-            (
-                f"{kind} hit (small), CachedRoute / {floor.split(' (')[0]}",
-                "x",
-                ratio(
-                    _e2e(benches, "e2e hit small", f"oxcache CachedRoute ({kind})"),
-                    _e2e(benches, "e2e hit small", floor),
-                ),
-                1.1,
-                True,
-            )
-        )
-    for library in ("oxcache (Redis + near)", "oxcache CachedRoute (Redis + near)"):
-        rows.append(
-            (
-                f"near-cache L1 hit (small), {library.removesuffix(' (Redis + near)')} / floor A",
-                "x",
-                ratio(
-                    _e2e(benches, "near hit small", library),
-                    _e2e(benches, "near hit small", "floor A (no cache)"),
-                ),
-                1.1,
-                True,
-            )
-        )
+            "memory hit (small), CachedRoute / floor A",
+            "e2e hit small",
+            "oxcache CachedRoute (memory)",
+            floor_a,
+        ),
+        (
+            "near-cache L1 hit (small), oxcache / floor A",
+            "near hit small",
+            "oxcache (Redis + near)",
+            floor_a,
+        ),
+        (
+            "near-cache L1 hit (small), oxcache CachedRoute / floor A",
+            "near hit small",
+            "oxcache CachedRoute (Redis + near)",
+            floor_a,
+        ),
+    ]
+    for name, group, library, floor in hits:
+        got = ratio(_e2e(benches, group, library), _e2e(benches, group, floor))
+        rows.append((name, "x", got, 1.1, True))
     http = source.with_name("http.json")
     if http.exists():
         t = json.loads(http.read_text())["targets"]
