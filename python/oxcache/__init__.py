@@ -5,7 +5,8 @@ non-blocking Redis client or an in-memory store, and drop-in compatibility with
 fastapi-redis-cache (change the import).
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from oxcache.backends import (
     Backend,
@@ -39,9 +40,9 @@ from oxcache.store import Cache, default_store
 cache.function = cached  # type: ignore[attr-defined]
 
 try:
-    __version__: str = version("oxcache")
+    __version__: str = _version("oxcache")
     """The installed version; set in one place, `Cargo.toml` (maturin copies it)."""
-except PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
+except _PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
     __version__ = "0+unknown"
 
 __all__ = [

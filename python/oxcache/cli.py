@@ -37,9 +37,10 @@ from oxcache._core import (
     decode_entry,
     peek_entry,
 )
+from oxcache.backends.connect import redact
 from oxcache.backends.redis import RedisBackend
 from oxcache.errors import CacheUnavailable
-from oxcache.store import Cache, _redact
+from oxcache.store import Cache
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
@@ -412,7 +413,7 @@ def _print_entry(entry: dict[str, Any], limit: int) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
-    shown = _redact(url)
+    shown = redact(url)
     try:
         client = aioredis.Redis.from_url(
             url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout

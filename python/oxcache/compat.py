@@ -7,6 +7,8 @@ from typing import Any
 
 from oxcache.store import Cache, _schedule, _set_default
 
+__all__ = ["FastApiRedisCache"]
+
 
 class FastApiRedisCache:
     """Configures the default store the way fastapi-redis-cache's class of the same name does.

@@ -19,6 +19,8 @@ from oxcache.errors import ConfigError
 from oxcache.keys import resolved_hints
 from oxcache.store import Cache, default_store
 
+__all__ = ["CachedFunction", "cached"]
+
 logger = logging.getLogger("oxcache")
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -17,6 +17,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
+__all__ = ["CachedResponse", "render"]
+
 _SERIALIZE_PARAMS = frozenset(inspect.signature(fastapi_routing.serialize_response).parameters)
 _effective_context = getattr(fastapi_routing, "_get_scope_effective_route_context", None)
 _extract_endpoint_context = getattr(fastapi_routing, "_extract_endpoint_context", None)

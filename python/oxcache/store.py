@@ -23,10 +23,9 @@ from oxcache._core import (
     peek_entry,
 )
 from oxcache.backends.base import Backend
-from oxcache.backends.cluster import ClusterBackend, is_cluster_url
-from oxcache.backends.memory import MemoryBackend
+from oxcache.backends.cluster import ClusterBackend
+from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
-from oxcache.backends.sentinel import SentinelBackend, is_sentinel_url, parse_sentinel_url
 from oxcache.errors import CacheUnavailable, ConfigError
 from oxcache.near import NearCache
 
@@ -202,12 +201,16 @@ class Cache:
         if on_error not in ("open", "raise"):
             raise ConfigError(f'on_error must be "open" or "raise", not {on_error!r}')
         if backend is None:
-            backend = _redis_backend(url, client, cluster, sentinel, service_name, timeout)
-        if backend is None:
-            if url is not None or client is not None:
-                backend = RedisBackend(url, client=client, timeout=timeout)
-            else:
-                backend = MemoryBackend(max_entries=max_entries, max_bytes=max_bytes)
+            backend = backend_for(
+                url,
+                client,
+                cluster=cluster,
+                sentinel=sentinel,
+                service_name=service_name,
+                timeout=timeout,
+                max_entries=max_entries,
+                max_bytes=max_bytes,
+            )
         if near is not None:
             if not isinstance(backend, RedisBackend):
                 raise ConfigError(
@@ -608,54 +611,13 @@ class Cache:
     # -- helpers -------------------------------------------------------------------------
 
     def _describe(self) -> str:
-        if isinstance(self.backend, ClusterBackend):
-            return "Redis Cluster" if self.url is None else f"Redis Cluster at {_redact(self.url)}"
-        if isinstance(self.backend, SentinelBackend):
-            return f"Redis Sentinel service {self.backend.service_name!r}"
-        if isinstance(self.backend, RedisBackend):
-            return "Redis" if self.url is None else f"Redis at {_redact(self.url)}"
-        return type(self.backend).__name__
+        return describe(self.backend, self.url)
 
     def _warn_once(self, tag: str, message: str, *args: Any) -> None:
         if tag in self._warned or len(self._warned) > 10_000:
             return
         self._warned.add(tag)
         logger.warning(message, *args)
-
-
-def _redis_backend(
-    url: str | None,
-    client: Any,
-    cluster: bool,
-    sentinel: Sequence[tuple[str, int]] | None,
-    service_name: str | None,
-    timeout: float,
-) -> Backend | None:
-    """The Cluster or Sentinel backend that the arguments of `Cache` ask for, if any."""
-    if sentinel is not None:
-        assert service_name is not None
-        return SentinelBackend(sentinel, service_name, timeout=timeout)
-    if url is not None and is_sentinel_url(url):
-        sentinels, name, options = parse_sentinel_url(url)
-        return SentinelBackend(sentinels, name, timeout=timeout, connection=options)
-    if url is not None and (cluster or is_cluster_url(url)):
-        return ClusterBackend(url, timeout=timeout)
-    if client is not None:
-        from redis.asyncio.cluster import RedisCluster
-
-        if isinstance(client, RedisCluster):
-            return ClusterBackend(client=client, timeout=timeout)
-    return None
-
-
-def _redact(url: str) -> str:
-    """Hide the password of a Redis URL in logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
 
 
 _default_store: Cache | None = None

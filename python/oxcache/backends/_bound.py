@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+__all__ = ["backstop", "bounded"]
+
 T = TypeVar("T")
 
 _RESTARTS = 2

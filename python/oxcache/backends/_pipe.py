@@ -40,6 +40,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oxcache.backends._bound import bounded
 
+__all__ = ["ReadPipe", "encode_get", "encode_getrange"]
+
 _CRLF = b"\r\n"
 
 

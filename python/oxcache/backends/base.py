@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+__all__ = ["Backend"]
+
 
 class Backend(abc.ABC):
     """Where entries live. Only backends talk to storage; values are opaque bytes to them.

@@ -20,7 +20,9 @@ from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
-from oxcache.backends.redis import _GLOB_SPECIALS, _RELEASE, RedisBackend
+from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, RedisBackend
+
+__all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
 
 T = TypeVar("T")
 
@@ -99,7 +101,7 @@ class ClusterBackend(RedisBackend):
         self.timeout = timeout
         self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
         self._permits = asyncio.Semaphore(max_connections)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_SCRIPT)
         self._reloading: asyncio.Task[Any] | None = None
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
@@ -220,7 +222,7 @@ class ClusterBackend(RedisBackend):
             return await self._unlink([k.encode() for k in keys])
 
     async def clear(self, prefix: str) -> int:
-        pattern = prefix.translate(_GLOB_SPECIALS) + "*"
+        pattern = prefix.translate(GLOB_SPECIALS) + "*"
         deleted = 0
         async with self._permit():
             # SCAN every primary (as redis-py's scan_iter does), each round trip bounded.

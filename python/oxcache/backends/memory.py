@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from oxcache.backends.base import Backend
 
+__all__ = ["MemoryBackend"]
+
 
 class MemoryBackend(Backend):
     """A bounded LRU map with per-entry expiry, private to its instance.

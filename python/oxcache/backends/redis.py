@@ -15,9 +15,11 @@ from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange
 from oxcache.backends.base import Backend
 
+__all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "RedisBackend"]
+
 T = TypeVar("T")
 
-_GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 # KEYS[1]: the entry; KEYS[2..]: its indexes (sorted sets scored by expiry, in ms since the
 # epoch). ARGV: value, ttl ms, now ms. Each index drops members that have expired and lives
@@ -37,7 +39,7 @@ return 1
 """
 
 # Delete the lock only if we still hold it (it may have expired and been taken by another).
-_RELEASE = """
+RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -129,7 +131,7 @@ class RedisBackend(Backend):
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
         self._set_indexed = client.register_script(_SET_INDEXED)
         self._invalidate = client.register_script(_INVALIDATE)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_SCRIPT)
         read_pool: Any = getattr(client, "connection_pool", None)
         self.auto_pipeline = bool(
             auto_pipeline
@@ -202,7 +204,7 @@ class RedisBackend(Backend):
         await self._limit(self._release(keys=[name], args=[token]))
 
     async def clear(self, prefix: str) -> int:
-        pattern = prefix.translate(_GLOB_SPECIALS) + "*"
+        pattern = prefix.translate(GLOB_SPECIALS) + "*"
         deleted = 0
         cursor = 0
         while True:  # SCAN + UNLINK, each round trip under the bound (never KEYS)

@@ -13,6 +13,8 @@ from redis.retry import Retry
 from oxcache.backends._bound import backstop
 from oxcache.backends.redis import RedisBackend
 
+__all__ = ["SENTINEL_SCHEMES", "SentinelBackend", "is_sentinel_url", "parse_sentinel_url"]
+
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
@@ -71,7 +73,7 @@ class SentinelBackend(RedisBackend):
         # The Sentinels are asked with `timeout`; the master's commands are bounded by
         # `bounded` (see backends/_bound.py), with the socket timeout only as a backstop.
         limit = backstop(timeout)
-        self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        self.sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             [(host, int(port)) for host, port in sentinels],
             sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
             socket_timeout=limit,

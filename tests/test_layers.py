@@ -1,0 +1,191 @@
+"""The package's layers, checked from its source: no import cycle among oxcache modules,
+`redis` imported only under `backends/`, no module reaching into another's private names or
+fields, and every module's `__all__` complete. The request path these layers follow is drawn
+in docs/architecture.md."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+
+import pytest
+
+import oxcache
+
+PACKAGE = pathlib.Path(oxcache.__file__).parent
+
+#: Known breaches of the rules below, each to be removed by the step that fixes it. Empty
+#: means the layers hold without exception.
+ALLOWED: set[tuple[str, str]] = {
+    ("all", "oxcache.cli.DEFAULT_URL"),
+    ("all", "oxcache.cli.EXIT_ERROR"),
+    ("all", "oxcache.cli.EXIT_USAGE"),
+    ("all", "oxcache.decorator has no __all__"),
+    ("all", "oxcache.http has no __all__"),
+    ("all", "oxcache.keys has no __all__"),
+    ("all", "oxcache.near has no __all__"),
+    ("all", "oxcache.route.answers_early"),
+    ("all", "oxcache.store has no __all__"),
+    ("cycle", "oxcache.store -> oxcache.decorator -> oxcache.store"),
+    ("private-field", "oxcache.compat: store._healthy"),
+    ("private-field", "oxcache.decorator: store._inflight"),
+    ("private-field", "oxcache.decorator: store._landed"),
+    ("private-field", "oxcache.decorator: store._refreshing"),
+    ("private-field", "oxcache.decorator: store._warn_once"),
+    ("private-import", "oxcache.compat imports oxcache.store._schedule"),
+    ("private-import", "oxcache.compat imports oxcache.store._set_default"),
+    ("private-import", "oxcache.functions imports oxcache.decorator._registered_name"),
+    ("private-import", "oxcache.functions imports oxcache.decorator._ttl_ms"),
+    ("redis", "oxcache.cli imports redis.asyncio"),
+    ("redis", "oxcache.cli imports redis.exceptions"),
+}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+TREES = {name: ast.parse(path.read_text(encoding="utf-8")) for name, path in MODULES.items()}
+
+
+def imports(name: str) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in `name`, top-level or inside functions."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            found.append((base, [alias.name for alias in node.names]))
+    return found
+
+
+def oxcache_edges(name: str) -> set[str]:
+    """The oxcache modules `name` imports (a `from package import module` counts as the
+    module)."""
+    edges: set[str] = set()
+    for module, names in imports(name):
+        if module not in MODULES:
+            continue
+        targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
+        edges.update(targets or [module])
+    edges.discard(name)
+    return edges
+
+
+def breaches(kind: str, found: list[str]) -> list[str]:
+    return sorted(f for f in found if (kind, f) not in ALLOWED)
+
+
+def test_no_import_cycle_among_oxcache_modules() -> None:
+    graph = {name: oxcache_edges(name) for name in MODULES}
+    cycles: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert breaches("cycle", cycles) == []
+
+
+def test_redis_is_imported_only_under_backends() -> None:
+    found = [
+        f"{name} imports {module}"
+        for name in MODULES
+        if not name.startswith("oxcache.backends")
+        for module, _ in imports(name)
+        if module == "redis" or module.startswith("redis.")
+    ]
+    assert breaches("redis", found) == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = []
+    for name in MODULES:
+        for module, names in imports(name):
+            if not module.startswith("oxcache") or module == "oxcache._core":
+                continue
+            # A package's private modules are for that package alone.
+            owner = module.rpartition(".")[0] if "._" in module else module
+            same_package = name.rpartition(".")[0] == owner.rpartition(".")[0] or name.startswith(
+                owner + "."
+            )
+            if "._" in module and not same_package:
+                found.append(f"{name} imports {module}")
+            for n in names:
+                if n.startswith("_") and not n.startswith("__") and module != name:
+                    found.append(f"{name} imports {module}.{n}")
+    assert breaches("private-import", found) == []
+
+
+def test_no_module_touches_another_objects_private_fields() -> None:
+    """`obj._field` only on `self` or `cls`: state that belongs to another object is
+    changed through that object's methods. Backends are exempt for the client objects they
+    adapt (the read pipe drives redis-py's connection streams), as httpx's transports are
+    for httpcore."""
+    found = []
+    for name, tree in TREES.items():
+        if name.startswith("oxcache.backends"):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            attr = node.attr
+            if not attr.startswith("_") or attr.startswith("__"):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            found.append(f"{name}: {ast.unparse(node)}")
+    assert breaches("private-field", sorted(set(found))) == []
+
+
+def public_definitions(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id.isupper() and len(target.id) > 1:
+                    names.add(target.id)
+    return {n for n in names if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "oxcache.__main__"))
+def test_every_module_lists_its_public_names_in_all(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        assert breaches("all", [f"{name} has no __all__"]) == []
+        return
+    missing = [n for n in exported if not hasattr(module, n)]
+    assert missing == [], f"{name}.__all__ names what it does not have"
+    unlisted = sorted(public_definitions(TREES[name]) - set(exported))
+    assert breaches("all", [f"{name}.{n}" for n in unlisted]) == []
+
+
+def test_the_package_exports_every_public_name_it_imports() -> None:
+    public = {
+        n
+        for n, v in vars(oxcache).items()
+        if not n.startswith("_") and not isinstance(v, type(oxcache))
+    }
+    assert sorted(public - set(oxcache.__all__)) == []
