@@ -345,7 +345,7 @@ def test_l1_within_bounds_and_coherent_under_random_workload(
                     model.pop(key, None)
                 else:
                     tag = rng.choice(tags)
-                    await store._invalidate([tag], [])
+                    await store.invalidations.run([tag], [])
                     for name in listed.pop(tag, set()):
                         model.pop(name, None)
                 assert len(near) <= near.max_entries

@@ -223,7 +223,7 @@ def test_a_busy_loop_neither_opens_the_circuit_nor_serves_uncached(
             _busy(0.12)
             await read
         assert store.stats()["errors"] == 0
-        assert store._available()
+        assert store.health.available()
         await store.close()
 
     run(scenario())

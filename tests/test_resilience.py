@@ -425,10 +425,10 @@ def test_stats_count_what_happened(make_store: MakeStore) -> None:
 def test_early_recompute_refreshes_a_hot_entry_before_it_expires(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, beta: float
 ) -> None:
-    import oxcache.decorator
+    import oxcache.serve
 
     draw = [0.999999]  # XFetch's U: ln(1 - U) = -13.8, so beta * delta * 13.8 s early
-    monkeypatch.setattr(oxcache.decorator.random, "random", lambda: draw[0])
+    monkeypatch.setattr(oxcache.serve.random, "random", lambda: draw[0])
     store = make_store()
     app = FastAPI()
     state = {"version": 1, "runs": 0}

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.testclient import TestClient
 from pydantic import AfterValidator
 
-import oxcache.decorator
+import oxcache.early
+import oxcache.serve
 from oxcache import Cache, CachedRoute, MemoryBackend, cache
 
 MakeStore = Callable[..., Cache]
@@ -235,7 +236,7 @@ def test_invalidation_is_seen_and_a_miss_reads_once() -> None:
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(oxcache.decorator, "_ROUTE_MEMO_LIMIT", 5)
+    monkeypatch.setattr(oxcache.early, "MEMO_LIMIT", 5)
     store = Cache(prefix="bounded")
     counter: Counter[str] = Counter()
     app = items_app(store, counter, CachedRoute)
@@ -352,7 +353,7 @@ def test_an_early_refresh_is_drawn_once(monkeypatch: pytest.MonkeyPatch) -> None
         client.get("/x")
         client.get("/x")  # learned
         x.__oxcache__.run_s = 0.01  # type: ignore[attr-defined]
-        monkeypatch.setattr(oxcache.decorator, "_xfetch", lambda *a: next(draws))
+        monkeypatch.setattr(oxcache.serve, "xfetch", lambda *a: next(draws))
         assert client.get("/x").headers["x-fastapi-cache"] == "Hit"  # and refreshed after
         client.get("/x")
     assert len(ran) == 2  # the "refresh now" draw was honoured, not drawn again

@@ -17,7 +17,7 @@ from tests.conftest import free_port
 @pytest.fixture(autouse=True)
 def _reset_default_store():
     yield
-    oxcache.store._set_default(None)
+    oxcache.store.set_default(None)
     FastApiRedisCache.store = None
 
 

@@ -327,7 +327,7 @@ def test_ignore_arg_types_and_configuration_never_grow_per_request(make_store: M
         for _ in range(50):
             assert client.get("/s").status_code == 200
     assert store.ignore_arg_types == before == (Session,)
-    assert len(s.__oxcache__._key_names) == 1  # type: ignore[attr-defined]
+    assert len(s.__oxcache__.keys._names) == 1  # type: ignore[attr-defined]
     assert store.key_for(s) == f"{store.prefix}:tests.test_user_requests.s()"
 
 

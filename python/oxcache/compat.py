@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from oxcache.store import Cache, _schedule, _set_default
+from oxcache.store import Cache, set_default
 
 __all__ = ["FastApiRedisCache"]
 
@@ -36,7 +37,7 @@ class FastApiRedisCache:
             ignore_arg_types=ignore_arg_types,
         )
         FastApiRedisCache.store = store
-        _set_default(store)
+        set_default(store)
         _schedule(store.connect())
         if previous is not None:
             _schedule(previous.close())
@@ -45,4 +46,19 @@ class FastApiRedisCache:
     def connected(self) -> bool:
         """Whether the configured store's backend answered its last request."""
         store = FastApiRedisCache.store
-        return store is not None and store._healthy
+        return store is not None and store.health.healthy
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _schedule(coro: Any) -> None:
+    """Run `coro` on the running loop if there is one (`init` is synchronous, as the seed's)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        coro.close()
+        return
+    task = loop.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -14,9 +14,10 @@ import anyio.from_thread
 from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
-from oxcache.decorator import ONE_YEAR, _registered_name, _ttl_ms
 from oxcache.errors import ConfigError
-from oxcache.keys import resolved_hints
+from oxcache.keys import KeySpace, resolved_hints
+from oxcache.options import ONE_YEAR, ttl_ms
+from oxcache.registry import registered_name
 from oxcache.store import Cache, default_store
 
 __all__ = ["CachedFunction", "cached"]
@@ -42,7 +43,7 @@ class CachedFunction:
         self.store = store
         self.tags = tuple(tags)
         self.module = getattr(func, "__module__", None) or "__main__"
-        self.name = name or _registered_name(func, self.module, store)
+        self.name = name or registered_name(func, self.module, store)
         self.signature = inspect.signature(func)
         hints = resolved_hints(func)
         # The return annotation gives back the same type on a hit (models, dataclasses,
@@ -60,17 +61,17 @@ class CachedFunction:
                 values.update(values.pop(param.name, {}))
         return values
 
-    def key(self, store: Cache, values: dict[str, Any]) -> str:
-        ignored = store.ignore_arg_types
+    def key(self, space: KeySpace, values: dict[str, Any]) -> str:
+        ignored = space.ignored
         pairs = [(n, v) for n, v in values.items() if not (ignored and isinstance(v, ignored))]
-        return cache_key(store.prefix, self.module, self.name, pairs)
+        return cache_key(space.prefix, self.module, self.name, pairs)
 
     # the interface `Cache.key_for` and `Cache.invalidate` use
-    def key_for_call(self, store: Cache, args: dict[str, Any]) -> str:
-        return self.key(store, self.values((), args))
+    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
+        return self.key(space, self.values((), args))
 
-    def invalidation(self, store: Cache, args: dict[str, Any]) -> tuple[list[str], list[str]]:
-        return [], [self.key_for_call(store, args)]
+    def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return [], [self.key_for_call(space, args)]
 
     async def lookup(self, store: Cache, key: str) -> tuple[bool, Any]:
         entry = await store.read(key)
@@ -87,7 +88,7 @@ class CachedFunction:
     async def save(self, store: Cache, key: str, values: dict[str, Any], result: Any) -> None:
         try:
             body = self.adapter.dump_json(result)
-            indexes = [store.tag_index(t.format_map(values)) for t in self.tags]
+            indexes = [store.keyspace.tag_index(t.format_map(values)) for t in self.tags]
         except Exception as exc:
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
             return
@@ -98,7 +99,7 @@ class CachedFunction:
     def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
         store = self.store or default_store()
         values = self.values(args, kwargs)
-        return store, self.key(store, values), values
+        return store, self.key(store.keyspace, values), values
 
 
 def cached(
@@ -124,52 +125,52 @@ def cached(
         tags: Tags formatted from the arguments, for `store.invalidate_tag`.
         name: The function-name part of keys.
     """
-    ttl_ms = _ttl_ms(expire)
-    if ttl_ms <= 0:
+    expire_ms = ttl_ms(expire)
+    if expire_ms <= 0:
         raise ConfigError("@cached needs a positive expire")
 
     def decorator(func: F) -> F:
-        plan = CachedFunction(func, ttl_ms, store, tags or (), name)
+        function = CachedFunction(func, expire_ms, store, tags or (), name)
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    target, key, values = plan.prepare(args, kwargs)
+                    target, key, values = function.prepare(args, kwargs)
                 except (KeyBuildError, TypeError) as exc:
-                    logger.info("FAILED_TO_CACHE_KEY: %s (%s)", plan.name, exc)
+                    logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                     return await func(*args, **kwargs)
-                found, value = await plan.lookup(target, key)
+                found, value = await function.lookup(target, key)
                 if found:
                     return value
                 target.counters.misses += 1
                 result = await func(*args, **kwargs)
-                await plan.save(target, key, values, result)
+                await function.save(target, key, values, result)
                 return result
 
-            async_wrapper.__oxcache__ = plan  # type: ignore[attr-defined]
+            async_wrapper.__oxcache__ = function  # type: ignore[attr-defined]
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                target, key, values = plan.prepare(args, kwargs)
+                target, key, values = function.prepare(args, kwargs)
             except (KeyBuildError, TypeError) as exc:
-                logger.info("FAILED_TO_CACHE_KEY: %s (%s)", plan.name, exc)
+                logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                 return func(*args, **kwargs)
             try:
-                found, value = anyio.from_thread.run(plan.lookup, target, key)
+                found, value = anyio.from_thread.run(function.lookup, target, key)
             except RuntimeError:  # not in a worker thread of an event loop
                 return func(*args, **kwargs)
             if found:
                 return value
             target.counters.misses += 1
             result = func(*args, **kwargs)
-            anyio.from_thread.run(plan.save, target, key, values, result)
+            anyio.from_thread.run(function.save, target, key, values, result)
             return result
 
-        sync_wrapper.__oxcache__ = plan  # type: ignore[attr-defined]
+        sync_wrapper.__oxcache__ = function  # type: ignore[attr-defined]
         return cast(F, sync_wrapper)
 
     return decorator

@@ -6,9 +6,27 @@ Expires). Parsing itself is done by the Rust core.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from email.utils import formatdate
+from typing import Any
 
-from oxcache._core import RequestCacheControl, parse_cache_control
+from oxcache._core import RequestCacheControl, if_none_match, parse_cache_control
+from oxcache.responses import CachedResponse
+
+__all__ = [
+    "CACHED_METHODS",
+    "OWN_HEADERS",
+    "Replay",
+    "cache_headers",
+    "forbids_store",
+    "http_date",
+    "request_directives",
+    "scan_request",
+]
+
+#: The request methods whose responses are cached.
+CACHED_METHODS = frozenset({"GET", "HEAD"})
+_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
 
 #: Response headers oxcache computes itself; the endpoint's own values are not stored.
 OWN_HEADERS = frozenset(
@@ -102,3 +120,98 @@ def cache_headers(
         headers.append((b"vary", vary))
     headers.append((hit_header, b"Hit" if hit else b"Miss"))
     return headers
+
+
+def scan_request(
+    scope: MutableMapping[str, Any], vary_names: tuple[bytes, ...]
+) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None, dict[bytes, bytes] | None]:
+    """One pass over the raw request headers finds everything the cache looks at:
+    Cache-Control, Pragma, If-None-Match, a credential header (not among `vary_names`), and
+    the `vary` headers' values (None when there are no `vary_names`). Repeated lines are
+    joined with `, `."""
+    cache_control = pragma = condition = None
+    credentials: bytes | None = None
+    varied: dict[bytes, bytes] | None = {} if vary_names else None
+    for name, value in scope["headers"]:
+        if name == b"cache-control":
+            cache_control = value if cache_control is None else cache_control + b", " + value
+        elif name == b"if-none-match":
+            condition = value if condition is None else condition + b", " + value
+        elif name == b"pragma":
+            pragma = value
+        elif name in _CREDENTIAL_HEADERS and name not in vary_names:
+            credentials = name
+        if varied is not None and name in vary_names:
+            seen = varied.get(name)
+            varied[name] = value if seen is None else seen + b", " + value
+    return cache_control, pragma, condition, credentials, varied
+
+
+def forbids_store(value: bytes) -> bool:
+    """RFC 9111 section 3: a shared cache must not store `no-store` or `private` responses."""
+    lowered = value.lower()
+    return b"no-store" in lowered or b"private" in lowered
+
+
+class Replay:
+    """How the responses to one request are marked: the request's `If-None-Match`, and the
+    endpoint's `private`, `Vary` and extra Cache-Control directives; `replay` turns a stored
+    entry into the hit (or 304) it answers."""
+
+    __slots__ = (
+        "browser",
+        "condition",
+        "control",
+        "directives",
+        "hit_header",
+        "private",
+        "vary",
+        "weak",
+    )
+
+    def __init__(
+        self,
+        condition: str | None,
+        *,
+        hit_header: bytes,
+        weak: bool,
+        private: bool,
+        vary: bytes | None,
+        directives: bytes,
+        browser: int | None = None,
+        control: bytes | None = None,
+    ) -> None:
+        self.condition = condition
+        self.hit_header = hit_header
+        self.weak = weak
+        self.private = private
+        self.vary = vary
+        self.directives = directives
+        self.browser = browser
+        self.control = control
+
+    def headers(self, entry: Any, now_ms: int, hit: bool = True) -> list[tuple[bytes, bytes]]:
+        """The cache headers of a response made from `entry` (see `cache_headers`)."""
+        return cache_headers(
+            etag=entry.etag,
+            created_ms=entry.created_ms,
+            expires_ms=entry.expires_ms,
+            now_ms=now_ms,
+            hit=hit,
+            hit_header=self.hit_header,
+            weak=self.weak,
+            private=self.private,
+            vary=self.vary,
+            directives=self.directives,
+            browser_max_age=self.browser,
+            control=self.control,
+        )
+
+    def replay(self, entry: Any, now_ms: int) -> CachedResponse:
+        """A stored entry as a hit: a 304 if the request's `If-None-Match` matches it."""
+        if self.condition is not None and if_none_match(self.condition, entry.etag):
+            return CachedResponse(304, self.headers(entry, now_ms), b"")
+        body = entry.body
+        raw = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
+        raw += self.headers(entry, now_ms)
+        return CachedResponse(entry.status, raw, body)

@@ -1,21 +1,164 @@
-"""Which of an endpoint's arguments go into its cache key."""
+"""The key layout: which of an endpoint's arguments go into its key and how (secrets as a
+hash, dependencies, the `@user` and `@vary:` parts), and the names of a store's indexes and
+locks. The key text itself is written by the Rust core (`cache_key`, docs/formats.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import re
+import string
 import typing
+import uuid
 from types import UnionType
 from typing import Any, Callable, Union
 
 from fastapi import BackgroundTasks, Response
+from fastapi.params import Depends as DependsParam
 from fastapi.security import SecurityScopes
+from pydantic import SecretBytes, SecretStr
 from starlette.requests import HTTPConnection
+
+from oxcache._core import cache_key, etag
+from oxcache.errors import ConfigError
+
+__all__ = [
+    "ALWAYS_IGNORED",
+    "SECRET_HEADERS",
+    "EndpointKeys",
+    "KeySpace",
+    "Secret",
+    "UserId",
+    "annotation_types",
+    "call_parts",
+    "is_ignored_annotation",
+    "normalize_user_id",
+    "resolved_hints",
+    "secret",
+]
 
 #: Arguments of these types never affect the body, or cannot be keyed: always left out.
 ALWAYS_IGNORED: tuple[type[Any], ...] = (HTTPConnection, Response, BackgroundTasks, SecurityScopes)
 
+#: Request headers whose values are credentials: a key holds their hash, never the value.
+SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"})
+
+#: Parameters keyed by hash, never in clear: passwords, tokens, keys, secrets, sessions.
+_SECRET_NAME = re.compile(
+    r"(?:^|_)(?:password|passwd|pwd|passphrase|secret|token|apikey|api_key|credentials?|"
+    r"authorization|cookie|session_?id|private_key)(?:_|$)",
+    re.IGNORECASE,
+)
 _UNION_TYPES: tuple[Any, ...] = (Union, UnionType)
+
+UserId = Union[str, int, uuid.UUID]
+"""What a `per_user` dependency may return: a stable id of the user."""
+
+
+def normalize_user_id(user_id: object) -> str:
+    """The text form of a user id used in keys and indexes: `42`, `"42"` and
+    `UUID("...")` are written as `42`, `42` and the UUID's canonical text."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int, uuid.UUID)):
+        raise TypeError(
+            f"a per_user dependency must return a str, int or UUID user id, got "
+            f"{type(user_id).__name__}"
+        )
+    return str(int(user_id)) if isinstance(user_id, int) else str(user_id)
+
+
+class Secret:
+    """A secret argument's stand-in in a key: `Secret("#<xxh3-128 of its canonical form>")`."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+
+    def __cache_key__(self) -> str:
+        return self.digest
+
+
+def secret(value: Any) -> Any:
+    """What a secret argument is keyed as: a `Secret` holding the hash of its canonical
+    form (a pydantic `SecretStr`/`SecretBytes` by its value), None for None."""
+    if value is None:
+        return None
+    if isinstance(value, (SecretStr, SecretBytes)):
+        value = value.get_secret_value()
+    canonical = cache_key(None, "", "", [("", value)])
+    return Secret("#" + etag(canonical.encode("utf-8"))[1:-1])
+
+
+def call_parts(
+    user: str | None, vary_names: tuple[bytes, ...], varied: dict[bytes, bytes] | None
+) -> list[tuple[str, Any]] | None:
+    """The parts of a key that are not arguments: `@user` (a per-user endpoint's user id)
+    and `@vary:<header>` (each `vary` header's value, credentials as a hash, None when
+    absent). No Python parameter can have these names."""
+    if user is None and varied is None:
+        return None
+    parts: list[tuple[str, Any]] = []
+    if user is not None:
+        parts.append(("@user", user))
+    if varied is not None:
+        for name in vary_names:
+            raw = varied.get(name)
+            part: str | None
+            if raw is not None and name in SECRET_HEADERS:
+                part = "#" + etag(raw)[1:-1]
+            else:
+                part = None if raw is None else raw.decode("latin-1").strip()
+            parts.append(("@vary:" + name.decode("latin-1"), part))
+    return parts
+
+
+class KeySpace:
+    """The keys of one store: entries under `prefix:`, its indexes and locks under
+    `prefix:@<kind>:` (entry keys start with a module name, which never starts with `@`),
+    and the argument types it leaves out of keys (`ignore_arg_types`)."""
+
+    __slots__ = ("ignored", "prefix", "start")
+
+    def __init__(self, prefix: str = "", ignored: tuple[type[Any], ...] = ()) -> None:
+        self.prefix = prefix
+        #: What every key of the store starts with: `prefix:`, or nothing.
+        self.start = f"{prefix}:" if prefix else ""
+        self.ignored = ignored
+
+    def local(self, key: str) -> str:
+        """`key` without the `prefix:`."""
+        return key[len(self.start) :]
+
+    def index(self, kind: str, name: str) -> str:
+        """The name of an index (or lock) of `kind`."""
+        return f"{self.start}@{kind}:{name}"
+
+    def user_index(self, user_id: UserId) -> str:
+        """The index listing every entry cached for `user_id`."""
+        return self.index("user", normalize_user_id(user_id))
+
+    def tag_index(self, tag: str) -> str:
+        """The index listing every entry cached with `tag`."""
+        return self.index("tag", tag)
+
+    def variants_index(self, key: str) -> str:
+        """The index listing the per-user, `vary` and dependency variants of `key`."""
+        return self.index("variants", self.local(key))
+
+    def lock_name(self, key: str) -> str:
+        """The lock a miss of `key` takes when `lock_timeout` is set."""
+        return self.index("lock", self.local(key))
+
+    def kind(self, key: str) -> str:
+        """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key."""
+        local = self.local(key)
+        if local.startswith("@"):
+            return local[1:].partition(":")[0] or "other"
+        return "entry"
+
+    def endpoint(self, key: str) -> str:
+        """The `module.function` part of an entry key."""
+        return self.local(key).partition("(")[0]
 
 
 def resolved_hints(func: Callable[..., Any]) -> dict[str, Any]:
@@ -60,3 +203,138 @@ def is_ignored_annotation(annotation: Any, ignored: tuple[type[Any], ...]) -> bo
     return any(
         issubclass(cls, ignored) for cls in annotation_types(annotation) if cls is not type(None)
     )
+
+
+def _annotated_metadata(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return tuple(typing.get_args(annotation)[1:])
+    return ()
+
+
+class EndpointKeys:
+    """How the calls of one endpoint become keys: `prefix:module.name(arg=value,...)` over
+    the parameters its annotations do not leave out, secrets as a hash, then the `@user`
+    and `@vary:` parts; and the indexes its entries are listed in."""
+
+    def __init__(
+        self,
+        module: str,
+        name: str,
+        params: list[inspect.Parameter],
+        hints: dict[str, Any],
+        tags: tuple[str, ...],
+        *,
+        has_variants: bool,
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.params = params
+        self.hints = hints
+        self.tags = tags
+        known = {p.name for p in params}
+        for template in tags:
+            for _, field, _, _ in string.Formatter().parse(template):
+                root = re.split(r"[.\[]", field, maxsplit=1)[0] if field else field
+                if field is not None and root not in known:
+                    raise ConfigError(
+                        f"tag {template!r} of {name} names {field!r}, which is not one "
+                        f"of its parameters {sorted(known)}"
+                    )
+        self._names: dict[tuple[type[Any], ...], tuple[str, ...]] = {}
+        #: Parameters FastAPI fills from dependencies: a caller of `store.invalidate` may
+        #: not know their values, so every variant of a call is listed under the others.
+        self.deps = frozenset(
+            p.name
+            for p in params
+            if isinstance(p.default, DependsParam)
+            or any(isinstance(m, DependsParam) for m in _annotated_metadata(hints.get(p.name)))
+        )
+        self.secret_params = frozenset(
+            p.name
+            for p in params
+            if _SECRET_NAME.search(p.name)
+            or any(
+                issubclass(t, (SecretStr, SecretBytes))
+                for t in annotation_types(hints.get(p.name))
+                if isinstance(t, type)
+            )
+        )
+        #: Whether one call has several entries (users, `vary` values, dependency values).
+        self.has_variants = bool(self.deps or has_variants)
+
+    def names(self, ignored: tuple[type[Any], ...]) -> tuple[str, ...]:
+        """Parameters whose annotation does not exclude them from the key, in order."""
+        names = self._names.get(ignored)
+        if names is None:
+            skip = ALWAYS_IGNORED + ignored
+            names = tuple(
+                p.name
+                for p in self.params
+                if p.kind is not p.VAR_KEYWORD
+                and not is_ignored_annotation(self.hints.get(p.name), skip)
+            )
+            self._names[ignored] = names
+        return names
+
+    def key(
+        self, space: KeySpace, values: dict[str, Any], extra: list[tuple[str, Any]] | None = None
+    ) -> str:
+        """The key of a call; `extra` holds its `call_parts`."""
+        ignored = space.ignored
+        skip = ALWAYS_IGNORED + ignored if ignored else ALWAYS_IGNORED
+        args = [
+            (name, values[name])
+            for name in self.names(ignored)
+            if name in values and not isinstance(values[name], skip)
+        ]
+        if self.secret_params:
+            args = [(n, secret(v) if n in self.secret_params else v) for n, v in args]
+        if extra:
+            args += extra
+        return cache_key(space.prefix, self.module, self.name, args)
+
+    def base_key(self, space: KeySpace, values: dict[str, Any]) -> str:
+        """The key over the arguments that are not dependencies: the name of the index
+        that lists every variant (users, `vary` values, dependency values) of a call."""
+        if not self.deps:
+            return self.key(space, values)
+        return self.key(space, {k: v for k, v in values.items() if k not in self.deps})
+
+    def indexes(self, space: KeySpace, values: dict[str, Any], user: str | None) -> list[str]:
+        """The indexes a new entry is listed in: its user's, its base entry's variants (for
+        `invalidate(endpoint, **args)`), and its tags."""
+        found: list[str] = []
+        if user is not None:
+            found.append(space.user_index(user))
+        if self.has_variants:
+            found.append(space.variants_index(self.base_key(space, values)))
+        for template in self.tags:
+            found.append(space.tag_index(template.format_map(values)))
+        return found
+
+    def call_values(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`args` with defaults filled in as FastAPI would (dependencies are not filled)."""
+        values: dict[str, Any] = {}
+        for param in self.params:
+            if param.name in args:
+                values[param.name] = args[param.name]
+            elif param.default is not inspect.Parameter.empty and param.name not in self.deps:
+                default = param.default
+                values[param.name] = getattr(default, "default", default)
+        unknown = set(args) - {p.name for p in self.params}
+        if unknown:
+            raise ConfigError(f"{self.name} has no parameters named {sorted(unknown)}")
+        return values
+
+    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
+        """The key of a call with `args` (for a shared entry with no `vary`)."""
+        return self.key(space, self.call_values(args))
+
+    def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The indexes and keys `store.invalidate(endpoint, **args)` deletes."""
+        values = self.call_values(args)
+        base = self.base_key(space, values)
+        keys = [base]
+        if self.deps and self.deps <= values.keys():
+            keys.append(self.key(space, values))
+        return ([space.variants_index(base)] if self.has_variants else []), keys

@@ -27,9 +27,11 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from oxcache.decorator import CachedEndpoint, RouteMemo
+from oxcache.early import RouteMemo
+from oxcache.endpoint import CachedEndpoint
+from oxcache.serve import answer_early
 
-__all__ = ["CachedRoute"]
+__all__ = ["CachedRoute", "can_answer_early"]
 
 
 def _dependant_in_use(route: APIRoute) -> Any:
@@ -44,7 +46,7 @@ def _dependant_in_use(route: APIRoute) -> Any:
     return getattr(route, "dependant", None)
 
 
-def answers_early(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) -> bool:
+def can_answer_early(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) -> bool:
     """Whether a hit of `route` can be answered before FastAPI solves its parameters: its
     key then depends only on the raw path, query string and `vary` headers."""
     if dependant is None or endpoint.per_user is not None or endpoint.deps:
@@ -85,7 +87,7 @@ class CachedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         endpoint = getattr(self.endpoint, "__oxcache__", None)
-        if not isinstance(endpoint, CachedEndpoint) or not answers_early(
+        if not isinstance(endpoint, CachedEndpoint) or not can_answer_early(
             self, endpoint, _dependant_in_use(self)
         ):
             return handler
@@ -99,7 +101,7 @@ class CachedRoute(APIRoute):
         memos.add(memo)
 
         async def cached_route_handler(request: Request) -> Response:
-            response = await endpoint.answer_early(request.scope, memo)
+            response = await answer_early(endpoint, request.scope, memo)
             if response is not None:
                 return response
             return await handler(request)

@@ -1,16 +1,14 @@
-"""The store: configuration, a backend, and the rules for talking to it safely."""
+"""The store: a configured backend, and the rules for reading, writing and invalidating it
+safely (see `health` and `invalidation`). `Cache` is what applications make and enter;
+the request path (`serve`, `fill`) reads and writes through it."""
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from oxcache._core import (
     ENTRY_HEAD_SIZE,
@@ -26,25 +24,28 @@ from oxcache.backends.base import Backend
 from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
-from oxcache.errors import CacheUnavailable, ConfigError
+from oxcache.errors import ConfigError
+from oxcache.flight import Flights
+from oxcache.health import Health, Stats
+from oxcache.invalidation import Invalidations
+from oxcache.keys import KeySpace, UserId
 from oxcache.near import NearCache
+from oxcache.options import STORE_SETTING, StoreSetting
+from oxcache.registry import keyed, misplaced_endpoints
+
+__all__ = [
+    "DEFAULT_RESPONSE_HEADER",
+    "Cache",
+    "default_store",
+    "pack_entry",
+    "set_default",
+    "unpack_entry",
+]
 
 logger = logging.getLogger("oxcache")
 logger.addHandler(logging.NullHandler())
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
-# `@cache(compress=True)`: entries from this size on are stored LZ4-compressed.
-DEFAULT_COMPRESS_OVER = 1024
-
-
-class StoreSetting(enum.Enum):
-    """`Cache.write(compress_over=STORE_SETTING)`: the store's own `compress_over`."""
-
-    STORE = "store"
-
-
-STORE_SETTING = StoreSetting.STORE
-_MAX_PENDING = 1000
 # A compressed entry (docs/formats.md): this prefix, the entry's 44-byte head unchanged, then
 # the rest of the entry (header block and body) as one LZ4 block.
 _PACKED = b"OXZ\x01"
@@ -74,41 +75,6 @@ def unpack_entry(data: bytes) -> bytes:
         return head + lz4_decompress(packed, size)
     except ValueError as exc:
         raise EntryError(f"compressed entry: {exc}") from None
-
-
-class Stats:
-    """The counters behind `Cache.stats()`."""
-
-    __slots__ = (
-        "bypasses",
-        "bytes_read",
-        "bytes_written",
-        "coalesced",
-        "errors",
-        "hits",
-        "l1_hits",
-        "misses",
-        "stale",
-    )
-
-    def __init__(self) -> None:
-        self.hits = self.misses = self.stale = self.coalesced = self.l1_hits = 0
-        self.bypasses = self.errors = self.bytes_read = self.bytes_written = 0
-
-
-UserId = Union[str, int, uuid.UUID]
-"""What a `per_user` dependency may return: a stable id of the user."""
-
-
-def normalize_user_id(user_id: object) -> str:
-    """The text form of a user id used in keys and indexes: `42`, `"42"` and
-    `UUID("...")` are written as `42`, `42` and the UUID's canonical text."""
-    if isinstance(user_id, bool) or not isinstance(user_id, (str, int, uuid.UUID)):
-        raise TypeError(
-            f"a per_user dependency must return a str, int or UUID user id, got "
-            f"{type(user_id).__name__}"
-        )
-    return str(int(user_id)) if isinstance(user_id, int) else str(user_id)
 
 
 class Cache:
@@ -231,6 +197,8 @@ class Cache:
         self.response_header = response_header or DEFAULT_RESPONSE_HEADER
         self.hit_header = self.response_header.lower().encode("latin-1")
         self.ignore_arg_types: tuple[type[Any], ...] = tuple(ignore_arg_types or ())
+        #: Where this store's keys, indexes and locks are (`KeySpace`).
+        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types)
         self.strong_etag = strong_etag
         self.retry_after = retry_after
         self.on_error = on_error
@@ -238,18 +206,12 @@ class Cache:
         self.refresh_on_no_cache = refresh_on_no_cache
         self.compress_over = compress_over
         self.counters = Stats()
-        # Concurrent misses of one key in this process share one endpoint run.
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
-        # When a run last stored each key (time.monotonic()), for misses whose read raced it.
-        self._landed: dict[str, float] = {}
-        # Keys being refreshed in the background (stale-while-revalidate), one at a time.
-        self._refreshing: dict[str, float] = {}  # key -> time.monotonic() at start
-        self._down_until = 0.0
-        self._healthy = True
+        self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
+        self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
+        #: The endpoint runs in progress in this process (single flight, refreshes).
+        self.flights = Flights()
         self._previous_default: Cache | None = None
         self._warned: set[str] = set()
-        # Invalidations that failed while storage was unreachable, replayed before any read.
-        self._pending: list[tuple[list[str], list[str]] | None] = []
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
@@ -260,15 +222,14 @@ class Cache:
         """Check the backend once, logging CONNECT_BEGIN and then CONNECT_SUCCESS or
         CONNECT_FAIL. Never raises: an unreachable Redis means uncached responses until it
         answers, not a failed startup."""
-        logger.info("CONNECT_BEGIN: Attempting to connect to %s...", self._describe())
+        logger.info("CONNECT_BEGIN: Attempting to connect to %s...", self.health.name)
         try:
             await self.backend.ping()
         except Exception as exc:
-            self._failed(exc)
+            self.health.failed(exc)
             return False
-        self._healthy = True
-        self._down_until = 0.0
-        logger.info("CONNECT_SUCCESS: %s is connected.", self._describe())
+        self.health.connected()
+        logger.info("CONNECT_SUCCESS: %s is connected.", self.health.name)
         return True
 
     async def close(self) -> None:
@@ -283,9 +244,9 @@ class Cache:
         if self.near is not None:
             assert isinstance(self.backend, RedisBackend)
             self.near.start(
-                self.backend.client.connection_pool, self._key_prefix, self.backend.timeout
+                self.backend.client.connection_pool, self.keyspace.start, self.backend.timeout
             )
-        self._previous_default = _set_default(self)
+        self._previous_default = set_default(self)
         return self
 
     async def __aexit__(
@@ -295,7 +256,7 @@ class Cache:
         tb: TracebackType | None,
     ) -> None:
         if _default_store is self:
-            _set_default(self._previous_default)
+            set_default(self._previous_default)
         self._previous_default = None
         await self.close()
 
@@ -303,10 +264,8 @@ class Cache:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
         closes on shutdown."""
-        from oxcache.decorator import misplaced_endpoints
-
         for func in misplaced_endpoints(app):
-            self._warn_once(
+            self.warn_once(
                 "order:" + str(id(func)),
                 "%s.%s is never cached: @cache is above the route decorator, so the route "
                 "calls the undecorated function. Put @cache below @app.get(...), directly "
@@ -316,15 +275,6 @@ class Cache:
             )
         async with self:
             yield
-
-    # -- entries -------------------------------------------------------------------------
-
-    def _available(self) -> bool:
-        if self._down_until == 0.0 or time.monotonic() >= self._down_until:
-            return True
-        if self.on_error == "raise":
-            raise CacheUnavailable(f"{self._describe()} is unavailable (circuit open)")
-        return False
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -340,47 +290,37 @@ class Cache:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
         return found
 
-    def _failed(self, exc: BaseException) -> None:
-        self.counters.errors += 1
-        self._down_until = time.monotonic() + self.retry_after
-        if self._healthy:
-            self._healthy = False
-            logger.warning(
-                "CONNECT_FAIL: %s failed (%s: %s); serving uncached until it answers.",
-                self._describe(),
-                type(exc).__name__,
-                exc,
-            )
-        if self.on_error == "raise":
-            raise CacheUnavailable(f"{self._describe()} failed: {exc}") from exc
+    def warn_once(self, tag: str, message: str, *args: Any) -> None:
+        """Log a warning once per `tag` for the life of this store."""
+        if tag in self._warned or len(self._warned) > 10_000:
+            return
+        self._warned.add(tag)
+        logger.warning(message, *args)
 
-    def _recovered(self) -> None:
-        self._down_until = 0.0
-        if not self._healthy:
-            self._healthy = True
-            logger.info("CONNECT_SUCCESS: %s answers again; caching resumed.", self._describe())
+    # -- entries -------------------------------------------------------------------------
 
     async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
         """Run one backend read under the store's rules: skipped while the circuit is open,
         after any queued invalidations, and a failure is a miss (or raises, see `on_error`)."""
-        if not self._available():
+        health = self.health
+        if not health.available():
             return None
-        if self._pending and not await self._flush_pending():
+        if self.invalidations.pending and not await self.invalidations.replay():
             return None
         try:
             data = await get(*args)
         except Exception as exc:
-            self._failed(exc)
+            health.failed(exc)
             return None
-        if not self._healthy:
-            self._recovered()
+        if not health.healthy:
+            health.succeeded()
         return data
 
     async def read(self, key: str) -> Entry | None:
         """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
         near = self.near
         token = None
-        if near is not None and not self._pending:
+        if near is not None and not self.invalidations.pending:
             held = near.get(key)
             if held is not None:
                 self.counters.l1_hits += 1
@@ -397,7 +337,7 @@ class Cache:
         except EntryError as exc:
             if near is not None and token is not None:
                 near.end(key, token)
-            self._warn_once(
+            self.warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
                 key,
@@ -434,7 +374,7 @@ class Cache:
         `variants_index`); LZ4-compressed from `compress_over` bytes on (by default the
         store's setting; None: never). Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and
         returns False when the backend cannot take it."""
-        if not self._available():
+        if not self.health.available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
         threshold = self.compress_over if compress_over is STORE_SETTING else compress_over
@@ -445,13 +385,13 @@ class Cache:
         except Exception as exc:
             if self.near is not None:
                 self.near.discard(key)
-            self._failed(exc)
+            self.health.failed(exc)
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
             return False
         if self.near is not None:
             self.near.discard(key)  # the others hear of it from Redis
-        if not self._healthy:
-            self._recovered()
+        if not self.health.healthy:
+            self.health.succeeded()
         self.counters.bytes_written += len(data)
         logger.info("KEY_ADDED_TO_CACHE: key=%s", key)
         return True
@@ -460,171 +400,79 @@ class Cache:
 
     def lock_name(self, key: str) -> str:
         """The lock a miss of `key` takes when `lock_timeout` is set."""
-        return self._namespace("lock", self._local(key))
+        return self.keyspace.lock_name(key)
 
     async def acquire(self, key: str, token: bytes) -> bool:
         """Try to take the miss lock of `key`; True also when storage fails (run anyway)."""
-        if not self._available():
+        if not self.health.available():
             return True
         try:
             return await self.backend.acquire(self.lock_name(key), token, self.lock_ms)
         except Exception as exc:
-            self._failed(exc)
+            self.health.failed(exc)
             return True
 
     async def release(self, key: str, token: bytes) -> None:
         """Release the miss lock of `key` if this token still holds it."""
-        if not self._available():
+        if not self.health.available():
             return
         try:
             await self.backend.release(self.lock_name(key), token)
         except Exception as exc:
-            self._failed(exc)
+            self.health.failed(exc)
 
-    # -- invalidation --------------------------------------------------------------------
-
-    @staticmethod
-    def _plan(endpoint: Callable[..., Any]) -> Any:
-        """What `@cache` or `@cached` recorded on `endpoint`."""
-        plan = getattr(endpoint, "__oxcache__", None)
-        if plan is None:
-            raise ConfigError(f"{endpoint!r} is not decorated with @cache or @cached")
-        return plan
+    # -- keys and invalidation -----------------------------------------------------------
 
     def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
         """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
-        key: str = self._plan(endpoint).key_for_call(self, args)
-        return key
-
-    @property
-    def _key_prefix(self) -> str:
-        """What every key of this store starts with: `prefix:`, or nothing."""
-        return f"{self.prefix}:" if self.prefix else ""
-
-    def _local(self, key: str) -> str:
-        """`key` without this store's `prefix:`."""
-        return key[len(self._key_prefix) :]
-
-    def _namespace(self, kind: str, name: str) -> str:
-        # Entry keys start with a module name, which never starts with "@".
-        return f"{self._key_prefix}@{kind}:{name}"
+        return keyed(endpoint).key_for_call(self.keyspace, args)
 
     def user_index(self, user_id: UserId) -> str:
         """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
-        return self._namespace("user", normalize_user_id(user_id))
+        return self.keyspace.user_index(user_id)
 
     def tag_index(self, tag: str) -> str:
         """The index listing every entry cached with `tag`."""
-        return self._namespace("tag", tag)
+        return self.keyspace.tag_index(tag)
 
     def variants_index(self, key: str) -> str:
         """The index listing the per-user and `vary` variants of the entry `key`."""
-        return self._namespace("variants", self._local(key))
+        return self.keyspace.variants_index(key)
 
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
         """Delete the entry that `endpoint` called with `args` produced, for every user,
         every `vary` variant and every value of its dependency parameters (defaults are
         filled in as FastAPI would; dependencies need not be given). Returns how many
         entries were deleted."""
-        indexes, keys = self._plan(endpoint).invalidation(self, args)
-        return await self._invalidate(indexes, keys)
+        indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
+        return await self.invalidations.run(indexes, keys)
 
     async def invalidate_user(self, user_id: UserId) -> int:
         """Delete every entry cached for one user (for example at logout). `user_id` is what
         the endpoints' `per_user` dependency returns; `42` and `"42"` are the same user."""
-        return await self._invalidate([self.user_index(user_id)], [])
+        return await self.invalidations.run([self.user_index(user_id)], [])
 
     async def invalidate_tag(self, tag: str) -> int:
         """Delete every entry cached with `tag` (as formatted from `@cache(tags=[...])`)."""
-        return await self._invalidate([self.tag_index(tag)], [])
+        return await self.invalidations.run([self.tag_index(tag)], [])
 
     async def delete(self, keys: Sequence[str]) -> int:
         """Delete entries by key."""
-        return await self._invalidate([], list(keys))
+        return await self.invalidations.run([], list(keys))
 
     async def clear(self) -> int:
         """Delete every entry under this store's prefix (with an empty prefix: every key of
         the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
-        try:
-            deleted = await self.backend.clear(self._key_prefix)
-        except Exception as exc:
-            self._failed(exc)
-            self._queue_invalidation(None)
-            return 0
-        if self.near is not None:
-            self.near.flush()
-        self._pending.clear()  # everything they would delete is gone
-        return deleted
-
-    async def _invalidate(self, indexes: list[str], keys: list[str]) -> int:
-        """Run one invalidation. If storage fails, it is queued and replayed before this
-        store serves anything again, so a failed invalidation never lets old data out."""
-        if self._pending:
-            await self._flush_pending()
-        try:
-            deleted = await self.backend.invalidate(indexes, keys)
-        except Exception as exc:
-            self._failed(exc)
-            self._queue_invalidation((indexes, keys))
-            return 0
-        if self.near is not None:
-            for key in keys:
-                self.near.discard(key)
-            # Entries found through the indexes: wait for Redis's notifications of them.
-            await self.near.sync(max(getattr(self.backend, "timeout", 0.0), 1.0))
-        if not self._healthy:
-            self._recovered()
-        return deleted
-
-    def _queue_invalidation(self, item: tuple[list[str], list[str]] | None) -> None:
-        # None means "clear everything under the prefix"; it also stands in for a queue that
-        # grew too long, since replaying a clear is always safe.
-        if item is None or len(self._pending) >= _MAX_PENDING or None in self._pending:
-            self._pending = [None]
-        else:
-            self._pending.append(item)
-        if self.near is not None:
-            self.near.flush()  # and not used while the queue is not empty (see `read`)
-        logger.error(
-            "FAILED_TO_INVALIDATE: %s did not answer; %d invalidation(s) will run before "
-            "anything is served from the cache again.",
-            self._describe(),
-            len(self._pending),
-        )
-
-    async def _flush_pending(self) -> bool:
-        """Replay queued invalidations; True when none are left."""
-        while self._pending:
-            item = self._pending[0]
-            try:
-                if item is None:
-                    await self.backend.clear(self._key_prefix)
-                else:
-                    await self.backend.invalidate(*item)
-            except Exception as exc:
-                self._failed(exc)
-                return False
-            self._pending.pop(0)
-        logger.info("INVALIDATIONS_REPLAYED: queued invalidations ran; caching resumed.")
-        return True
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _describe(self) -> str:
-        return describe(self.backend, self.url)
-
-    def _warn_once(self, tag: str, message: str, *args: Any) -> None:
-        if tag in self._warned or len(self._warned) > 10_000:
-            return
-        self._warned.add(tag)
-        logger.warning(message, *args)
+        return await self.invalidations.clear()
 
 
 _default_store: Cache | None = None
 _fallback_store: Cache | None = None
 
 
-def _set_default(store: Cache | None) -> Cache | None:
+def set_default(store: Cache | None) -> Cache | None:
+    """Make `store` the default store of `@cache` endpoints that name none (None: back to
+    the process-wide in-memory store); returns the previous default."""
     global _default_store
     previous = _default_store
     _default_store = store
@@ -640,18 +488,3 @@ def default_store() -> Cache:
     if _fallback_store is None:
         _fallback_store = Cache()
     return _fallback_store
-
-
-def _schedule(coro: Any) -> None:
-    """Run `coro` on the running loop if there is one (used by the sync seed API)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        coro.close()
-        return
-    task = loop.create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[Any]] = set()

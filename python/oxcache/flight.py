@@ -1,0 +1,76 @@
+"""Single flight: the misses of one key in one process share one endpoint run, a miss whose
+read raced a run that just stored the key reads the entry instead of running again, and a
+stale entry is refreshed by one background run at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+__all__ = ["Flights"]
+
+_MAX_LANDED = 10_000  # keys remembered as landed before the memory starts over
+_MAX_REFRESHING = 10_000
+_REFRESH_GIVE_UP_S = 60.0
+
+
+class Flights:
+    """The runs in progress in this process, for one store (`store.flights`)."""
+
+    __slots__ = ("_inflight", "_landed", "_refreshing")
+
+    def __init__(self) -> None:
+        # key -> the future of the run computing it (its result: what was stored, or None).
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        # key -> when a run last stored it (time.monotonic()).
+        self._landed: dict[str, float] = {}
+        # key -> when its background refresh started (time.monotonic()).
+        self._refreshing: dict[str, float] = {}
+
+    def landed_since(self, key: str, since: float) -> bool:
+        """Whether a run stored `key` at or after `since` (a request's read time)."""
+        landed = self._landed.get(key)
+        return landed is not None and landed >= since
+
+    def running(self, key: str) -> asyncio.Future[Any] | None:
+        """The run of `key` in progress on this event loop, if any."""
+        flight = self._inflight.get(key)
+        if flight is not None and flight.get_loop() is asyncio.get_running_loop():
+            return flight
+        return None
+
+    def start(self, key: str) -> asyncio.Future[Any]:
+        """Record a run of `key`; its future is resolved by `finish`."""
+        flight = asyncio.get_running_loop().create_future()
+        self._inflight[key] = flight
+        return flight
+
+    def finish(self, key: str, flight: asyncio.Future[Any], stored: Any = None) -> None:
+        """End the run `flight` of `key`: the requests waiting on it get `stored` (None:
+        nothing was stored, they run the endpoint themselves)."""
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        if not flight.done():
+            flight.set_result(stored)
+        if stored is not None:
+            if len(self._landed) >= _MAX_LANDED:
+                self._landed.clear()
+            self._landed[key] = time.monotonic()
+
+    def begin_refresh(self, key: str) -> bool:
+        """Claim the background refresh of `key`; False when one is running already. A
+        claim that never ran (the client left before the background task) is given up
+        after a minute rather than blocking refreshes forever."""
+        started = self._refreshing.get(key)
+        now = time.monotonic()
+        if started is not None and started >= now - _REFRESH_GIVE_UP_S:
+            return False
+        if len(self._refreshing) > _MAX_REFRESHING:
+            self._refreshing.clear()
+        self._refreshing[key] = now
+        return True
+
+    def end_refresh(self, key: str) -> None:
+        """The refresh of `key` is over."""
+        self._refreshing.pop(key, None)
