@@ -9,6 +9,7 @@ mod entry;
 mod etag;
 mod headers;
 mod key;
+mod stored;
 
 pyo3::create_exception!(
     _core,
@@ -45,6 +46,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KEY_HASH_THRESHOLD", key::HASH_THRESHOLD)?;
     m.add("ENTRY_VERSION", entry::VERSION)?;
     m.add("ENTRY_HEAD_SIZE", entry::HEAD_SIZE)?;
+    m.add("STORED_HEAD_SIZE", stored::STORED_HEAD_SIZE)?;
     m.add_function(wrap_pyfunction!(key::cache_key, m)?)?;
     m.add_function(wrap_pyfunction!(etag::etag, m)?)?;
     m.add_function(wrap_pyfunction!(headers::if_none_match, m)?)?;
@@ -55,6 +57,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(entry::peek_entry, m)?)?;
     m.add_class::<entry::Entry>()?;
     m.add_class::<entry::EntryHead>()?;
+    m.add_function(wrap_pyfunction!(stored::pack_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::unpack_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::decode_stored, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::peek_stored, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_compress, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_decompress, m)?)?;
     Ok(())
