@@ -48,6 +48,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ENTRY_HEAD_SIZE", entry::HEAD_SIZE)?;
     m.add("STORED_HEAD_SIZE", stored::STORED_HEAD_SIZE)?;
     m.add_function(wrap_pyfunction!(key::cache_key, m)?)?;
+    m.add_function(wrap_pyfunction!(key::secret_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(key::secret_digest_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(etag::etag, m)?)?;
     m.add_function(wrap_pyfunction!(headers::if_none_match, m)?)?;
     m.add_function(wrap_pyfunction!(headers::parse_cache_control, m)?)?;
