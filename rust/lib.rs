@@ -1,4 +1,5 @@
-//! `oxcache._core`: the byte work of oxcache, specified in `docs/formats.md`.
+//! `oxcache._core`: the byte work of oxcache, specified in `docs/formats.md`: every stored byte
+//! format is written and read here and nowhere else.
 //!
 //! This file only registers; each concern lives in its own module with its tests beside it.
 
@@ -34,8 +35,11 @@ pyo3::create_exception!(
 /// cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
 /// strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
 /// headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
-/// `peek_entry` read and write the versioned binary envelope a cached response is stored in.
-/// Every output is specified byte for byte in `docs/formats.md`; users import from `oxcache`.
+/// `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
+/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+/// `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
+/// byte format is specified in `docs/formats.md` and written and read only here; users import
+/// from `oxcache`.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
