@@ -180,6 +180,16 @@ def cache_key(
     return f"{head}{module}.{name}({','.join(parts)})"
 
 
+def secret_digest(value: Any) -> str:
+    """A secret argument in a key: `#` + XXH3-128 hex of its one-argument key text."""
+    return "#" + xxhash.xxh3_128_hexdigest(cache_key(None, "", "", [("", value)]).encode("utf-8"))
+
+
+def secret_digest_bytes(raw: bytes) -> str:
+    """A secret header value in a key: `#` + XXH3-128 hex of its raw bytes."""
+    return "#" + xxhash.xxh3_128_hexdigest(raw)
+
+
 # -- ETags and If-None-Match -------------------------------------------------------------------
 
 
