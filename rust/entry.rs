@@ -353,6 +353,11 @@ pub fn split(data: &[u8]) -> Result<(Head, Vec<HeaderPair<'_>>, &[u8]), String> 
 /// Decode a cache entry; raises `EntryError` for anything but an intact entry of this version.
 #[pyfunction]
 pub fn decode_entry(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
+    decode(py, data)
+}
+
+/// The `Entry` of a plain encoded entry, or `EntryError`.
+pub fn decode(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
     let (head, headers, body) = split(data).map_err(EntryError::new_err)?;
     let actual = if body.len() >= DETACH_THRESHOLD {
         py.detach(|| xxh3_128(body))
@@ -384,6 +389,11 @@ pub fn decode_entry(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
 /// Read only the fixed-size head of an entry (`data` may be just its first 44 bytes).
 #[pyfunction]
 pub fn peek_entry(data: &[u8]) -> PyResult<EntryHead> {
+    peek(data)
+}
+
+/// The `EntryHead` of the first `HEAD_SIZE` bytes of `data`, or `EntryError`.
+pub fn peek(data: &[u8]) -> PyResult<EntryHead> {
     let head = read_head(data).map_err(EntryError::new_err)?;
     Ok(EntryHead {
         status: head.status,

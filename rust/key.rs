@@ -21,6 +21,7 @@ use pyo3::types::{
 };
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::etag::{digest, etag_bytes};
 use crate::KeyBuildError;
 
 pub const KEY_FORMAT_VERSION: u32 = 1;
@@ -917,6 +918,16 @@ thread_local! {
     static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// `arg=value`: the argument's canonical value, or `#` and its XXH3-128 when it is long.
+fn push_arg(types: &Types, out: &mut String, arg: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    out.push_str(arg);
+    out.push('=');
+    let start = out.len();
+    Canon { types, arg }.write(out, value, 0)?;
+    hash_if_long(out, start);
+    Ok(())
+}
+
 fn build_key(
     py: Python<'_>,
     prefix: Option<&str>,
@@ -942,12 +953,7 @@ fn build_key(
             out.push(',');
         }
         first = false;
-        out.push_str(&arg);
-        out.push('=');
-        let start = out.len();
-        Canon { types, arg: &arg }.write(out, &value, 0)?;
-        hash_if_long(out, start);
-        Ok(())
+        push_arg(types, out, &arg, &value)
     };
     if let Ok(list) = args.cast_exact::<PyList>() {
         for item in list.iter() {
@@ -964,6 +970,46 @@ fn build_key(
     }
     out.push(')');
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secret digests: how a secret argument or header stands in a key.
+
+/// The key text a secret's digest is taken over: the key `cache_key(None, "", "", [("",
+/// value)])` would build, `.(=` + the value's canonical form (or `#` and its XXH3-128 when
+/// long) + `)`.
+fn secret_text(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let mut out = String::from(".(");
+    push_arg(types(py)?, &mut out, "", value)?;
+    out.push(')');
+    Ok(out)
+}
+
+/// `#` + the 32 lowercase hex digits of `digest`: a secret's stand-in in a key.
+fn secret_str(py: Python<'_>, digest: u128) -> Bound<'_, PyString> {
+    let mut tag = etag_bytes(digest);
+    tag[0] = b'#';
+    // `#` and hex digits: ASCII by construction, so this conversion cannot fail.
+    PyString::new(py, std::str::from_utf8(&tag[..33]).unwrap_or_default())
+}
+
+/// A secret argument's stand-in in a key: `#` + the 32 lowercase hex digits of the XXH3-128 of
+/// the key text `cache_key(None, "", "", [("", value)])` gives. `KeyBuildError` where that
+/// would raise it. `None` is not special here (the decorator keeps a `None` secret as `None`).
+#[pyfunction]
+pub fn secret_digest<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyString>> {
+    let text = secret_text(py, value)?;
+    Ok(secret_str(py, xxh3_128(text.as_bytes())))
+}
+
+/// A secret header value's stand-in in a key: `#` + the 32 lowercase hex digits of the
+/// XXH3-128 of its raw bytes.
+#[pyfunction]
+pub fn secret_digest_bytes<'py>(py: Python<'py>, raw: &[u8]) -> Bound<'py, PyString> {
+    secret_str(py, digest(py, raw))
 }
 
 #[cfg(test)]
@@ -1150,6 +1196,48 @@ for _ in range(40):
             assert!(key(args.as_any())
                 .expect_err("too deep")
                 .is_instance_of::<KeyBuildError>(py));
+        });
+    }
+
+    #[test]
+    fn secret_digests_hash_the_one_argument_key() {
+        Python::initialize();
+        Python::attach(|py| {
+            let code = c"
+class Opaque:
+    pass
+values = ['hunter2', 42, b'\\x00', None, ['a', 'b'], 'x' * 300, {'k': (1,)}]
+opaque = Opaque()
+";
+            let globals = PyDict::new(py);
+            py.run(code, Some(&globals), None).expect("setup runs");
+            let values = globals.get_item("values").unwrap().expect("values");
+            let mut seen = Vec::new();
+            for value in values.try_iter().expect("iter") {
+                let value = value.expect("value");
+                let args = PyList::new(py, [("", value.clone())]).expect("list");
+                let key = cache_key(py, None, "", "", args.as_any()).expect("key");
+                let expected = format!("#{:032x}", xxh3_128(key.to_str().unwrap().as_bytes()));
+                let got = secret_digest(py, &value).expect("digest").to_string();
+                assert_eq!(got, expected);
+                seen.push(got);
+            }
+            assert!(seen[0].starts_with("#") && seen[0].len() == 33);
+            seen.dedup();
+            assert_eq!(seen.len(), 7);
+            let opaque = globals.get_item("opaque").unwrap().expect("opaque");
+            let err = secret_digest(py, &opaque).expect_err("memory address");
+            assert!(err.is_instance_of::<KeyBuildError>(py));
+            assert!(err.to_string().contains("argument '' (Opaque)"));
+            let raw = b"Bearer abc";
+            assert_eq!(
+                secret_digest_bytes(py, raw).to_string(),
+                format!("#{:032x}", xxh3_128(raw))
+            );
+            assert_eq!(
+                secret_digest_bytes(py, b"").to_string(),
+                "#99aa06d3014798d86001c324468d497f"
+            );
         });
     }
 }

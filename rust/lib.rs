@@ -1,4 +1,5 @@
-//! `oxcache._core`: the byte work of oxcache, specified in `docs/formats.md`.
+//! `oxcache._core`: the byte work of oxcache, specified in `docs/formats.md`: every stored byte
+//! format is written and read here and nowhere else.
 //!
 //! This file only registers; each concern lives in its own module with its tests beside it.
 
@@ -9,6 +10,7 @@ mod entry;
 mod etag;
 mod headers;
 mod key;
+mod stored;
 
 pyo3::create_exception!(
     _core,
@@ -33,8 +35,11 @@ pyo3::create_exception!(
 /// cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
 /// strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
 /// headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
-/// `peek_entry` read and write the versioned binary envelope a cached response is stored in.
-/// Every output is specified byte for byte in `docs/formats.md`; users import from `oxcache`.
+/// `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
+/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+/// `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
+/// byte format is specified in `docs/formats.md` and written and read only here; users import
+/// from `oxcache`.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -45,7 +50,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KEY_HASH_THRESHOLD", key::HASH_THRESHOLD)?;
     m.add("ENTRY_VERSION", entry::VERSION)?;
     m.add("ENTRY_HEAD_SIZE", entry::HEAD_SIZE)?;
+    m.add("STORED_HEAD_SIZE", stored::STORED_HEAD_SIZE)?;
     m.add_function(wrap_pyfunction!(key::cache_key, m)?)?;
+    m.add_function(wrap_pyfunction!(key::secret_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(key::secret_digest_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(etag::etag, m)?)?;
     m.add_function(wrap_pyfunction!(headers::if_none_match, m)?)?;
     m.add_function(wrap_pyfunction!(headers::parse_cache_control, m)?)?;
@@ -55,6 +63,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(entry::peek_entry, m)?)?;
     m.add_class::<entry::Entry>()?;
     m.add_class::<entry::EntryHead>()?;
+    m.add_function(wrap_pyfunction!(stored::pack_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::unpack_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::decode_stored, m)?)?;
+    m.add_function(wrap_pyfunction!(stored::peek_stored, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_compress, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_decompress, m)?)?;
     Ok(())

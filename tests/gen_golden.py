@@ -1,6 +1,10 @@
-"""Regenerate tests/golden/*.json from tests/reference.py (refuses to overwrite without --force).
+"""Regenerate tests/golden/*.json from tests/reference.py.
 
-Only for a deliberate format change: bump the format version and note it in CHANGELOG.md.
+Files that do not exist yet are written; a file whose content would change is refused without
+--force: only for a deliberate format change (bump the format version and note it in
+CHANGELOG.md). The one input not from the reference is the LZ4 block of a compressed entry:
+the format fixes how a block is read, not which valid block a writer picks, so the pinned
+block is the one the Rust codec (lz4_flex) writes.
 """
 
 from __future__ import annotations
@@ -130,6 +134,30 @@ ENTRY_CASES = [
 ]
 
 
+SECRET_CASES = [
+    tv("str", "hunter2"),
+    tv("int", "12345"),
+    tv("bytes", b"\x00\xffkey".hex()),
+    tv("list", [tv("str", "a"), tv("str", "b")]),
+    tv("dict", [[tv("str", "token"), tv("str", "abc")]]),
+    tv("str", "s" * 300),
+    tv("none"),
+]
+
+SECRET_BYTES_CASES = [b"", b"Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", b"session=1; theme=dark"]
+
+STORED_CASES = [
+    (
+        200,
+        [(b"content-type", b"application/json")],
+        b"[" + b",".join(b'{"id":%d,"name":"item %d"}' % (i, i) for i in range(40)) + b"]",
+        1_700_000_000_000,
+        1_700_000_060_000,
+    ),
+    (200, [(b"content-type", b"text/plain; charset=utf-8")], b"too short to shrink", 5, 6),
+]
+
+
 def build() -> dict[str, object]:
     keys = []
     for prefix, module, name, args in KEY_CASES:
@@ -178,24 +206,55 @@ def build() -> dict[str, object]:
         }
         for s, h, b, c, x in ENTRY_CASES
     ]
+    from oxcache._core import lz4_compress
+
+    secrets = [
+        {"value": v, "digest": reference.secret_digest(decode_value(v))} for v in SECRET_CASES
+    ]
+    secrets += [
+        {"raw_hex": raw.hex(), "digest": reference.secret_digest_bytes(raw)}
+        for raw in SECRET_BYTES_CASES
+    ]
+    stored = []
+    for s, h, b, c, x in STORED_CASES:
+        plain = reference.encode_entry(s, h, b, c, x)
+        stored.append(
+            {
+                "entry_hex": plain.hex(),
+                "stored_hex": reference.pack_entry(plain, lz4_compress).hex(),
+            }
+        )
     return {
         "keys.json": keys,
         "etags.json": etags,
         "if_none_match.json": inm,
         "cache_control.json": cc,
         "entries.json": entries,
+        "secrets.json": secrets,
+        "stored.json": stored,
     }
 
 
 def main() -> None:
-    files = build()
-    existing = [name for name in files if (GOLDEN / name).exists()]
-    if existing and "--force" not in sys.argv:
-        sys.exit(f"refusing to overwrite {existing}: pass --force for a deliberate format change")
+    texts = {
+        name: json.dumps(cases, indent=1, ensure_ascii=False) + "\n"
+        for name, cases in build().items()
+    }
+    changed = [
+        name
+        for name, text in texts.items()
+        if (GOLDEN / name).exists() and (GOLDEN / name).read_text() != text
+    ]
+    if changed and "--force" not in sys.argv:
+        sys.exit(f"refusing to overwrite {changed}: pass --force for a deliberate format change")
     GOLDEN.mkdir(exist_ok=True)
-    for name, cases in files.items():
-        (GOLDEN / name).write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n")
-        print("wrote", GOLDEN / name, len(cases), "cases")
+    for name, text in texts.items():
+        path = GOLDEN / name
+        if path.exists() and path.read_text() == text:
+            print("unchanged", path)
+            continue
+        path.write_text(text)
+        print("wrote", path)
 
 
 if __name__ == "__main__":

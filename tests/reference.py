@@ -2,7 +2,8 @@
 
 This module is the readable specification: literal code that follows the spec step by step,
 never tuned for speed. Hypothesis checks that the Rust core and these twins agree byte for
-byte (tests/test_core_properties.py), and the golden files pin both (tests/golden/).
+byte (tests/test_core.py, tests/test_compression.py), and the golden files pin both
+(tests/golden/).
 The only outside dependency is the `xxhash` package's XXH3-128, a published standard hash.
 """
 
@@ -14,7 +15,7 @@ import enum
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import xxhash
 
@@ -177,6 +178,16 @@ def cache_key(
         parts.append(f"{arg}={text}")
     head = f"{prefix}:" if prefix else ""
     return f"{head}{module}.{name}({','.join(parts)})"
+
+
+def secret_digest(value: Any) -> str:
+    """A secret argument in a key: `#` + XXH3-128 hex of its one-argument key text."""
+    return "#" + xxhash.xxh3_128_hexdigest(cache_key(None, "", "", [("", value)]).encode("utf-8"))
+
+
+def secret_digest_bytes(raw: bytes) -> str:
+    """A secret header value in a key: `#` + XXH3-128 hex of its raw bytes."""
+    return "#" + xxhash.xxh3_128_hexdigest(raw)
 
 
 # -- ETags and If-None-Match -------------------------------------------------------------------
@@ -450,7 +461,7 @@ def lz4_decompress(data: bytes, size: int) -> bytes:
     out = bytearray()
     i, n = 0, len(data)
     try:
-        while i < n:
+        while True:  # a block is one or more sequences: b"" is none, and so not a block
             token = data[i]
             i += 1
             length = token >> 4
@@ -466,7 +477,7 @@ def lz4_decompress(data: bytes, size: int) -> bytes:
             out += data[i : i + length]
             i += length
             if i == n:
-                break  # the last sequence has literals only
+                break  # the last sequence has literals only: a block never ends on a match
             offset = data[i] | data[i + 1] << 8
             i += 2
             if offset == 0 or offset > len(out):
@@ -489,3 +500,51 @@ def lz4_decompress(data: bytes, size: int) -> bytes:
     if len(out) != size:
         raise ValueError(f"LZ4 block gave {len(out)} bytes, expected {size}")
     return bytes(out)
+
+
+# -- stored values: a plain entry or its compressed form ------------------------------------------
+
+PACKED = b"OXZ\x01"
+STORED_HEAD_SIZE = len(PACKED) + ENTRY_HEAD_SIZE
+
+
+def pack_entry(data: bytes, compress: Callable[[bytes], bytes] = lz4_compress) -> bytes:
+    """The compressed form of a plain entry, or `data` itself when it is not smaller.
+
+    `compress` writes the LZ4 block. The format fixes how a block is read, not which of the
+    many valid blocks a writer picks, so to compare bytes with the Rust core pass its
+    `lz4_compress` (lz4_flex); the default literals-only writer never makes anything smaller.
+    """
+    head = peek_entry(data)
+    headers_len = struct.unpack_from(">H", data, 42)[0]
+    if len(data) != ENTRY_HEAD_SIZE + headers_len + head.body_len:
+        raise EntryError("length mismatch")
+    block = compress(data[ENTRY_HEAD_SIZE:])
+    if len(block) + len(PACKED) >= len(data) - ENTRY_HEAD_SIZE:
+        return data
+    return PACKED + data[:ENTRY_HEAD_SIZE] + block
+
+
+def unpack_entry(data: bytes) -> bytes:
+    """The plain entry a compressed one holds; `data` itself when it is not compressed."""
+    if data[: len(PACKED)] != PACKED:
+        return data
+    head = data[len(PACKED) : STORED_HEAD_SIZE]
+    peek_entry(head)  # a short or foreign head
+    body_len, headers_len = struct.unpack_from(">IH", head, 38)
+    size = headers_len + body_len
+    block = data[STORED_HEAD_SIZE:]
+    if size > 255 * len(block) + 16:
+        raise EntryError("the head claims more than the block can hold")
+    try:
+        return head + lz4_decompress(block, size)
+    except ValueError as exc:
+        raise EntryError(f"compressed entry: {exc}") from None
+
+
+def decode_stored(data: bytes) -> Entry:
+    return decode_entry(unpack_entry(data))
+
+
+def peek_stored(data: bytes) -> EntryHead:
+    return peek_entry(data[len(PACKED) :] if data[: len(PACKED)] == PACKED else data)

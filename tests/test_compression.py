@@ -1,8 +1,10 @@
-"""Compression of stored entries (`Cache(compress_over=...)`): the LZ4 codec against its
-plain-Python twin, and compressed entries served as hits and 304s on Redis and in memory."""
+"""Compression of stored entries (`Cache(compress_over=...)`): the LZ4 codec and the stored
+forms (`pack_entry`, `unpack_entry`, `decode_stored`, `peek_stored`) against their plain-Python
+twins, and compressed entries served as hits and 304s on Redis and in memory."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -10,11 +12,12 @@ from typing import Any, Callable
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import oxcache._core as core
 from oxcache import Cache, cache
+from oxcache import store as py_store
 from oxcache.store import pack_entry, unpack_entry
 from tests import reference
 
@@ -66,6 +69,163 @@ def test_pack_keeps_the_head_and_only_shrinks() -> None:
     for bad in (packed[:-1], packed[:30], packed[:48] + b"\xff" * 8):
         with pytest.raises(core.EntryError):
             core.decode_entry(unpack_entry(bad))
+
+
+# -- stored forms: Rust against the reference (and against store.py's Python, until it calls them)
+
+headers = st.lists(
+    st.one_of(
+        st.sampled_from(reference.WELL_KNOWN),
+        st.tuples(st.binary(min_size=1, max_size=12), st.binary(max_size=30)),
+    ),
+    max_size=3,
+)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> bytes:
+    return core.encode_entry(
+        draw(st.integers(100, 999)),
+        draw(headers),
+        draw(blobs),
+        draw(st.integers(0, 2**64 - 1)),
+        draw(st.integers(0, 2**64 - 1)),
+    )
+
+
+def outcome(func: Callable[[bytes], Any], data: bytes) -> Any:
+    """What a stored-form function gives, comparable across the Rust core and the reference."""
+    try:
+        got = func(data)
+    except (core.EntryError, reference.EntryError):
+        return "EntryError"
+    if isinstance(got, bytes):
+        return got
+    fields = ["status", "etag", "created_ms", "expires_ms", "body_len", "headers", "body"]
+    return tuple(
+        list(x) if isinstance(x, list) else x for x in (getattr(got, f, None) for f in fields)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries())
+def test_pack_agrees_with_the_reference_and_unpacks_to_the_entry(data: bytes) -> None:
+    packed = core.pack_entry(data)
+    assert packed == reference.pack_entry(data, core.lz4_compress) == pack_entry(data)
+    assert reference.pack_entry(data) == data  # the literals-only writer never shrinks
+    if packed is not data:
+        assert packed[:4] == b"OXZ\x01" and packed[4:48] == data[:44]
+        assert len(packed) < len(data)
+    for value in (data, packed):
+        assert core.unpack_entry(value) == reference.unpack_entry(value) == data
+        for func in ("decode_stored", "peek_stored"):
+            rust, ref = getattr(core, func), getattr(reference, func)
+            assert outcome(rust, value) == outcome(ref, value) != "EntryError"
+        assert outcome(core.peek_stored, value[: core.STORED_HEAD_SIZE]) == outcome(
+            core.peek_stored, value
+        )
+    assert outcome(core.decode_stored, packed) == outcome(core.decode_entry, data)
+
+
+def test_pack_returns_the_same_object_when_it_keeps_the_entry() -> None:
+    small = core.encode_entry(200, [], b"tiny", 1, 2)
+    assert core.pack_entry(small) is small
+    assert core.unpack_entry(small) is small
+
+
+# One compressible entry and its compressed form, damaged in every way below.
+PLAIN = core.encode_entry(
+    200, [(b"content-type", b"application/json")], json.dumps(list(range(300))).encode(), 3, 4
+)
+PACKED = core.pack_entry(PLAIN)
+assert PACKED[:4] == b"OXZ\x01"
+
+
+FIVE_A = core.encode_entry(200, [], b"AAAAA", 1, 2)
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from([PACKED, PLAIN])))
+    action = draw(st.sampled_from(["flip", "set", "truncate", "extend", "splice", "size"]))
+    if action == "flip":
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] ^= 1 << draw(st.integers(0, 7))
+    elif action == "set":
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.sampled_from([0, 0x0F, 0xF0, 0xFF]))
+    elif action == "truncate":
+        del data[draw(st.integers(0, len(data) - 1)) :]
+    elif action == "extend":
+        data += draw(st.binary(min_size=1, max_size=8))
+    elif action == "splice":
+        i = draw(st.integers(0, len(data)))
+        data[i:i] = draw(st.binary(min_size=1, max_size=4))
+    else:  # the lengths in the head: what the block must decompress to
+        data[42:48] = draw(st.binary(min_size=6, max_size=6))
+    return bytes(data)
+
+
+def py_unpack(data: bytes) -> bytes:
+    return py_store.unpack_entry(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        damaged(),
+        st.binary(max_size=80),
+        st.binary(max_size=60).map(lambda b: b"OXZ\x01" + PLAIN[:44] + b),
+        st.binary(max_size=60).map(lambda b: b"OXZ\x01" + b),
+    )
+)
+@example(b"OXZ\x01" + core.encode_entry(200, [], b"", 1, 2))  # an empty block is not a block
+@example(b"OXZ\x01" + FIVE_A[:44] + b"\x10A\x01\x00")  # a block that ends on a match
+@example(b"OXZ\x01" + FIVE_A[:44] + b"\x10A\x01\x00\x00")  # the same, ended by literals
+@example(PACKED[:48])
+@example(b"OXZ")
+def test_damaged_values_are_entry_errors_in_both(data: bytes) -> None:
+    for func in ("unpack_entry", "decode_stored", "peek_stored"):
+        rust, ref = getattr(core, func), getattr(reference, func)
+        assert outcome(rust, data) == outcome(ref, data), func
+    assert outcome(core.unpack_entry, data) == outcome(py_unpack, data)
+    ref_pack = functools.partial(reference.pack_entry, compress=core.lz4_compress)
+    assert outcome(core.pack_entry, data) == outcome(ref_pack, data)
+
+
+def test_each_kind_of_damage_is_an_entry_error() -> None:
+    huge = bytearray(PACKED[:49])
+    huge[42:46] = (2**32 - 1).to_bytes(4, "big")  # more than 255 times a 1-byte block
+    for impl in (core, reference):
+        for bad in (PACKED[:-1], PACKED[:30], PACKED[:48] + b"\xff" * 8, bytes(huge)):
+            with pytest.raises(impl.EntryError):
+                impl.unpack_entry(bad)
+            with pytest.raises(impl.EntryError):
+                impl.decode_stored(bad)
+        for bad in (PACKED[:47], PLAIN[:43], b"OXZ\x01" + b"OXZ\x01" + PLAIN):
+            with pytest.raises(impl.EntryError):
+                impl.peek_stored(bad)
+        for bad in (PACKED, PLAIN[:-1], PLAIN + b"\x00", b""):
+            with pytest.raises(impl.EntryError):
+                impl.pack_entry(bad)
+
+
+def test_the_codec_keeps_value_error_outside_the_entry_path() -> None:
+    with pytest.raises(ValueError):
+        core.lz4_decompress(b"", 0)
+    assert not issubclass(core.EntryError, ValueError)
+    with pytest.raises(core.EntryError):
+        core.unpack_entry(b"OXZ\x01" + PLAIN[:44])
+
+
+def test_large_entries_round_trip_with_the_interpreter_released() -> None:
+    body = json.dumps([{"id": i, "name": f"item {i}"} for i in range(60_000)]).encode()
+    assert len(body) > 1 << 20  # over the LZ4 threshold for releasing the interpreter
+    data = core.encode_entry(200, [(b"content-type", b"application/json")], body, 1, 2)
+    packed = core.pack_entry(data)
+    assert len(packed) < len(data) // 3
+    assert core.unpack_entry(packed) == data
+    assert core.decode_stored(packed).body == body
+    assert packed == pack_entry(data)
 
 
 def _app(store: Cache, calls: list[int]) -> FastAPI:

@@ -198,6 +198,54 @@ def test_set_order_and_etag_are_the_same_across_hash_seeds() -> None:
     assert len(outputs) == 1
 
 
+# -- secret digests -----------------------------------------------------------------------------
+
+
+def decorator_rule(value: Any) -> str:
+    """How the decorator hashed a secret argument before `secret_digest` (keys must not move)."""
+    return "#" + core.etag(core.cache_key(None, "", "", [("", value)]).encode("utf-8"))[1:-1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_secret_digest_is_the_hash_of_the_one_argument_key(impl: ModuleType) -> None:
+    for value in ("hunter2", 42, b"\x00key", None, ["a", "b"], "x" * 300, {"k": (1,)}, Color.RED):
+        digest = impl.secret_digest(value)
+        assert digest == decorator_rule(value)
+        assert len(digest) == 33 and digest[0] == "#"
+        assert digest == "#" + xxhash.xxh3_128_hexdigest(
+            impl.cache_key(None, "", "", [("", value)]).encode()
+        )
+    assert impl.secret_digest("a") != impl.secret_digest(b"a") != impl.secret_digest(["a"])
+    for raw in (b"", b"Bearer abc.def", b"session=1; theme=dark", bytes(range(256))):
+        assert impl.secret_digest_bytes(raw) == "#" + core.etag(raw)[1:-1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_secret_digest_refuses_what_cache_key_refuses(impl: ModuleType) -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    for value in (Opaque(), BadStr(), deep):
+        with pytest.raises(impl.KeyBuildError):
+            impl.secret_digest(value)
+        with pytest.raises(impl.KeyBuildError):
+            impl.cache_key(None, "", "", [("", value)])
+
+
+def test_secret_digest_matches_the_decorator_today() -> None:
+    """Until the decorator calls `secret_digest`, its own `_hashed` must give the same."""
+    from pydantic import SecretStr
+
+    from oxcache import decorator
+
+    hashed = getattr(decorator, "_hashed", None)
+    if hashed is None:
+        pytest.skip("the decorator no longer has its own secret hashing")
+    for value in ("pw", 7, ["x"], "y" * 400):
+        assert hashed(value).digest == core.secret_digest(value)
+    assert hashed(SecretStr("pw")).digest == core.secret_digest("pw")
+
+
 # -- property: Rust == reference ----------------------------------------------------------------
 
 
@@ -248,6 +296,20 @@ def test_cache_key_agrees_with_reference(prefix: str | None, args: list[tuple[st
     rust = outcome(core.cache_key, prefix, "mod", "fn", args)
     ref = outcome(reference.cache_key, prefix, "mod", "fn", args)
     assert rust == ref
+
+
+@PROPS
+@given(values)
+def test_secret_digest_agrees_with_reference(value: Any) -> None:
+    rust = outcome(core.secret_digest, value)
+    assert rust == outcome(reference.secret_digest, value)
+    assert rust == outcome(decorator_rule, value)
+
+
+@PROPS
+@given(st.binary(max_size=2048))
+def test_secret_digest_bytes_agrees_with_reference(raw: bytes) -> None:
+    assert core.secret_digest_bytes(raw) == reference.secret_digest_bytes(raw)
 
 
 @PROPS

@@ -2,8 +2,11 @@
 cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
 strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
 headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
-`peek_entry` read and write the versioned binary envelope a cached response is stored in.
-Every output is specified byte for byte in `docs/formats.md`; users import from `oxcache`.
+`peek_entry` read and write the versioned binary envelope a cached response is stored in, and
+`pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+`secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
+byte format is specified in `docs/formats.md` and written and read only here; users import
+from `oxcache`.
 """
 
 from collections.abc import Iterable
@@ -14,6 +17,7 @@ __all__ = [
     "ENTRY_VERSION",
     "KEY_FORMAT_VERSION",
     "KEY_HASH_THRESHOLD",
+    "STORED_HEAD_SIZE",
     "Entry",
     "EntryError",
     "EntryHead",
@@ -22,13 +26,19 @@ __all__ = [
     "RequestCacheControl",
     "cache_key",
     "decode_entry",
+    "decode_stored",
     "encode_entry",
     "etag",
     "if_none_match",
     "lz4_compress",
     "lz4_decompress",
+    "pack_entry",
     "parse_cache_control",
     "peek_entry",
+    "peek_stored",
+    "secret_digest",
+    "secret_digest_bytes",
+    "unpack_entry",
 ]
 
 KEY_FORMAT_VERSION: int
@@ -39,6 +49,9 @@ ENTRY_VERSION: int
 """Version of the cache entry envelope (byte 3 of every entry)."""
 ENTRY_HEAD_SIZE: int
 """Size of an entry's fixed head: status, times, digest and lengths (44 bytes)."""
+STORED_HEAD_SIZE: int
+"""How many bytes of a stored value `peek_stored` needs for either form (48: the compressed
+form's 4-byte prefix and the head); a conditional request reads `GETRANGE key 0 47`."""
 
 class OxcacheError(Exception):
     """Base class of every error oxcache raises."""
@@ -60,6 +73,19 @@ def cache_key(
     Raises `KeyBuildError` for a value whose `str()` holds a memory address, a value nested
     over 32 levels (or a cycle), or a failing `__cache_key__`, `model_dump` or `__str__`.
     """
+
+def secret_digest(value: object) -> str:
+    """A secret argument's stand-in in a key: `#` + the 32 lowercase hex digits of the
+    XXH3-128 of the key `cache_key(None, "", "", [("", value)])` would build.
+
+    Raises `KeyBuildError` where that `cache_key` would. `None` gets a digest like any other
+    value (the decorator keeps a `None` secret as `None` before calling this), and a pydantic
+    `SecretStr` is unwrapped by the caller.
+    """
+
+def secret_digest_bytes(raw: bytes) -> str:
+    """A secret header value's stand-in in a key: `#` + the 32 lowercase hex digits of the
+    XXH3-128 of its raw bytes (`"#" + etag(raw)[1:-1]`)."""
 
 def etag(body: bytes) -> str:
     """The strong ETag of `body`: `"` + 32 lowercase hex digits of its XXH3-128 + `"`."""
@@ -183,10 +209,39 @@ def peek_entry(data: bytes) -> EntryHead:
     not checked.
     """
 
+def pack_entry(data: bytes) -> bytes:
+    """The compressed form of an encoded entry (`b"OXZ\\x01"`, its head, the rest as one LZ4
+    block), or `data` itself when that is not smaller.
+
+    Raises `EntryError` unless `data` is a plain entry: a valid head of this version and the
+    length that head gives.
+    """
+
+def unpack_entry(data: bytes) -> bytes:
+    """The plain encoded entry a compressed one holds, or `data` itself when it does not start
+    with `b"OXZ\\x01"`.
+
+    Raises `EntryError` for a compressed form with a short or foreign head, a head claiming
+    more than 255 times the block's size, or a block that does not decompress to exactly the
+    size its head gives. The entry itself is not checked: `decode_entry` does that.
+    """
+
+def decode_stored(data: bytes) -> Entry:
+    """Decode a value read from storage, plain or compressed (`decode_entry(unpack_entry(data))`
+    in one step); `EntryError` for anything but an intact entry of this version."""
+
+def peek_stored(data: bytes) -> EntryHead:
+    """Read the head of a stored value of either form, from at least its first
+    `STORED_HEAD_SIZE` bytes (or all of it).
+
+    Raises `EntryError` for a short head, wrong magic bytes or another version; nothing after
+    the head is checked.
+    """
+
 def lz4_compress(data: bytes) -> bytes:
     """`data` as one LZ4 block (no frame, no size prefix), as `Cache(compress_over=...)`
     stores large entries (docs/formats.md)."""
 
 def lz4_decompress(data: bytes, size: int) -> bytes:
     """The `size` bytes the LZ4 block `data` decompresses to; `ValueError` if it is not a
-    valid block of exactly that size."""
+    valid block of exactly that size (the entry functions raise `EntryError` instead)."""
