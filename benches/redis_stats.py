@@ -126,8 +126,7 @@ def codec_cost() -> dict[str, dict[str, float]]:
     import timeit
 
     from benches.apps import payload
-    from oxcache._core import encode_entry
-    from oxcache.store import pack_entry, unpack_entry
+    from oxcache._core import encode_entry, pack_entry, unpack_entry
 
     cost = {}
     for size in ("50KiB", "1MiB"):

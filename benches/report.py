@@ -316,7 +316,7 @@ def redis_tables(path: Path) -> list[str]:
             "### Compression (`Cache(compress_over=...)`, LZ4): CPU cost and size",
             "",
             "One encoded entry of the JSON body, packed on a miss and unpacked on a hit",
-            "(`oxcache.store.pack_entry` / `unpack_entry`, best of 3).",
+            "(`oxcache._core.pack_entry` / `unpack_entry`, best of 3).",
             "",
             "| body | entry bytes | stored bytes | saved | compress µs | decompress µs |",
             "|---|---:|---:|---:|---:|---:|",

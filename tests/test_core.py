@@ -232,18 +232,17 @@ def test_secret_digest_refuses_what_cache_key_refuses(impl: ModuleType) -> None:
             impl.cache_key(None, "", "", [("", value)])
 
 
-def test_secret_digest_matches_the_decorator_today() -> None:
-    """Until the decorator calls `secret_digest`, its own `_hashed` must give the same."""
-    from pydantic import SecretStr
+def test_keys_hash_secret_arguments_with_secret_digest() -> None:
+    """`keys.secret` is the Rust digest of the value (a pydantic secret by what it holds)."""
+    from pydantic import SecretBytes, SecretStr
 
-    from oxcache import decorator
+    from oxcache.keys import secret
 
-    hashed = getattr(decorator, "_hashed", None)
-    if hashed is None:
-        pytest.skip("the decorator no longer has its own secret hashing")
-    for value in ("pw", 7, ["x"], "y" * 400):
-        assert hashed(value).digest == core.secret_digest(value)
-    assert hashed(SecretStr("pw")).digest == core.secret_digest("pw")
+    for value in ("pw", 7, ["x"], "y" * 400, b"raw"):
+        assert secret(value).digest == core.secret_digest(value)
+    assert secret(SecretStr("pw")).digest == core.secret_digest("pw")
+    assert secret(SecretBytes(b"pw")).digest == core.secret_digest(b"pw")
+    assert secret(None) is None
 
 
 # -- property: Rust == reference ----------------------------------------------------------------

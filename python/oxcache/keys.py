@@ -19,7 +19,7 @@ from fastapi.security import SecurityScopes
 from pydantic import SecretBytes, SecretStr
 from starlette.requests import HTTPConnection
 
-from oxcache._core import cache_key, etag
+from oxcache._core import cache_key, secret_digest, secret_digest_bytes
 from oxcache.errors import ConfigError
 
 __all__ = [
@@ -85,8 +85,7 @@ def secret(value: Any) -> Any:
         return None
     if isinstance(value, (SecretStr, SecretBytes)):
         value = value.get_secret_value()
-    canonical = cache_key(None, "", "", [("", value)])
-    return Secret("#" + etag(canonical.encode("utf-8"))[1:-1])
+    return Secret(secret_digest(value))
 
 
 def call_parts(
@@ -105,7 +104,7 @@ def call_parts(
             raw = varied.get(name)
             part: str | None
             if raw is not None and name in SECRET_HEADERS:
-                part = "#" + etag(raw)[1:-1]
+                part = secret_digest_bytes(raw)
             else:
                 part = None if raw is None else raw.decode("latin-1").strip()
             parts.append(("@vary:" + name.decode("latin-1"), part))

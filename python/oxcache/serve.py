@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Response
 from starlette.requests import Request
 
-from oxcache._core import Entry, EntryHead, KeyBuildError, etag, if_none_match
+from oxcache._core import Entry, EntryHead, KeyBuildError, if_none_match, secret_digest_bytes
 from oxcache.early import EARLY_SCOPE_KEY, MEMO_MAX_REQUEST, EarlyState, RouteMemo
 from oxcache.endpoint import CachedEndpoint
 from oxcache.fill import miss, refresh_later
@@ -204,7 +204,7 @@ async def answer_early(
             if raw is not None:
                 size += len(raw)
                 if name in SECRET_HEADERS:
-                    parts.append(etag(raw))
+                    parts.append(secret_digest_bytes(raw))
                     continue
             parts.append(raw)
         signature = (scope.get("root_path", ""), path, query, *parts)

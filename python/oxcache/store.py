@@ -11,14 +11,13 @@ from types import TracebackType
 from typing import Any, Callable
 
 from oxcache._core import (
-    ENTRY_HEAD_SIZE,
+    STORED_HEAD_SIZE,
     Entry,
     EntryError,
     EntryHead,
-    decode_entry,
-    lz4_compress,
-    lz4_decompress,
-    peek_entry,
+    decode_stored,
+    pack_entry,
+    peek_stored,
 )
 from oxcache.backends.base import Backend
 from oxcache.backends.cluster import ClusterBackend
@@ -37,44 +36,13 @@ __all__ = [
     "DEFAULT_RESPONSE_HEADER",
     "Cache",
     "default_store",
-    "pack_entry",
     "set_default",
-    "unpack_entry",
 ]
 
 logger = logging.getLogger("oxcache")
 logger.addHandler(logging.NullHandler())
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
-# A compressed entry (docs/formats.md): this prefix, the entry's 44-byte head unchanged, then
-# the rest of the entry (header block and body) as one LZ4 block.
-_PACKED = b"OXZ\x01"
-_PACKED_HEAD_SIZE = len(_PACKED) + ENTRY_HEAD_SIZE
-
-
-def pack_entry(data: bytes) -> bytes:
-    """An encoded entry in its compressed form, or `data` itself when LZ4 does not shrink it."""
-    packed = lz4_compress(data[ENTRY_HEAD_SIZE:])
-    if len(packed) + len(_PACKED) >= len(data) - ENTRY_HEAD_SIZE:
-        return data
-    return _PACKED + data[:ENTRY_HEAD_SIZE] + packed
-
-
-def unpack_entry(data: bytes) -> bytes:
-    """The encoded entry a compressed one holds (`data` itself if it is not compressed);
-    raises EntryError when the compressed form is malformed."""
-    if data[:4] != _PACKED:
-        return data
-    head = data[len(_PACKED) : _PACKED_HEAD_SIZE]
-    peek_entry(head)  # raises EntryError for a short or foreign head
-    size = int.from_bytes(head[42:44], "big") + int.from_bytes(head[38:42], "big")
-    packed = data[_PACKED_HEAD_SIZE:]
-    if size > 255 * len(packed) + 16:  # more than LZ4 can expand to: a corrupt head
-        raise EntryError("compressed entry: its head claims more than the block can hold")
-    try:
-        return head + lz4_decompress(packed, size)
-    except ValueError as exc:
-        raise EntryError(f"compressed entry: {exc}") from None
 
 
 class Cache:
@@ -333,7 +301,7 @@ class Cache:
             return None
         self.counters.bytes_read += len(data)
         try:
-            entry = decode_entry(unpack_entry(data))
+            entry = decode_stored(data)
         except EntryError as exc:
             if near is not None and token is not None:
                 near.end(key, token)
@@ -353,12 +321,12 @@ class Cache:
         With a near cache in use, the whole entry (from the L1, or read into it)."""
         if self.near is not None and self.near.ready:
             return await self.read(key)
-        # (The head of a compressed entry starts after its 4-byte prefix.)
-        data = await self._fetch(self.backend.get_head, key, _PACKED_HEAD_SIZE)
+        # Enough bytes for the head of either stored form (plain, or compressed).
+        data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
         if data is None:
             return None
         try:
-            return peek_entry(data[len(_PACKED) :] if data[:4] == _PACKED else data)
+            return peek_stored(data)
         except EntryError:
             return None
 
