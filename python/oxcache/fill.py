@@ -77,7 +77,7 @@ async def miss(
     endpoint a second time."""
     flights = store.flights
     if read_at is not None and flights.landed_since(key, read_at):
-        entry = await store.read(key)
+        entry = await store.entries.read(key)
         if entry is not None and entry.expires_ms > _now_ms():
             return _shared_hit(store, replay, entry)
     flight = flights.running(key)
@@ -92,9 +92,9 @@ async def miss(
     stored: Any = None
     token = b""
     try:
-        if store.lock_ms > 0:
+        if store.flights.lock_ms > 0:
             token = uuid.uuid4().bytes
-            if not await store.acquire(key, token):
+            if not await flights.acquire(key, token):
                 token = b""
                 stored = await _wait_for_entry(store, key)
                 if stored is not None:
@@ -105,17 +105,17 @@ async def miss(
     finally:
         flights.finish(key, flight, stored)
         if token:
-            await store.release(key, token)
+            await flights.release(key, token)
 
 
 async def _wait_for_entry(store: Cache, key: str) -> Any:
     """Poll for the entry another worker is computing, at most `lock_timeout`."""
-    deadline = time.monotonic() + store.lock_ms / 1000
+    deadline = time.monotonic() + store.flights.lock_ms / 1000
     delay = 0.005
     while time.monotonic() < deadline:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
-        entry = await store.read(key)
+        entry = await store.entries.read(key)
         if entry is not None and entry.expires_ms > _now_ms():
             return entry
     return None
@@ -217,7 +217,9 @@ async def store_response(
     expires_ms = now_ms + options.ttl_ms
     data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms)
     # Kept past its freshness for as long as a stale copy may still be served.
-    await store.write(key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over)
+    await store.entries.write(
+        key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over
+    )
     return Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
 
 

@@ -1,4 +1,5 @@
-"""Single flight: the misses of one key in one process share one endpoint run, a miss whose
+"""Single flight: the misses of one key in one process share one endpoint run (and, with
+`lock_timeout`, one run in the whole deployment, behind a short Redis lock), a miss whose
 read raced a run that just stored the key reads the entry instead of running again, and a
 stale entry is refreshed by one background run at a time."""
 
@@ -8,6 +9,10 @@ import asyncio
 import time
 from typing import Any
 
+from oxcache.backends.base import Backend
+from oxcache.health import Health
+from oxcache.keys import KeySpace
+
 __all__ = ["Flights"]
 
 _MAX_LANDED = 10_000  # keys remembered as landed before the memory starts over
@@ -16,11 +21,24 @@ _REFRESH_GIVE_UP_S = 60.0
 
 
 class Flights:
-    """The runs in progress in this process, for one store (`store.flights`)."""
+    """The runs in progress in this process, for one store (`store.flights`), and the
+    cross-worker miss lock (`lock_ms` > 0)."""
 
-    __slots__ = ("_inflight", "_landed", "_refreshing")
+    __slots__ = (
+        "_inflight",
+        "_landed",
+        "_refreshing",
+        "backend",
+        "health",
+        "keyspace",
+        "lock_ms",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend, health: Health, keyspace: KeySpace, lock_ms: int) -> None:
+        self.backend = backend
+        self.health = health
+        self.keyspace = keyspace
+        self.lock_ms = lock_ms
         # key -> the future of the run computing it (its result: what was stored, or None).
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         # key -> when a run last stored it (time.monotonic()).
@@ -74,3 +92,22 @@ class Flights:
     def end_refresh(self, key: str) -> None:
         """The refresh of `key` is over."""
         self._refreshing.pop(key, None)
+
+    async def acquire(self, key: str, token: bytes) -> bool:
+        """Try to take the miss lock of `key`; True also when storage fails (run anyway)."""
+        if not self.health.available():
+            return True
+        try:
+            return await self.backend.acquire(self.keyspace.lock_name(key), token, self.lock_ms)
+        except Exception as exc:
+            self.health.failed(exc)
+            return True
+
+    async def release(self, key: str, token: bytes) -> None:
+        """Release the miss lock of `key` if this token still holds it."""
+        if not self.health.available():
+            return
+        try:
+            await self.backend.release(self.keyspace.lock_name(key), token)
+        except Exception as exc:
+            self.health.failed(exc)

@@ -74,7 +74,7 @@ class CachedFunction:
         return [], [self.key_for_call(space, args)]
 
     async def lookup(self, store: Cache, key: str) -> tuple[bool, Any]:
-        entry = await store.read(key)
+        entry = await store.entries.read(key)
         if entry is None or entry.expires_ms <= time.time_ns() // 1_000_000:
             return False, None
         try:
@@ -94,7 +94,7 @@ class CachedFunction:
             return
         now_ms = time.time_ns() // 1_000_000
         data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms)
-        await store.write(key, data, self.ttl_ms, indexes)
+        await store.entries.write(key, data, self.ttl_ms, indexes)
 
     def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
         store = self.store or default_store()

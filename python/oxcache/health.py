@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from oxcache.errors import CacheUnavailable
 
@@ -38,7 +39,7 @@ class Health:
     """Whether the backend named `name` may be used now. `on_error="raise"` turns every
     failure, and every request while the circuit is open, into `CacheUnavailable`."""
 
-    __slots__ = ("counters", "down_until", "healthy", "name", "on_error", "retry_after")
+    __slots__ = ("counters", "down_until", "healthy", "name", "on_error", "retry_after", "warned")
 
     def __init__(self, name: str, retry_after: float, on_error: str, counters: Stats) -> None:
         self.name = name
@@ -49,6 +50,15 @@ class Health:
         self.down_until = 0.0
         #: False from a failure until the backend answers again.
         self.healthy = True
+        #: The tags `warn_once` has logged.
+        self.warned: set[str] = set()
+
+    def warn_once(self, tag: str, message: str, *args: Any) -> None:
+        """Log a warning once per `tag` for the life of the store."""
+        if tag in self.warned or len(self.warned) > 10_000:
+            return
+        self.warned.add(tag)
+        logger.warning(message, *args)
 
     def available(self) -> bool:
         """Whether to use the backend now (False while the circuit is open)."""

@@ -1,6 +1,6 @@
-"""What `@cache(...)` accepts, checked once at decoration time: TTLs, compression, browser
-freshness, stale windows, `vary`, `per_user`/`shared`, names. A bad value raises
-`ConfigError` when the module is imported, never at the first request."""
+"""What `@cache(...)` and `Cache(...)` accept, checked once: TTLs, compression, browser
+freshness, stale windows, `vary`, `per_user`/`shared`, names, the store's sources and
+timeouts. A bad value raises `ConfigError` when the app is built, never at a request."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ __all__ = [
     "Expire",
     "Options",
     "StoreSetting",
+    "check_store_options",
     "compress_threshold",
     "ttl_ms",
 ]
@@ -154,3 +155,31 @@ class Options:
         #: The response's `Vary` value, or None.
         self.vary_header = ", ".join(dict.fromkeys(names)).encode("latin-1") if names else None
         self.tags = tuple(tags or ())
+
+
+def check_store_options(
+    *,
+    sources: tuple[Any, ...],
+    sentinel: Any,
+    service_name: str | None,
+    cluster: bool,
+    url: str | None,
+    timeout: float,
+    retry_after: float,
+    lock_timeout: float,
+    on_error: str,
+    compress_over: int | None,
+) -> None:
+    """Check the arguments of `Cache(...)` (`sources`: url, backend, client, sentinel)."""
+    if compress_over is not None and compress_over < 0:
+        raise ConfigError("compress_over must be None or a number of bytes, not negative")
+    if sum(x is not None for x in sources) > 1:
+        raise ConfigError("give at most one of url=, client=, sentinel= and backend=")
+    if (sentinel is None) != (service_name is None):
+        raise ConfigError("sentinel= and service_name= go together")
+    if cluster and url is None:
+        raise ConfigError("cluster=True needs url= (or pass a RedisCluster as client=)")
+    if timeout <= 0 or retry_after < 0 or lock_timeout < 0:
+        raise ConfigError("timeout must be positive, retry_after and lock_timeout not negative")
+    if on_error not in ("open", "raise"):
+        raise ConfigError(f'on_error must be "open" or "raise", not {on_error!r}')

@@ -61,7 +61,7 @@ async def lookup(
     """The 304 for a request whose `If-None-Match` matches the entry's ETag (read from the
     entry's head only), else the entry under `key` (None when there is none)."""
     if replay.condition is not None:
-        head: EntryHead | Entry | None = await store.read_head(key)
+        head: EntryHead | Entry | None = await store.entries.read_head(key)
         if (
             head is not None
             and head.expires_ms > now_ms
@@ -71,7 +71,7 @@ async def lookup(
             logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
             store.counters.hits += 1
             return CachedResponse(304, replay.headers(head, now_ms, hit=True), b"")
-    return await store.read(key)
+    return await store.entries.read(key)
 
 
 async def handle(

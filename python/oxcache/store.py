@@ -5,31 +5,24 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Callable
 
-from oxcache._core import (
-    STORED_HEAD_SIZE,
-    Entry,
-    EntryError,
-    EntryHead,
-    decode_stored,
-    pack_entry,
-    peek_stored,
-)
+from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
 from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
+from oxcache.entries import Entries
 from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace, UserId
 from oxcache.near import NearCache
-from oxcache.options import STORE_SETTING, StoreSetting
+from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
 from oxcache.registry import keyed, misplaced_endpoints
 
 __all__ = [
@@ -122,18 +115,18 @@ class Cache:
         near: NearCache | None = None,
         compress_over: int | None = None,
     ) -> None:
-        if compress_over is not None and compress_over < 0:
-            raise ConfigError("compress_over must be None or a number of bytes, not negative")
-        if sum(x is not None for x in (url, backend, client, sentinel)) > 1:
-            raise ConfigError("give at most one of url=, client=, sentinel= and backend=")
-        if (sentinel is None) != (service_name is None):
-            raise ConfigError("sentinel= and service_name= go together")
-        if cluster and url is None:
-            raise ConfigError("cluster=True needs url= (or pass a RedisCluster as client=)")
-        if timeout <= 0 or retry_after < 0 or lock_timeout < 0:
-            raise ConfigError("timeout must be positive, retry_after and lock_timeout not negative")
-        if on_error not in ("open", "raise"):
-            raise ConfigError(f'on_error must be "open" or "raise", not {on_error!r}')
+        check_store_options(
+            sources=(url, backend, client, sentinel),
+            sentinel=sentinel,
+            service_name=service_name,
+            cluster=cluster,
+            url=url,
+            timeout=timeout,
+            retry_after=retry_after,
+            lock_timeout=lock_timeout,
+            on_error=on_error,
+            compress_over=compress_over,
+        )
         if backend is None:
             backend = backend_for(
                 url,
@@ -176,10 +169,11 @@ class Cache:
         self.counters = Stats()
         self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
         self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
-        #: The endpoint runs in progress in this process (single flight, refreshes).
-        self.flights = Flights()
+        #: Reading and writing entries under the rules above (what the request path uses).
+        self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
+        #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
+        self.flights = Flights(backend, self.health, self.keyspace, self.lock_ms)
         self._previous_default: Cache | None = None
-        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
@@ -260,75 +254,17 @@ class Cache:
 
     def warn_once(self, tag: str, message: str, *args: Any) -> None:
         """Log a warning once per `tag` for the life of this store."""
-        if tag in self._warned or len(self._warned) > 10_000:
-            return
-        self._warned.add(tag)
-        logger.warning(message, *args)
+        self.health.warn_once(tag, message, *args)
 
-    # -- entries -------------------------------------------------------------------------
-
-    async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
-        """Run one backend read under the store's rules: skipped while the circuit is open,
-        after any queued invalidations, and a failure is a miss (or raises, see `on_error`)."""
-        health = self.health
-        if not health.available():
-            return None
-        if self.invalidations.pending and not await self.invalidations.replay():
-            return None
-        try:
-            data = await get(*args)
-        except Exception as exc:
-            health.failed(exc)
-            return None
-        if not health.healthy:
-            health.succeeded()
-        return data
+    # -- entries (the request path uses `store.entries` directly) ------------------------
 
     async def read(self, key: str) -> Entry | None:
         """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
-        near = self.near
-        token = None
-        if near is not None and not self.invalidations.pending:
-            held = near.get(key)
-            if held is not None:
-                self.counters.l1_hits += 1
-                return held
-            token = near.begin(key)
-        data = await self._fetch(self.backend.get, key)
-        if data is None:
-            if near is not None and token is not None:
-                near.end(key, token)
-            return None
-        self.counters.bytes_read += len(data)
-        try:
-            entry = decode_stored(data)
-        except EntryError as exc:
-            if near is not None and token is not None:
-                near.end(key, token)
-            self.warn_once(
-                "corrupt:" + key,
-                "ignoring an unreadable value under %s (%s); it will be overwritten",
-                key,
-                exc,
-            )
-            return None
-        if near is not None and token is not None:
-            near.put(key, entry, len(data), token)
-        return entry
+        return await self.entries.read(key)
 
     async def read_head(self, key: str) -> EntryHead | Entry | None:
-        """The fixed-size head of the entry under `key` (ETag, times), without its body.
-        With a near cache in use, the whole entry (from the L1, or read into it)."""
-        if self.near is not None and self.near.ready:
-            return await self.read(key)
-        # Enough bytes for the head of either stored form (plain, or compressed).
-        data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
-        if data is None:
-            return None
-        try:
-            return peek_stored(data)
-        except EntryError:
-            return None
+        """The head of the entry under `key` (ETag, times), without its body."""
+        return await self.entries.read_head(key)
 
     async def write(
         self,
@@ -338,56 +274,12 @@ class Cache:
         indexes: Sequence[str] = (),
         compress_over: int | StoreSetting | None = STORE_SETTING,
     ) -> bool:
-        """Store an encoded entry, listed in `indexes` (see `user_index`, `tag_index`,
-        `variants_index`); LZ4-compressed from `compress_over` bytes on (by default the
-        store's setting; None: never). Logs KEY_ADDED_TO_CACHE, or FAILED_TO_CACHE_KEY and
-        returns False when the backend cannot take it."""
-        if not self.health.available():
-            logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
-            return False
-        threshold = self.compress_over if compress_over is STORE_SETTING else compress_over
-        if threshold is not None and len(data) >= threshold:
-            data = pack_entry(data)
-        try:
-            await self.backend.set(key, data, ttl_ms, indexes)
-        except Exception as exc:
-            if self.near is not None:
-                self.near.discard(key)
-            self.health.failed(exc)
-            logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
-            return False
-        if self.near is not None:
-            self.near.discard(key)  # the others hear of it from Redis
-        if not self.health.healthy:
-            self.health.succeeded()
-        self.counters.bytes_written += len(data)
-        logger.info("KEY_ADDED_TO_CACHE: key=%s", key)
-        return True
-
-    # -- cross-worker miss lock ----------------------------------------------------------
+        """Store an encoded entry (see `Entries.write`); False when the backend cannot."""
+        return await self.entries.write(key, data, ttl_ms, indexes, compress_over)
 
     def lock_name(self, key: str) -> str:
         """The lock a miss of `key` takes when `lock_timeout` is set."""
         return self.keyspace.lock_name(key)
-
-    async def acquire(self, key: str, token: bytes) -> bool:
-        """Try to take the miss lock of `key`; True also when storage fails (run anyway)."""
-        if not self.health.available():
-            return True
-        try:
-            return await self.backend.acquire(self.lock_name(key), token, self.lock_ms)
-        except Exception as exc:
-            self.health.failed(exc)
-            return True
-
-    async def release(self, key: str, token: bytes) -> None:
-        """Release the miss lock of `key` if this token still holds it."""
-        if not self.health.available():
-            return
-        try:
-            await self.backend.release(self.lock_name(key), token)
-        except Exception as exc:
-            self.health.failed(exc)
 
     # -- keys and invalidation -----------------------------------------------------------
 
