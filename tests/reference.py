@@ -21,8 +21,8 @@ import xxhash
 
 KEY_FORMAT_VERSION = 1
 KEY_HASH_THRESHOLD = 256
-ENTRY_VERSION = 1
-ENTRY_HEAD_SIZE = 44
+ENTRY_VERSION = 2
+ENTRY_HEAD_SIZE = 68
 DELTA_MAX = 2_147_483_648
 MAX_DEPTH = 32
 
@@ -339,8 +339,11 @@ WELL_KNOWN = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-type", b"text/html; charset=utf-8"),
 ]
-HEAD = struct.Struct(">3sBHQQ16sIH")  # magic, version, status, created, expires, digest, lens
-assert HEAD.size == ENTRY_HEAD_SIZE
+# magic, version, status, created, expires, digest, body_len, headers_len, generations,
+# headers digest, then the head check over all of that.
+HEAD = struct.Struct(">3sBHQQ16sIHQQ")
+CHECK = struct.Struct(">Q")
+assert HEAD.size + CHECK.size == ENTRY_HEAD_SIZE
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ class Entry:
     etag: str
     created_ms: int
     expires_ms: int
+    generations: int = 0
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,7 @@ class EntryHead:
     created_ms: int
     expires_ms: int
     body_len: int
+    generations: int = 0
 
 
 def encode_entry(
@@ -368,12 +373,14 @@ def encode_entry(
     body: bytes,
     created_ms: int,
     expires_ms: int,
+    generations: int | None = None,
 ) -> bytes:
     if not isinstance(status, int) or not 100 <= status <= 999:
         raise ValueError("status must be an int from 100 to 999")
-    for value in (created_ms, expires_ms):
+    generations = 0 if generations is None else generations
+    for value in (created_ms, expires_ms, generations):
         if not isinstance(value, int) or not 0 <= value < 2**64:
-            raise ValueError("times must be ints from 0 to 2**64-1")
+            raise ValueError("times and the stamp must be ints from 0 to 2**64-1")
     if len(body) >= 2**32:
         raise ValueError("the body must be under 4 GiB")
     block = bytearray()
@@ -390,29 +397,47 @@ def encode_entry(
         raise ValueError("the header block must be at most 65535 bytes")
     digest = xxhash.xxh3_128_digest(body)
     head = HEAD.pack(
-        b"OXC", ENTRY_VERSION, status, created_ms, expires_ms, digest, len(body), len(block)
+        b"OXC",
+        ENTRY_VERSION,
+        status,
+        created_ms,
+        expires_ms,
+        digest,
+        len(body),
+        len(block),
+        generations,
+        xxhash.xxh3_64_intdigest(bytes(block)),
     )
-    return head + bytes(block) + body
+    return head + CHECK.pack(xxhash.xxh3_64_intdigest(head)) + bytes(block) + body
 
 
 def peek_entry(data: bytes) -> EntryHead:
     if len(data) < ENTRY_HEAD_SIZE:
         raise EntryError("too short")
-    magic, version, status, created, expires, digest, body_len, _ = HEAD.unpack_from(data)
+    fields = HEAD.unpack_from(data)
+    magic, version, status, created, expires, digest, body_len, _, generations, _ = fields
     if magic != b"OXC":
         raise EntryError("wrong magic")
     if version != ENTRY_VERSION:
         raise EntryError(f"version {version}")
-    return EntryHead(status, '"' + digest.hex() + '"', created, expires, body_len)
+    (check,) = CHECK.unpack_from(data, HEAD.size)
+    if xxhash.xxh3_64_intdigest(bytes(data[: HEAD.size])) != check:
+        raise EntryError("the head does not match its check")
+    if not 100 <= status <= 999:
+        raise EntryError(f"status {status}")
+    return EntryHead(status, '"' + digest.hex() + '"', created, expires, body_len, generations)
 
 
 def decode_entry(data: bytes) -> Entry:
     head = peek_entry(data)
     headers_len = struct.unpack_from(">H", data, 42)[0]
+    headers_digest = struct.unpack_from(">Q", data, 52)[0]
     block_end = ENTRY_HEAD_SIZE + headers_len
     if block_end + head.body_len != len(data):
         raise EntryError("length mismatch")
     block = data[ENTRY_HEAD_SIZE:block_end]
+    if xxhash.xxh3_64_intdigest(bytes(block)) != headers_digest:
+        raise EntryError("the header block does not match its digest")
     headers: list[tuple[bytes, bytes]] = []
     i = 0
     while i < len(block):
@@ -439,7 +464,9 @@ def decode_entry(data: bytes) -> Entry:
     body = bytes(data[block_end:])
     if etag(body) != head.etag:
         raise EntryError("digest mismatch")
-    return Entry(head.status, headers, body, head.etag, head.created_ms, head.expires_ms)
+    return Entry(
+        head.status, headers, body, head.etag, head.created_ms, head.expires_ms, head.generations
+    )
 
 
 # -- LZ4 blocks (store compression) --------------------------------------------------------------

@@ -163,6 +163,9 @@ class Entry:
     @property
     def expires_ms(self) -> int:
         """When the entry stops being fresh, in Unix milliseconds."""
+    @property
+    def generations(self) -> int:
+        """The stamp of the generations it was built under (0 for none)."""
 
 @final
 class EntryHead:
@@ -183,6 +186,9 @@ class EntryHead:
     @property
     def body_len(self) -> int:
         """The length of the body in bytes."""
+    @property
+    def generations(self) -> int:
+        """The stamp of the generations it was built under (0 for none)."""
 
 def encode_entry(
     status: int,
@@ -190,13 +196,15 @@ def encode_entry(
     body: bytes,
     created_ms: int,
     expires_ms: int,
+    generations: int | None = None,
 ) -> bytes:
-    """Encode a cache entry: status, headers as `(name, value)` bytes pairs, body, and the
-    creation and expiry times in Unix milliseconds.
+    """Encode a cache entry: status, headers as `(name, value)` bytes pairs, body, the
+    creation and expiry times in Unix milliseconds, and the stamp of the generations it is
+    built under (0, the default, for none).
 
     Raises `ValueError` for a status outside 100..=999, a header name of 0 or over 255
     bytes, a header value or the header block over 65535 bytes, a body of 4 GiB or more, or
-    times outside 0..2**64; `TypeError` for arguments of the wrong type.
+    times or a stamp outside 0..2**64; `TypeError` for arguments of the wrong type.
     """
 
 def decode_entry(data: bytes) -> Entry:
@@ -205,8 +213,9 @@ def decode_entry(data: bytes) -> Entry:
 def peek_entry(data: bytes) -> EntryHead:
     """Read only the head of an entry (`data` may be just its first `ENTRY_HEAD_SIZE` bytes).
 
-    Raises `EntryError` for a short head, wrong magic bytes or another version; the body is
-    not checked.
+    Raises `EntryError` for a short head, wrong magic bytes, another version, a head that
+    does not match its check, or a status outside 100..=999; the header block and the body
+    are not checked.
     """
 
 def pack_entry(data: bytes) -> bytes:
@@ -234,7 +243,7 @@ def peek_stored(data: bytes) -> EntryHead:
     """Read the head of a stored value of either form, from at least its first
     `STORED_HEAD_SIZE` bytes (or all of it).
 
-    Raises `EntryError` for a short head, wrong magic bytes or another version; nothing after
+    Raises `EntryError` for a short or damaged head (as `peek_entry`); nothing after
     the head is checked.
     """
 
