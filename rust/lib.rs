@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod codec;
 mod entry;
 mod etag;
+mod generation;
 mod headers;
 mod key;
 mod stored;
@@ -36,7 +37,8 @@ pyo3::create_exception!(
 /// strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
 /// headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
 /// `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
-/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form, and
+/// `generation_stamp` the stamp of the generations an entry is built under;
 /// `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
 /// byte format is specified in `docs/formats.md` and written and read only here; users import
 /// from `oxcache`.
@@ -67,6 +69,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stored::unpack_entry, m)?)?;
     m.add_function(wrap_pyfunction!(stored::decode_stored, m)?)?;
     m.add_function(wrap_pyfunction!(stored::peek_stored, m)?)?;
+    m.add_function(wrap_pyfunction!(generation::generation_stamp, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_compress, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_decompress, m)?)?;
     Ok(())

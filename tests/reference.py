@@ -469,6 +469,20 @@ def decode_entry(data: bytes) -> Entry:
     )
 
 
+# -- generations -------------------------------------------------------------------------------
+
+
+def generation_stamp(tokens: Iterable[bytes]) -> int:
+    """0 for no tokens; else the XXH3-64 of each token's u32 length and bytes, 0 read as 1."""
+    parts = list(tokens)
+    if not parts:
+        return 0
+    if not all(isinstance(t, bytes) for t in parts):
+        raise TypeError("generation tokens must be bytes")
+    stamp = xxhash.xxh3_64_intdigest(b"".join(struct.pack(">I", len(t)) + t for t in parts))
+    return stamp or 1
+
+
 # -- LZ4 blocks (store compression) --------------------------------------------------------------
 
 

@@ -277,3 +277,20 @@ def test_damaged_values_in_redis_never_give_a_500_or_altered_data(redis_url: str
         for key in raw.scan_iter(match="fuzz-entries:*"):
             raw.unlink(key)
         raw.close()
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=24), max_size=5))
+def test_generation_stamps_agree_with_the_reference(tokens: list[bytes]) -> None:
+    stamp = core.generation_stamp(tokens)
+    assert stamp == reference.generation_stamp(tokens)
+    assert (stamp == 0) == (not tokens)
+    if len(tokens) > 1 and tokens[0] != tokens[1]:
+        swapped = [tokens[1], tokens[0], *tokens[2:]]
+        assert core.generation_stamp(swapped) != stamp
+
+
+def test_generation_stamps_refuse_what_is_not_bytes() -> None:
+    for impl in (core, reference):
+        with pytest.raises(TypeError):
+            impl.generation_stamp(["text"])

@@ -392,7 +392,8 @@ def test_clear_leaves_foreign_keys_alone(redis_url: str, redis_client: redis.Red
         with client_for(app, store) as client:
             client.get("/u", headers={"X-User": "1"})
             assert redis_client.exists(store.user_index("1"))
-            assert client.portal.call(store.clear) == 4  # entry, user, tag, variants
+            # the entry, its user, tag and variants indexes, and their three generations
+            assert client.portal.call(store.clear) == 7
         assert list(redis_client.scan_iter(match="clear-test:*")) == []
         assert redis_client.get("clear-test-foreign") == b"keep"
         assert redis_client.get("foreign:clear-test:x") == b"keep"
@@ -470,9 +471,11 @@ class FlakyBackend(MemoryBackend):
         self.check()
         return await super().get(key)
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
         self.check()
-        return await super().invalidate(indexes, keys)
+        return await super().invalidate(indexes, keys, generations)
 
 
 def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:

@@ -3,13 +3,14 @@ cache entries. `cache_key` turns a call into an injective, type-tagged key; `eta
 strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
 headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
 `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
-`pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+`pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form, and
+`generation_stamp` the stamp of the generations an entry is built under;
 `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
 byte format is specified in `docs/formats.md` and written and read only here; users import
 from `oxcache`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import final
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "decode_stored",
     "encode_entry",
     "etag",
+    "generation_stamp",
     "if_none_match",
     "lz4_compress",
     "lz4_decompress",
@@ -246,6 +248,11 @@ def peek_stored(data: bytes) -> EntryHead:
     Raises `EntryError` for a short or damaged head (as `peek_entry`); nothing after
     the head is checked.
     """
+
+def generation_stamp(tokens: Sequence[bytes]) -> int:
+    """The stamp an entry built under the generation `tokens` (in the order of its indexes)
+    records: 0 for none, else the XXH3-64 of each token's length (u32, big-endian) and bytes
+    (1 where that is 0). `TypeError` for anything but bytes."""
 
 def lz4_compress(data: bytes) -> bytes:
     """`data` as one LZ4 block (no frame, no size prefix), as `Cache(compress_over=...)`

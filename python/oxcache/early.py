@@ -18,15 +18,16 @@ MEMO_MAX_REQUEST = 2048
 
 
 class RouteMemo:
-    """What `CachedRoute` learned for one route: raw request -> (store, key), the oldest
-    forgotten first past `MEMO_LIMIT` requests. `endpoint` is the route's `CachedEndpoint`."""
+    """What `CachedRoute` learned for one route: raw request -> (store, key, the
+    generations of its indexes), the oldest forgotten first past `MEMO_LIMIT` requests.
+    `endpoint` is the route's `CachedEndpoint`."""
 
     __slots__ = ("__weakref__", "endpoint", "keys", "limit")
 
     def __init__(self, endpoint: Any, limit: int | None = None) -> None:
         self.endpoint = endpoint
         self.limit = MEMO_LIMIT if limit is None else limit
-        self.keys: OrderedDict[tuple[Any, ...], tuple[Any, str]] = OrderedDict()
+        self.keys: OrderedDict[tuple[Any, ...], tuple[Any, str, tuple[str, ...]]] = OrderedDict()
 
 
 class EarlyState:
@@ -54,11 +55,11 @@ class EarlyState:
         self.read_at = 0.0
         self.refresh_due: bool | None = None
 
-    def learn(self, store: Any, key: str) -> None:
-        """FastAPI's path computed `key` for this raw request."""
+    def learn(self, store: Any, key: str, generations: tuple[str, ...] = ()) -> None:
+        """FastAPI's path computed `key` (read under `generations`) for this raw request."""
         if not self.learns:
             return
         keys = self.memo.keys
         if self.signature not in keys and len(keys) >= self.memo.limit:
             keys.popitem(last=False)  # the oldest
-        keys[self.signature] = (store, key)
+        keys[self.signature] = (store, key, generations)

@@ -2,13 +2,19 @@
 open or invalidations are queued (they replay first), a failure is a miss or a skipped write
 (never an error, unless `on_error="raise"`), values are decoded and encoded by the Rust core
 in either stored form (plain or LZ4-compressed), and the near cache's L1 is consulted first
-and kept coherent."""
+and kept coherent.
+
+An entry listed in indexes (its user, its variants, its tags) is read together with the
+tokens of their generations, in the same round trip, and is a hit only when it was built
+under exactly those tokens: an invalidation replaces them, so it holds even where Redis
+evicted an index, and a token that is gone is a miss. A miss takes its `Lease` (the tokens,
+created where missing) before it runs the endpoint, and stamps what it stores with them."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from oxcache._core import (
     STORED_HEAD_SIZE,
@@ -16,6 +22,7 @@ from oxcache._core import (
     EntryError,
     EntryHead,
     decode_stored,
+    generation_stamp,
     pack_entry,
     peek_stored,
 )
@@ -25,9 +32,34 @@ from oxcache.invalidation import Invalidations
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting
 
-__all__ = ["Entries"]
+__all__ = ["GENERATION_MIN_TTL_MS", "Entries", "Lease"]
 
 logger = logging.getLogger("oxcache")
+
+T = TypeVar("T")
+
+#: A generation token lives at least this long (and at least as long as the entry whose miss
+#: made it); it is never extended, since every change of it empties near caches of what was
+#: read under it. One that expired costs misses, never a stale hit.
+GENERATION_MIN_TTL_MS = 3_600_000
+
+
+class Lease:
+    """What a miss builds its entry on, taken before it reads its data: the generations of
+    the entry's indexes and the `stamp` of the tokens they had then."""
+
+    __slots__ = ("generations", "stamp")
+
+    def __init__(self, generations: tuple[str, ...], stamp: int) -> None:
+        self.generations = generations
+        self.stamp = stamp
+
+
+def _stamp(tokens: Sequence[bytes | None]) -> int | None:
+    """The stamp of the tokens read with an entry; None when one is missing (a miss)."""
+    if None in tokens:
+        return None
+    return generation_stamp(cast("Sequence[bytes]", tokens))
 
 
 class Entries:
@@ -50,8 +82,8 @@ class Entries:
         self.near = near
         self.compress_over = compress_over
 
-    async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
-        """Run one backend read under the store's rules: skipped while the circuit is open,
+    async def _fetch(self, get: Callable[..., Awaitable[T]], *args: Any) -> T | None:
+        """Run one backend call under the store's rules: skipped while the circuit is open,
         after any queued invalidations, and a failure is a miss (or raises, see `on_error`)."""
         health = self.health
         if not health.available():
@@ -67,8 +99,9 @@ class Entries:
             health.succeeded()
         return data
 
-    async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
+    async def read(self, key: str, generations: tuple[str, ...] = ()) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
+        not built under the current tokens of `generations` (those of its indexes)."""
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
@@ -76,18 +109,30 @@ class Entries:
             if held is not None:
                 self.health.counters.l1_hits += 1
                 return held
-            token = near.begin(key)
-        data = await self._fetch(self.backend.get, key)
-        if data is None:
-            if near is not None and token is not None:
-                near.end(key, token)
-            return None
+            token = near.begin(key, generations)
+        tokens: Sequence[bytes | None] = ()
+        if generations:
+            found = await self._fetch(self.backend.read, key, generations)
+            data, tokens = found if found is not None else (None, ())
+        else:
+            data = await self._fetch(self.backend.get, key)
+        entry = None if data is None else self._decode(key, data)
+        if entry is not None and entry.generations != (_stamp(tokens) if generations else 0):
+            entry = None  # built under tokens an invalidation replaced (or that are gone)
+        if near is not None and token is not None:
+            if entry is None:
+                near.end(key, token, generations)
+            else:
+                assert data is not None
+                read_under = tuple(zip(generations, cast("list[bytes]", tokens), strict=True))
+                near.put(key, entry, len(data), token, read_under)
+        return entry
+
+    def _decode(self, key: str, data: bytes) -> Entry | None:
         self.health.counters.bytes_read += len(data)
         try:
-            entry = decode_stored(data)
+            return decode_stored(data)
         except EntryError as exc:
-            if near is not None and token is not None:
-                near.end(key, token)
             self.health.warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
@@ -95,23 +140,43 @@ class Entries:
                 exc,
             )
             return None
-        if near is not None and token is not None:
-            near.put(key, entry, len(data), token)
-        return entry
 
-    async def read_head(self, key: str) -> EntryHead | Entry | None:
-        """The fixed-size head of the entry under `key` (ETag, times), without its body.
-        With a near cache in use, the whole entry (from the L1, or read into it)."""
+    async def read_head(
+        self, key: str, generations: tuple[str, ...] = ()
+    ) -> EntryHead | Entry | None:
+        """The fixed-size head of the entry under `key` (ETag, times), without its body,
+        under the same rules as `read`. With a near cache in use, the whole entry (from the
+        L1, or read into it)."""
         if self.near is not None and self.near.ready:
-            return await self.read(key)
+            return await self.read(key, generations)
         # Enough bytes for the head of either stored form (plain, or compressed).
-        data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
+        tokens: Sequence[bytes | None] = ()
+        if generations:
+            found = await self._fetch(self.backend.read, key, generations, STORED_HEAD_SIZE)
+            data, tokens = found if found is not None else (None, ())
+        else:
+            data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
         if data is None:
             return None
         try:
-            return peek_stored(data)
+            head = peek_stored(data)
         except EntryError:
             return None
+        if head.generations != (_stamp(tokens) if generations else 0):
+            return None
+        return head
+
+    async def lease(self, key: str, generations: tuple[str, ...], ttl_ms: int) -> Lease | None:
+        """Before a miss of `key` reads its data: the tokens of `generations` (created where
+        missing) that what it stores will be stamped with; None when storage cannot say
+        (the miss then stores nothing)."""
+        if not generations:
+            return Lease((), 0)
+        ttl = max(ttl_ms + 1000, GENERATION_MIN_TTL_MS)
+        tokens = await self._fetch(self.backend.lease, key, generations, ttl)
+        if tokens is None:
+            return None
+        return Lease(generations, generation_stamp(tokens))
 
     async def write(
         self,

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from oxcache._core import encode_entry, etag, if_none_match
 from oxcache.endpoint import CachedEndpoint
+from oxcache.entries import Lease
 from oxcache.http import OWN_HEADERS, Replay, forbids_store
 from oxcache.responses import CachedResponse, render
 from oxcache.store import Cache
@@ -68,39 +69,41 @@ async def miss(
     replay: Replay,
     stale: Any,
     read_at: float | None = None,
+    generations: tuple[str, ...] = (),
 ) -> Any:
     """Run the endpoint once for all concurrent misses of `key` in this process (and, with
     `lock_timeout`, across workers), store the result, and answer.
 
     `read_at` is when this request started reading the store: a run of `key` that stored
     its entry after that raced our read, so the entry is read again instead of running the
-    endpoint a second time."""
+    endpoint a second time. `generations` are those of the entry's indexes: the run takes
+    their tokens (its `Lease`) before it reads its data, and stamps what it stores."""
     flights = store.flights
     if read_at is not None and flights.landed_since(key, read_at):
-        entry = await store.entries.read(key)
+        entry = await store.entries.read(key, generations)
         if entry is not None and entry.expires_ms > _now_ms():
             return _shared_hit(store, replay, entry)
+    args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
     flight = flights.running(key)
     if flight is not None:
         shared = await asyncio.shield(flight)
         if shared is not None:
             return _shared_hit(store, replay, shared)
         # The run we waited for failed or was not cacheable: run it as the route would.
-        args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
-        return (await run(*args))[0]
+        return (await run(*args, await _lease(endpoint, store, key, generations)))[0]
     flight = flights.start(key)
     stored: Any = None
     token = b""
     try:
+        lease = await _lease(endpoint, store, key, generations)
         if store.flights.lock_ms > 0:
             token = uuid.uuid4().bytes
             if not await flights.acquire(key, token):
                 token = b""
-                stored = await _wait_for_entry(store, key)
+                stored = await _wait_for_entry(store, key, generations)
                 if stored is not None:
                     return _shared_hit(store, replay, stored)
-        args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
-        response, stored = await run(*args)
+        response, stored = await run(*args, lease)
         return response
     finally:
         flights.finish(key, flight, stored)
@@ -108,14 +111,22 @@ async def miss(
             await flights.release(key, token)
 
 
-async def _wait_for_entry(store: Cache, key: str) -> Any:
+async def _lease(
+    endpoint: CachedEndpoint, store: Cache, key: str, generations: tuple[str, ...]
+) -> Lease | None:
+    """The lease a run of `key` stores under (None: it stores nothing)."""
+    options = endpoint.options
+    return await store.entries.lease(key, generations, options.ttl_ms + options.stale_ms)
+
+
+async def _wait_for_entry(store: Cache, key: str, generations: tuple[str, ...]) -> Any:
     """Poll for the entry another worker is computing, at most `lock_timeout`."""
     deadline = time.monotonic() + store.flights.lock_ms / 1000
     delay = 0.005
     while time.monotonic() < deadline:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
-        entry = await store.entries.read(key)
+        entry = await store.entries.read(key, generations)
         if entry is not None and entry.expires_ms > _now_ms():
             return entry
     return None
@@ -131,9 +142,11 @@ async def run(
     uid: str | None,
     replay: Replay,
     stale: Any,
+    lease: Lease | None,
 ) -> tuple[Any, Stored | None]:
-    """Run the endpoint, store a cacheable result; serve `stale` if it fails and
-    stale-if-error allows. Returns the response and what was stored (or None)."""
+    """Run the endpoint, store a cacheable result under `lease` (none: nothing is stored);
+    serve `stale` if it fails and stale-if-error allows. Returns the response and what was
+    stored (or None)."""
     store.counters.misses += 1
     try:
         result = await endpoint.call(kwargs)
@@ -157,7 +170,7 @@ async def run(
     if response.status_code >= 500 and _stale_if_error(endpoint, stale, None):
         store.counters.stale += 1
         return replay.replay(stale, _now_ms()), None
-    stored = await store_response(endpoint, store, response, kwargs, key, uid)
+    stored = await store_response(endpoint, store, response, kwargs, key, uid, lease)
     if stored is None:
         return response, None
     if replay.condition is not None and if_none_match(replay.condition, stored.etag):
@@ -186,8 +199,10 @@ async def store_response(
     kwargs: dict[str, Any],
     key: str,
     uid: str | None,
+    lease: Lease | None,
 ) -> Stored | None:
-    """Store a rendered response if it may be cached; what was stored, or None."""
+    """Store a rendered response if it may be cached, stamped with `lease` (taken before
+    the endpoint ran; None: nothing is stored); what was stored, or None."""
     rendered = getattr(response, "body", None)
     if not isinstance(rendered, bytes):
         endpoint.warn_once(
@@ -199,9 +214,13 @@ async def store_response(
         )
         return None
     status = response.status_code
-    if not 200 <= status < 300 or any(
-        name == b"set-cookie" or (name == b"cache-control" and forbids_store(value))
-        for name, value in response.raw_headers
+    if (
+        lease is None
+        or not 200 <= status < 300
+        or any(
+            name == b"set-cookie" or (name == b"cache-control" and forbids_store(value))
+            for name, value in response.raw_headers
+        )
     ):
         return None
     try:
@@ -215,7 +234,7 @@ async def store_response(
     options = endpoint.options
     now_ms = _now_ms()
     expires_ms = now_ms + options.ttl_ms
-    data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms)
+    data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms, lease.stamp)
     # Kept past its freshness for as long as a stale copy may still be served.
     await store.entries.write(
         key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over
@@ -247,6 +266,8 @@ async def refresh(
 ) -> None:
     """Background revalidation of a stale entry (after its stale copy was sent)."""
     try:
+        generations = endpoint.keys.generations(store.keyspace, kwargs, uid)
+        lease = await _lease(endpoint, store, key, generations)
         fresh = dict(kwargs)
         sub_response = Response()
         del sub_response.headers["content-length"]
@@ -255,7 +276,7 @@ async def refresh(
             fresh[endpoint.response_param] = sub_response
         result = await endpoint.call(fresh)
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
-        await store_response(endpoint, store, response, fresh, key, uid)
+        await store_response(endpoint, store, response, fresh, key, uid, lease)
     except Exception as exc:  # the stale copy stays until it runs out
         logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
     finally:

@@ -14,6 +14,7 @@ import anyio.from_thread
 from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
+from oxcache.entries import Lease
 from oxcache.errors import ConfigError
 from oxcache.keys import KeySpace, resolved_hints
 from oxcache.options import ONE_YEAR, ttl_ms
@@ -73,8 +74,10 @@ class CachedFunction:
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], [self.key_for_call(space, args)]
 
-    async def lookup(self, store: Cache, key: str) -> tuple[bool, Any]:
-        entry = await store.entries.read(key)
+    async def lookup(
+        self, store: Cache, key: str, generations: tuple[str, ...]
+    ) -> tuple[bool, Any]:
+        entry = await store.entries.read(key, generations)
         if entry is None or entry.expires_ms <= time.time_ns() // 1_000_000:
             return False, None
         try:
@@ -85,21 +88,37 @@ class CachedFunction:
         logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
         return True, value
 
-    async def save(self, store: Cache, key: str, values: dict[str, Any], result: Any) -> None:
+    async def lease(self, store: Cache, key: str, generations: tuple[str, ...]) -> Lease | None:
+        """Taken before the function runs: what its result is stored under."""
+        return await store.entries.lease(key, generations, self.ttl_ms)
+
+    async def save(
+        self, store: Cache, key: str, indexes: list[str], result: Any, lease: Lease | None
+    ) -> None:
+        if lease is None:
+            return  # storage could not say which generations the result was computed under
         try:
             body = self.adapter.dump_json(result)
-            indexes = [store.keyspace.tag_index(t.format_map(values)) for t in self.tags]
         except Exception as exc:
             logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
             return
         now_ms = time.time_ns() // 1_000_000
-        data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms)
+        data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms, lease.stamp)
         await store.entries.write(key, data, self.ttl_ms, indexes)
 
-    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
+    def prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Cache, str, list[str], tuple[str, ...]]:
+        """The store, key, tag indexes and their generations of a call; `KeyBuildError` when
+        the arguments or the tags cannot be keyed."""
         store = self.store or default_store()
         values = self.values(args, kwargs)
-        return store, self.key(store.keyspace, values), values
+        key = self.key(store.keyspace, values)
+        try:
+            indexes = [store.keyspace.tag_index(t.format_map(values)) for t in self.tags]
+        except Exception as exc:
+            raise KeyBuildError(f"tags: {type(exc).__name__}: {exc}") from exc
+        return store, key, indexes, store.keyspace.generations(indexes)
 
 
 def cached(
@@ -137,16 +156,17 @@ def cached(
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    target, key, values = function.prepare(args, kwargs)
+                    target, key, indexes, generations = function.prepare(args, kwargs)
                 except (KeyBuildError, TypeError) as exc:
                     logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                     return await func(*args, **kwargs)
-                found, value = await function.lookup(target, key)
+                found, value = await function.lookup(target, key, generations)
                 if found:
                     return value
                 target.counters.misses += 1
+                lease = await function.lease(target, key, generations)
                 result = await func(*args, **kwargs)
-                await function.save(target, key, values, result)
+                await function.save(target, key, indexes, result, lease)
                 return result
 
             async_wrapper.__oxcache__ = function  # type: ignore[attr-defined]
@@ -155,19 +175,20 @@ def cached(
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                target, key, values = function.prepare(args, kwargs)
+                target, key, indexes, generations = function.prepare(args, kwargs)
             except (KeyBuildError, TypeError) as exc:
                 logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                 return func(*args, **kwargs)
             try:
-                found, value = anyio.from_thread.run(function.lookup, target, key)
+                found, value = anyio.from_thread.run(function.lookup, target, key, generations)
             except RuntimeError:  # not in a worker thread of an event loop
                 return func(*args, **kwargs)
             if found:
                 return value
             target.counters.misses += 1
+            lease = anyio.from_thread.run(function.lease, target, key, generations)
             result = func(*args, **kwargs)
-            anyio.from_thread.run(function.save, target, key, values, result)
+            anyio.from_thread.run(function.save, target, key, indexes, result, lease)
             return result
 
         sync_wrapper.__oxcache__ = function  # type: ignore[attr-defined]

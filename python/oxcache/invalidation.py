@@ -1,7 +1,10 @@
-"""Running invalidations so that they hold: an invalidation the backend did not take is
-queued, and the queue is replayed before the store reads anything again, so old data never
-comes back out after `invalidate*()` returned. With a near cache, the worker that
-invalidates waits for Redis's notifications of what it deleted before returning."""
+"""Running invalidations so that they hold: an invalidation deletes the generation tokens
+of the indexes it names (every entry built under them is a miss from then on, wherever it
+is, even where Redis evicted the index) and, through the indexes, the entries themselves
+(which frees their memory and gives the count). One the backend did not take is queued, and
+the queue is replayed before the store reads anything again, so old data never comes back
+out after `invalidate*()` returned. With a near cache, the worker that invalidates waits for
+Redis's notifications of what it deleted before returning."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import logging
 
 from oxcache.backends.base import Backend
 from oxcache.health import Health
+from oxcache.keys import KeySpace
 from oxcache.near import NearCache
 
 __all__ = ["Invalidations"]
@@ -25,13 +29,16 @@ class Invalidations:
     """The invalidations of one store (`store.invalidations`), with the queue of those
     that failed."""
 
-    __slots__ = ("backend", "health", "near", "pending", "prefix")
+    __slots__ = ("backend", "health", "keyspace", "near", "pending", "prefix")
 
-    def __init__(self, backend: Backend, health: Health, near: NearCache | None, prefix: str):
+    def __init__(
+        self, backend: Backend, health: Health, near: NearCache | None, keyspace: KeySpace
+    ) -> None:
         self.backend = backend
         self.health = health
         self.near = near
-        self.prefix = prefix
+        self.keyspace = keyspace
+        self.prefix = keyspace.start
         #: Invalidations that failed while storage was unreachable, replayed before any read.
         self.pending: list[Item] = []
 
@@ -40,7 +47,7 @@ class Invalidations:
         if self.pending:
             await self.replay()
         try:
-            deleted = await self.backend.invalidate(indexes, keys)
+            deleted = await self._invalidate((indexes, keys))
         except Exception as exc:
             self.health.failed(exc)
             self._queue((indexes, keys))
@@ -76,13 +83,17 @@ class Invalidations:
                 if item is None:
                     await self.backend.clear(self.prefix)
                 else:
-                    await self.backend.invalidate(*item)
+                    await self._invalidate(item)
             except Exception as exc:
                 self.health.failed(exc)
                 return False
             self.pending.pop(0)
         logger.info("INVALIDATIONS_REPLAYED: queued invalidations ran; caching resumed.")
         return True
+
+    async def _invalidate(self, item: tuple[list[str], list[str]]) -> int:
+        indexes, keys = item
+        return await self.backend.invalidate(indexes, keys, self.keyspace.generations(indexes))
 
     def _queue(self, item: Item) -> None:
         # None means "clear everything under the prefix"; it also stands in for a queue that

@@ -148,6 +148,16 @@ class KeySpace:
         """The lock a miss of `key` takes when `lock_timeout` is set."""
         return self.index("lock", self.local(key))
 
+    def generation(self, index: str) -> str:
+        """The key holding the generation token of `index` (`prefix:@gen:<kind>:<name>` for
+        `prefix:@<kind>:<name>`): entries listed in the index record it, and invalidating
+        the index replaces it."""
+        return self.start + "@gen:" + index[len(self.start) + 1 :]
+
+    def generations(self, indexes: list[str]) -> tuple[str, ...]:
+        """The generations of `indexes`, in the same order."""
+        return tuple(self.generation(index) for index in indexes)
+
     def kind(self, key: str) -> str:
         """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key."""
         local = self.local(key)
@@ -298,6 +308,15 @@ class EndpointKeys:
         if not self.deps:
             return self.key(space, values)
         return self.key(space, {k: v for k, v in values.items() if k not in self.deps})
+
+    def generations(
+        self, space: KeySpace, values: dict[str, Any], user: str | None
+    ) -> tuple[str, ...]:
+        """The generations a call's entry is read and written under: those of its
+        `indexes` (none for an endpoint without users, variants or tags: a plain GET)."""
+        if user is None and not self.has_variants and not self.tags:
+            return ()
+        return space.generations(self.indexes(space, values, user))
 
     def indexes(self, space: KeySpace, values: dict[str, Any], user: str | None) -> list[str]:
         """The indexes a new entry is listed in: its user's, its base entry's variants (for

@@ -56,12 +56,18 @@ def replay_for(
 
 
 async def lookup(
-    store: Cache, key: str, replay: Replay, now_ms: int, max_age_ms: int | None
+    store: Cache,
+    key: str,
+    replay: Replay,
+    now_ms: int,
+    max_age_ms: int | None,
+    generations: tuple[str, ...] = (),
 ) -> CachedResponse | Entry | None:
     """The 304 for a request whose `If-None-Match` matches the entry's ETag (read from the
-    entry's head only), else the entry under `key` (None when there is none)."""
+    entry's head only), else the entry under `key` (None when there is none, or when it
+    was built under other tokens of `generations` than those Redis has now)."""
     if replay.condition is not None:
-        head: EntryHead | Entry | None = await store.entries.read_head(key)
+        head: EntryHead | Entry | None = await store.entries.read_head(key, generations)
         if (
             head is not None
             and head.expires_ms > now_ms
@@ -71,7 +77,7 @@ async def lookup(
             logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
             store.counters.hits += 1
             return CachedResponse(304, replay.headers(head, now_ms, hit=True), b"")
-    return await store.entries.read(key)
+    return await store.entries.read(key, generations)
 
 
 async def handle(
@@ -124,26 +130,43 @@ async def handle(
     except KeyBuildError as exc:
         endpoint.warn_once(store, "key", "%s is served uncached: %s", endpoint.name, exc)
         return await endpoint.bypass(store, kwargs)
+    try:
+        generations = endpoint.keys.generations(store.keyspace, kwargs, uid)
+    except Exception as exc:  # a tag that cannot be formatted from these arguments
+        endpoint.warn_once(store, "tags", "%s is served uncached: tags: %s", endpoint.name, exc)
+        return await endpoint.bypass(store, kwargs)
 
     early: EarlyState | None = request.scope.get(EARLY_SCOPE_KEY)
     if early is not None and (early.memo.endpoint is not endpoint or uid is not None):
         early = None
     if early is not None:
-        early.learn(store, key)
+        early.learn(store, key, generations)
     now_ms = time.time_ns() // 1_000_000
     max_age_ms = (
         None if directives is None or directives.max_age is None else directives.max_age * 1000
     )
     replay = replay_for(endpoint, store, condition, uid is not None)
     if force:
-        return await miss(endpoint, store, request, sub_response, kwargs, key, uid, replay, None)
+        return await miss(
+            endpoint,
+            store,
+            request,
+            sub_response,
+            kwargs,
+            key,
+            uid,
+            replay,
+            None,
+            None,
+            generations,
+        )
     refresh_due: bool | None = None  # XFetch's draw, when CachedRoute made it
     if early is not None and early.read_key == key and early.store is store:
         # `CachedRoute` read this entry already, and left the request to this path.
         entry, read_at, refresh_due = early.entry, early.read_at, early.refresh_due
     else:
         read_at = time.monotonic()
-        found = await lookup(store, key, replay, now_ms, max_age_ms)
+        found = await lookup(store, key, replay, now_ms, max_age_ms, generations)
         if isinstance(found, CachedResponse):
             return found
         entry = found
@@ -172,7 +195,17 @@ async def handle(
             refresh_later(endpoint, store, request, kwargs, key, uid, response)
             return response
     return await miss(
-        endpoint, store, request, sub_response, kwargs, key, uid, replay, entry, read_at
+        endpoint,
+        store,
+        request,
+        sub_response,
+        kwargs,
+        key,
+        uid,
+        replay,
+        entry,
+        read_at,
+        generations,
     )
 
 
@@ -213,13 +246,13 @@ async def answer_early(
     known = memo.keys.get(signature)
     if known is None:
         return None
-    store, key = known
+    store, key, generations = known
     if store is not (endpoint.store or default_store()):
         return None  # the store was replaced since: learn again
     now_ms = time.time_ns() // 1_000_000
     replay = replay_for(endpoint, store, condition, False)
     read_at = time.monotonic()
-    found = await lookup(store, key, replay, now_ms, None)
+    found = await lookup(store, key, replay, now_ms, None, generations)
     if isinstance(found, CachedResponse):
         return found
     if found is not None and found.expires_ms > now_ms:

@@ -168,7 +168,7 @@ class Cache:
         self.compress_over = compress_over
         self.counters = Stats()
         self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
-        self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
+        self.invalidations = Invalidations(backend, self.health, near, self.keyspace)
         #: Reading and writing entries under the rules above (what the request path uses).
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
         #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
@@ -258,13 +258,16 @@ class Cache:
 
     # -- entries (the request path uses `store.entries` directly) ------------------------
 
-    async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
-        return await self.entries.read(key)
+    async def read(self, key: str, generations: tuple[str, ...] = ()) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
+        not built under the current tokens of `generations` (see `Entries.read`)."""
+        return await self.entries.read(key, generations)
 
-    async def read_head(self, key: str) -> EntryHead | Entry | None:
+    async def read_head(
+        self, key: str, generations: tuple[str, ...] = ()
+    ) -> EntryHead | Entry | None:
         """The head of the entry under `key` (ETag, times), without its body."""
-        return await self.entries.read_head(key)
+        return await self.entries.read_head(key, generations)
 
     async def write(
         self,

@@ -4,6 +4,7 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections import defaultdict
@@ -152,6 +153,45 @@ class ClusterBackend(RedisBackend):
         value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        if not generations:
+            return await (self.get_head(key, head) if head else self.get(key)), []
+        value, *tokens = await self._call(lambda: self._read(key, generations, head))
+        if head and not value:
+            value = None
+        return (None if value is None else bytes(value)), [
+            None if t is None else bytes(t) for t in tokens
+        ]
+
+    async def _read(self, key: str, generations: Sequence[str], head: int) -> list[Any]:
+        # One GET per key (each its own slot), sent to their nodes together.
+        pipe = self.client.pipeline(transaction=False)
+        if head:
+            pipe.getrange(key, 0, head - 1)
+        else:
+            pipe.get(key)
+        for name in generations:
+            pipe.get(name)
+        return list(await pipe.execute())
+
+    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
+        if not generations:
+            return []
+        fresh = [os.urandom(16) for _ in generations]
+        ttl = max(int(ttl_ms), 1)
+
+        async def lease() -> list[bytes]:
+            pipe = self.client.pipeline(transaction=False)
+            for name, token in zip(generations, fresh, strict=True):
+                pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
+            found = await pipe.execute()
+            pairs = zip(found, fresh, strict=True)
+            return [bytes(old) if old is not None else new for old, new in pairs]
+
+        return await self._call(lease)
+
     async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
         ttl = max(int(ttl_ms), 1)
         await self._call(lambda: self._set(key, value, ttl, indexes))
@@ -179,10 +219,15 @@ class ClusterBackend(RedisBackend):
     async def release(self, name: str, token: bytes) -> None:
         await self._call(lambda: self._release(keys=[name], args=[token]))
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        if not indexes and not keys:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
+        if not indexes and not keys and not generations:
             return 0
         async with self._permit():
+            # The generations first: once they are gone, every entry built under them is a
+            # miss, whatever happens to the rest (an evicted index, a failure below).
+            await self._unlink([name.encode() for name in generations])
             members: list[list[bytes]] = []
             if indexes:
                 pipe = self.client.pipeline(transaction=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Sequence
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import connection as _connection
 
 from oxcache.backends._bound import backstop, bounded
-from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange
+from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
 from oxcache.backends.base import Backend
 
 __all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "RedisBackend"]
@@ -38,16 +39,37 @@ end
 return 1
 """
 
+# KEYS: generations; ARGV[1]: ttl ms, ARGV[2..]: a new token for each. The tokens, those that
+# were missing set to the new ones.
+_LEASE = """
+local out = {}
+for i = 1, #KEYS do
+  local token = redis.call('GET', KEYS[i])
+  if not token then
+    token = ARGV[i + 1]
+    redis.call('SET', KEYS[i], token, 'PX', ARGV[1])
+  end
+  out[i] = token
+end
+return out
+"""
+
 # Delete the lock only if we still hold it (it may have expired and been taken by another).
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS[1..ARGV[1]]: indexes whose members are deleted with them; the other KEYS: entries.
+# KEYS[1..ARGV[1]]: indexes whose members are deleted with them; KEYS[ARGV[1]+1..ARGV[2]]:
+# entries; the other KEYS: generations, unlinked first (what makes the invalidation hold
+# even where an index was evicted). Returns how many entries were deleted.
 _INVALIDATE = """
 local n = 0
 local count = tonumber(ARGV[1])
+local last = tonumber(ARGV[2])
+for i = last + 1, #KEYS do
+  redis.call('UNLINK', KEYS[i])
+end
 for i = 1, count do
   local members = redis.call('ZRANGE', KEYS[i], 0, -1)
   for j = 1, #members, 500 do
@@ -55,7 +77,7 @@ for i = 1, count do
   end
   redis.call('UNLINK', KEYS[i])
 end
-for i = count + 1, #KEYS do
+for i = count + 1, last do
   n = n + redis.call('UNLINK', KEYS[i])
 end
 return n
@@ -131,6 +153,7 @@ class RedisBackend(Backend):
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
         self._set_indexed = client.register_script(_SET_INDEXED)
         self._invalidate = client.register_script(_INVALIDATE)
+        self._lease = client.register_script(_LEASE)
         self._release = client.register_script(RELEASE_SCRIPT)
         read_pool: Any = getattr(client, "connection_pool", None)
         self.auto_pipeline = bool(
@@ -177,6 +200,47 @@ class RedisBackend(Backend):
             value = await self._limit(self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        if not generations:
+            return await (self.get_head(key, head) if head else self.get(key)), []
+        names = [name.encode() for name in generations]
+        if self.auto_pipeline:
+            pipe = self._read_pipe()
+            if head:
+                value, tokens = await pipe.request_many(
+                    [encode_getrange(key.encode(), 0, head - 1), encode_mget(names)]
+                )
+            else:  # one command: the entry and its generations, read at the same instant
+                value, *tokens = await pipe.request(encode_mget([key.encode(), *names]))
+        elif head:
+            value, tokens = await self._limit(self._read_head(key, head, generations))
+        else:
+            value, *tokens = await self._limit(self.client.mget(key, *generations))
+        if head and not value:
+            value = None
+        return (None if value is None else bytes(value)), [
+            None if t is None else bytes(t) for t in tokens
+        ]
+
+    async def _read_head(
+        self, key: str, head: int, generations: Sequence[str]
+    ) -> tuple[bytes, list[bytes | None]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.getrange(key, 0, head - 1)
+            pipe.mget(*generations)
+            value, tokens = await pipe.execute()
+        return value, tokens
+
+    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
+        if not generations:
+            return []
+        fresh = [os.urandom(16) for _ in generations]
+        ttl = max(int(ttl_ms), 1)
+        tokens = await self._limit(self._lease(keys=list(generations), args=[ttl, *fresh]))
+        return [bytes(t) for t in tokens]
+
     async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
         ttl = max(int(ttl_ms), 1)
         if not indexes:
@@ -185,10 +249,17 @@ class RedisBackend(Backend):
         now_ms = time.time_ns() // 1_000_000
         await self._limit(self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms]))
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        if not indexes and not keys:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
+        if not indexes and not keys and not generations:
             return 0
-        return int(await self._limit(self._invalidate(keys=[*indexes, *keys], args=[len(indexes)])))
+        last = len(indexes) + len(keys)
+        return int(
+            await self._limit(
+                self._invalidate(keys=[*indexes, *keys, *generations], args=[len(indexes), last])
+            )
+        )
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
