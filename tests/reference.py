@@ -483,6 +483,17 @@ def generation_stamp(tokens: Iterable[bytes]) -> int:
     return stamp or 1
 
 
+LEASE_MAGIC = b"OXL\x01"
+
+
+def lease_value(token: bytes) -> bytes:
+    return LEASE_MAGIC + bytes(token)
+
+
+def is_lease(data: bytes) -> bool:
+    return data[:4] == LEASE_MAGIC
+
+
 # -- LZ4 blocks (store compression) --------------------------------------------------------------
 
 

@@ -82,6 +82,7 @@ FOREIGN = [
     v1_entry(200, b'{"a":1}'),  # an older oxcache
     v1_entry(200, b""),
     b"OXZ\x01" + v1_entry(200, b"x" * 100),
+    core.lease_value(b"\x00" * 16),  # a miss in progress (issue 17)
 ]
 
 
@@ -294,3 +295,15 @@ def test_generation_stamps_refuse_what_is_not_bytes() -> None:
     for impl in (core, reference):
         with pytest.raises(TypeError):
             impl.generation_stamp(["text"])
+
+
+def test_lease_values_agree_with_the_reference_and_are_never_entries() -> None:
+    for token in (b"", b"\x00" * 16, bytes(range(16))):
+        value = core.lease_value(token)
+        assert value == reference.lease_value(token) == b"OXL\x01" + token
+        assert core.is_lease(value) and reference.is_lease(value)
+        for impl in (core, reference):
+            with pytest.raises(impl.EntryError):
+                impl.decode_stored(value)
+    plain = core.encode_entry(200, [], b"x", 1, 2)
+    assert not core.is_lease(plain) and not core.is_lease(b"OXL")

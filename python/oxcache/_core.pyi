@@ -4,7 +4,7 @@ strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the 
 headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
 `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
 `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form, and
-`generation_stamp` the stamp of the generations an entry is built under;
+`generation_stamp`, `lease_value` and `is_lease` what a miss builds its entry on;
 `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
 byte format is specified in `docs/formats.md` and written and read only here; users import
 from `oxcache`.
@@ -32,6 +32,8 @@ __all__ = [
     "etag",
     "generation_stamp",
     "if_none_match",
+    "is_lease",
+    "lease_value",
     "lz4_compress",
     "lz4_decompress",
     "pack_entry",
@@ -253,6 +255,13 @@ def generation_stamp(tokens: Sequence[bytes]) -> int:
     """The stamp an entry built under the generation `tokens` (in the order of its indexes)
     records: 0 for none, else the XXH3-64 of each token's length (u32, big-endian) and bytes
     (1 where that is 0). `TypeError` for anything but bytes."""
+
+def lease_value(token: bytes) -> bytes:
+    """The value a miss puts under an empty key before it runs the endpoint: `b"OXL\\x01"`
+    and `token`. Never an entry: a reader takes it for a miss."""
+
+def is_lease(data: bytes) -> bool:
+    """Whether a stored value is a lease (a miss in progress) rather than an entry."""
 
 def lz4_compress(data: bytes) -> bytes:
     """`data` as one LZ4 block (no frame, no size prefix), as `Cache(compress_over=...)`

@@ -6,13 +6,19 @@ and kept coherent.
 
 An entry listed in indexes (its user, its variants, its tags) is read together with the
 tokens of their generations, in the same round trip, and is a hit only when it was built
-under exactly those tokens: an invalidation replaces them, so it holds even where Redis
-evicted an index, and a token that is gone is a miss. A miss takes its `Lease` (the tokens,
-created where missing) before it runs the endpoint, and stamps what it stores with them."""
+under exactly those tokens: an invalidation deletes them, so it holds even where Redis
+evicted an index, and a token that is gone is a miss.
+
+A miss takes its `Lease` before it runs the endpoint (memcache's leases, NSDI 2013): the
+tokens (created where missing), which stamp what it stores, and what the entry's key holds
+(a lease value put there when it held nothing); its write lands only while the key still
+holds that. An invalidation that deletes the key takes the lease with it, so a miss that
+read its data before an invalidation never stores it after."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, TypeVar, cast
 
@@ -23,6 +29,8 @@ from oxcache._core import (
     EntryHead,
     decode_stored,
     generation_stamp,
+    is_lease,
+    lease_value,
     pack_entry,
     peek_stored,
 )
@@ -45,14 +53,27 @@ GENERATION_MIN_TTL_MS = 3_600_000
 
 
 class Lease:
-    """What a miss builds its entry on, taken before it reads its data: the generations of
-    the entry's indexes and the `stamp` of the tokens they had then."""
+    """What a miss builds its entry on, taken before it reads its data: the `stamp` of the
+    tokens its indexes' generations had, and what its key held (`held`: the first bytes of
+    an entry there, or a lease value, `placed` when this miss put it there). Two requests
+    with equal `basis` read their data under the same invalidations."""
 
-    __slots__ = ("generations", "stamp")
+    __slots__ = ("held", "placed", "stamp")
 
-    def __init__(self, generations: tuple[str, ...], stamp: int) -> None:
-        self.generations = generations
+    def __init__(self, held: bytes, stamp: int, placed: bool) -> None:
+        self.held = held
         self.stamp = stamp
+        self.placed = placed
+
+    @property
+    def basis(self) -> tuple[bytes, int]:
+        """What two runs that read under the same invalidations have in common."""
+        return self.held, self.stamp
+
+    @property
+    def mark(self) -> bytes:
+        """`basis` as bytes, to compare across workers (it follows the miss lock's token)."""
+        return b"%d:%s" % (self.stamp, self.held)
 
 
 def _stamp(tokens: Sequence[bytes | None]) -> int | None:
@@ -133,6 +154,8 @@ class Entries:
         try:
             return decode_stored(data)
         except EntryError as exc:
+            if is_lease(data):
+                return None  # a miss is filling it
             self.health.warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
@@ -167,16 +190,16 @@ class Entries:
         return head
 
     async def lease(self, key: str, generations: tuple[str, ...], ttl_ms: int) -> Lease | None:
-        """Before a miss of `key` reads its data: the tokens of `generations` (created where
-        missing) that what it stores will be stamped with; None when storage cannot say
-        (the miss then stores nothing)."""
-        if not generations:
-            return Lease((), 0)
+        """Before a miss of `key` reads its data: its `Lease` (the tokens of `generations`,
+        created where missing, and what `key` holds, a new lease value if nothing); None
+        when storage cannot say (the miss then stores nothing)."""
         ttl = max(ttl_ms + 1000, GENERATION_MIN_TTL_MS)
-        tokens = await self._fetch(self.backend.lease, key, generations, ttl)
-        if tokens is None:
+        claim = lease_value(os.urandom(16))
+        got = await self._fetch(self.backend.lease, key, generations, ttl, claim, STORED_HEAD_SIZE)
+        if got is None:
             return None
-        return Lease(generations, generation_stamp(tokens))
+        held, tokens = got
+        return Lease(held, generation_stamp(tokens), held == claim)
 
     async def write(
         self,
@@ -185,10 +208,13 @@ class Entries:
         ttl_ms: int,
         indexes: Sequence[str] = (),
         compress_over: int | StoreSetting | None = STORE_SETTING,
+        lease: Lease | None = None,
     ) -> bool:
         """Store an encoded entry, listed in `indexes`; LZ4-compressed from `compress_over`
-        bytes on (by default the store's setting; None: never). Logs KEY_ADDED_TO_CACHE, or
-        FAILED_TO_CACHE_KEY and returns False when the backend cannot take it."""
+        bytes on (by default the store's setting; None: never); with `lease` (a miss's), only
+        while the key still holds what the lease found there. Logs KEY_ADDED_TO_CACHE, or
+        FAILED_TO_CACHE_KEY and returns False when the backend cannot take it or the lease
+        was lost (an invalidation deleted the key meanwhile)."""
         if not self.health.available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
@@ -197,7 +223,10 @@ class Entries:
             data = pack_entry(data)
         near = self.near
         try:
-            await self.backend.set(key, data, ttl_ms, indexes)
+            if lease is None:
+                done = await self.backend.set(key, data, ttl_ms, indexes)
+            else:
+                done = await self.backend.set(key, data, ttl_ms, indexes, lease.held)
         except Exception as exc:
             if near is not None:
                 near.discard(key)
@@ -208,6 +237,9 @@ class Entries:
             near.discard(key)  # the others hear of it from Redis
         if not self.health.healthy:
             self.health.succeeded()
+        if done is False:
+            logger.info("FAILED_TO_CACHE_KEY: key=%s (invalidated while it was computed)", key)
+            return False
         self.health.counters.bytes_written += len(data)
         logger.info("KEY_ADDED_TO_CACHE: key=%s", key)
         return True

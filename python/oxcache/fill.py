@@ -84,25 +84,34 @@ async def miss(
         if entry is not None and entry.expires_ms > _now_ms():
             return _shared_hit(store, replay, entry)
     args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
-    flight = flights.running(key)
+    # The lease first: a run in progress is joined only if it read under the same
+    # invalidations as this request would (see `Flights`).
+    epoch = store.invalidations.epoch
+    lease = await _lease(endpoint, store, key, generations)
+    basis = (None if lease is None else lease.basis, epoch)
+    flight = flights.running(key, basis)
     if flight is not None:
         shared = await asyncio.shield(flight)
         if shared is not None:
             return _shared_hit(store, replay, shared)
         # The run we waited for failed or was not cacheable: run it as the route would.
-        return (await run(*args, await _lease(endpoint, store, key, generations)))[0]
-    flight = flights.start(key)
+        return (await run(*args, lease))[0]
+    flight = flights.start(key, basis)
     stored: Any = None
     token = b""
     try:
-        lease = await _lease(endpoint, store, key, generations)
-        if store.flights.lock_ms > 0:
-            token = uuid.uuid4().bytes
+        if store.flights.lock_ms > 0 and lease is not None:
+            token = uuid.uuid4().bytes + lease.mark
             if not await flights.acquire(key, token):
                 token = b""
-                stored = await _wait_for_entry(store, key, generations)
-                if stored is not None:
-                    return _shared_hit(store, replay, stored)
+                # Another worker is computing: wait for its entry if it computes under
+                # the lease we found (else it read its data before an invalidation that
+                # we saw, and its entry will never be stored: run it ourselves).
+                holder = await flights.holder(key)
+                if holder is None or holder[16:] == lease.mark:
+                    stored = await _wait_for_entry(store, key, generations)
+                    if stored is not None:
+                        return _shared_hit(store, replay, stored)
         response, stored = await run(*args, lease)
         return response
     finally:
@@ -235,9 +244,10 @@ async def store_response(
     now_ms = _now_ms()
     expires_ms = now_ms + options.ttl_ms
     data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms, lease.stamp)
-    # Kept past its freshness for as long as a stale copy may still be served.
+    # Kept past its freshness for as long as a stale copy may still be served; written only
+    # while the lease holds (no invalidation deleted the key since the endpoint ran).
     await store.entries.write(
-        key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over
+        key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over, lease
     )
     return Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
 

@@ -104,7 +104,7 @@ class CachedFunction:
             return
         now_ms = time.time_ns() // 1_000_000
         data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms, lease.stamp)
-        await store.entries.write(key, data, self.ttl_ms, indexes)
+        await store.entries.write(key, data, self.ttl_ms, indexes, lease=lease)
 
     def prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

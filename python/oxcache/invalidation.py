@@ -29,7 +29,7 @@ class Invalidations:
     """The invalidations of one store (`store.invalidations`), with the queue of those
     that failed."""
 
-    __slots__ = ("backend", "health", "keyspace", "near", "pending", "prefix")
+    __slots__ = ("backend", "epoch", "health", "keyspace", "near", "pending", "prefix")
 
     def __init__(
         self, backend: Backend, health: Health, near: NearCache | None, keyspace: KeySpace
@@ -41,9 +41,13 @@ class Invalidations:
         self.prefix = keyspace.start
         #: Invalidations that failed while storage was unreachable, replayed before any read.
         self.pending: list[Item] = []
+        #: How many invalidations this process has started: a run of the endpoint that
+        #: began under another count is never joined by a request (see `Flights`).
+        self.epoch = 0
 
     async def run(self, indexes: list[str], keys: list[str]) -> int:
         """Delete `keys` and every entry listed in `indexes`; how many entries existed."""
+        self.epoch += 1
         if self.pending:
             await self.replay()
         try:
@@ -64,6 +68,7 @@ class Invalidations:
 
     async def clear(self) -> int:
         """Delete every key under the prefix; how many were deleted."""
+        self.epoch += 1
         try:
             deleted = await self.backend.clear(self.prefix)
         except Exception as exc:

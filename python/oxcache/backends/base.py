@@ -37,13 +37,21 @@ class Backend(abc.ABC):
         value = await (self.get_head(key, head) if head else self.get(key))
         return value, [await self.get(name) for name in generations]
 
-    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
-        """Before a miss runs the endpoint of `key`: the token of each generation in
-        `generations`, a new random one stored (for `ttl_ms`) where there is none, so that
-        what the miss stores is stamped with tokens that existed before it read its data.
-        A token is only ever created or deleted, never touched otherwise (a near cache hears
-        of every change of it). This default is not atomic: backends shared by several
-        processes override it."""
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
+        """Before a miss runs the endpoint of `key`, what its write will be conditional on:
+        the first `size` bytes under `key`, or `claim` stored there (for `ttl_ms`) when it
+        holds nothing; and the token of each generation in `generations`, a new random one
+        stored (for `ttl_ms`) where there is none, so that what the miss stores is stamped
+        with tokens that existed before it read its data. A token is only ever created or
+        deleted, never touched otherwise (a near cache hears of every change of it).
+
+        This default is not atomic: backends shared by several processes override it."""
+        held = await self.get_head(key, size)
+        if not held:
+            held = claim
+            await self.set(key, claim, ttl_ms)
         tokens = []
         for name in generations:
             token = await self.get(name)
@@ -51,12 +59,21 @@ class Backend(abc.ABC):
                 token = os.urandom(16)
                 await self.set(name, token, ttl_ms)
             tokens.append(token)
-        return tokens
+        return held, tokens
 
     @abc.abstractmethod
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool | None:
         """Store `value` under `key` for `ttl_ms` milliseconds (at least 1), and record `key`
         in each index of `indexes` (a user's entries, a tag's, an endpoint's variants).
+        With `expect` (what `lease` returned), only while the value under `key` still starts
+        with it, atomically: return False when it did not (nothing written).
 
         An index lives as long as its longest-lived entry and lists only entries that have
         not expired yet, so it never grows beyond the entries it points to.

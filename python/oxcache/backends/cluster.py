@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
-from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, RedisBackend
+from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, SET_IF_SCRIPT, RedisBackend
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
 
@@ -30,6 +30,17 @@ T = TypeVar("T")
 _BATCH = 500
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+# The lease of one entry key (see the single-Redis `_LEASE`): its first ARGV[2] bytes, or the
+# lease ARGV[3] stored there for ARGV[1] ms when it held nothing.
+_LEASE_KEY = """
+local held = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if held == '' then
+  held = ARGV[3]
+  redis.call('SET', KEYS[1], held, 'PX', ARGV[1])
+end
+return held
+"""
 
 
 def cluster_url(url: str) -> str:
@@ -103,6 +114,7 @@ class ClusterBackend(RedisBackend):
         self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
         self._permits = asyncio.Semaphore(max_connections)
         self._release = client.register_script(RELEASE_SCRIPT)
+        self._set_if = client.register_script(SET_IF_SCRIPT)
         self._reloading: asyncio.Task[Any] | None = None
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
@@ -176,27 +188,37 @@ class ClusterBackend(RedisBackend):
             pipe.get(name)
         return list(await pipe.execute())
 
-    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
-        if not generations:
-            return []
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
         fresh = [os.urandom(16) for _ in generations]
         ttl = max(int(ttl_ms), 1)
 
-        async def lease() -> list[bytes]:
+        async def lease() -> tuple[bytes, list[bytes]]:
             pipe = self.client.pipeline(transaction=False)
+            pipe.eval(_LEASE_KEY, 1, key, ttl, size, claim)  # one key, its own slot
             for name, token in zip(generations, fresh, strict=True):
                 pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
-            found = await pipe.execute()
+            held, *found = await pipe.execute()
             pairs = zip(found, fresh, strict=True)
-            return [bytes(old) if old is not None else new for old, new in pairs]
+            return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
 
         return await self._call(lease)
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
         ttl = max(int(ttl_ms), 1)
-        await self._call(lambda: self._set(key, value, ttl, indexes))
+        return await self._call(lambda: self._set(key, value, ttl, indexes, expect))
 
-    async def _set(self, key: str, value: bytes, ttl: int, indexes: Sequence[str]) -> None:
+    async def _set(
+        self, key: str, value: bytes, ttl: int, indexes: Sequence[str], expect: bytes | None
+    ) -> bool:
         if indexes:
             now_ms = time.time_ns() // 1_000_000
             pipe = self.client.pipeline(transaction=False)
@@ -210,7 +232,11 @@ class ClusterBackend(RedisBackend):
                 pipe.pexpire(index, ttl + 1000, nx=True)
                 pipe.pexpire(index, ttl + 1000, gt=True)
             await pipe.execute()
-        await self.client.set(key, value, px=ttl)
+        if expect is None:
+            await self.client.set(key, value, px=ttl)
+            return True
+        # The condition and the write on the entry's key alone: one slot, atomic.
+        return bool(await self._set_if(keys=[key], args=[value, ttl, expect]))
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
         ttl = max(int(ttl_ms), 1)

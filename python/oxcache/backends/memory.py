@@ -91,27 +91,48 @@ class MemoryBackend(Backend):
         with self._lock:
             return self._lookup(key), [self._generations.get(name) for name in generations]
 
-    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
         with self._lock:
+            held = self._lookup(key)
+            if not held:
+                held = claim
+                self._store(key, claim, ttl_ms, ())
             known = self._generations
             if len(known) > 4 * self.max_entries:
                 known.clear()
-            return [known.setdefault(name, os.urandom(16)) for name in generations]
+            return held[:size], [known.setdefault(name, os.urandom(16)) for name in generations]
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
+        with self._lock:
+            if expect is not None:
+                held = self._lookup(key)
+                if held is None or held[: len(expect)] != expect:
+                    return False
+            self._store(key, value, ttl_ms, indexes)
+            return True
+
+    def _store(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str]) -> None:
         if len(value) > self.max_bytes:
             return  # could never fit; storing it would only evict everything else
         deadline = time.monotonic() + max(ttl_ms, 1) / 1000.0
         names = tuple(indexes)
-        with self._lock:
-            self._remove(key)
-            self._data[key] = (value, deadline, names)
-            self._bytes += len(value)
-            for name in names:
-                self._indexes.setdefault(name, set()).add(key)
-            while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
-                oldest = next(iter(self._data))
-                self._remove(oldest)
+        self._remove(key)
+        self._data[key] = (value, deadline, names)
+        self._bytes += len(value)
+        for name in names:
+            self._indexes.setdefault(name, set()).add(key)
+        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(self._data))
+            self._remove(oldest)
 
     async def delete(self, keys: Sequence[str]) -> int:
         with self._lock:

@@ -16,17 +16,23 @@ from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
 from oxcache.backends.base import Backend
 
-__all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "RedisBackend"]
+__all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "SET_IF_SCRIPT", "RedisBackend"]
 
 T = TypeVar("T")
 
 GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 # KEYS[1]: the entry; KEYS[2..]: its indexes (sorted sets scored by expiry, in ms since the
-# epoch). ARGV: value, ttl ms, now ms. Each index drops members that have expired and lives
-# exactly as long as its longest-lived member (relative TTLs, so clock skew between the app
-# and Redis cannot make an index die before its entries).
+# epoch). ARGV: value, ttl ms, now ms, and what the value under KEYS[1] must still start with
+# ("" for nothing: an unconditional write). Each index drops members that have expired and
+# lives exactly as long as its longest-lived member (relative TTLs, so clock skew between
+# the app and Redis cannot make an index die before its entries). 0 when the condition
+# failed (nothing written).
 _SET_INDEXED = """
+local expect = ARGV[4]
+if expect ~= '' and redis.call('GETRANGE', KEYS[1], 0, #expect - 1) ~= expect then
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = tonumber(ARGV[3])
 local expires = now + tonumber(ARGV[2])
@@ -39,19 +45,34 @@ end
 return 1
 """
 
-# KEYS: generations; ARGV[1]: ttl ms, ARGV[2..]: a new token for each. The tokens, those that
-# were missing set to the new ones.
+# KEYS[1]: an entry; KEYS[2..]: generations. ARGV: ttl ms, head size, the lease value, then a
+# new token for each generation. Returns what the write of KEYS[1] will be conditional on
+# (its first bytes, or the lease, stored there if it held nothing) and the tokens (missing
+# ones set to the new ones).
 _LEASE = """
-local out = {}
-for i = 1, #KEYS do
+local held = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if held == '' then
+  held = ARGV[3]
+  redis.call('SET', KEYS[1], held, 'PX', ARGV[1])
+end
+local out = {held}
+for i = 2, #KEYS do
   local token = redis.call('GET', KEYS[i])
   if not token then
-    token = ARGV[i + 1]
+    token = ARGV[i + 2]
     redis.call('SET', KEYS[i], token, 'PX', ARGV[1])
   end
   out[i] = token
 end
 return out
+"""
+
+# Write KEYS[1] (ARGV: value, ttl ms) only while it still starts with ARGV[3]: a miss's write,
+# refused once an invalidation deleted its lease. 1 when written.
+SET_IF_SCRIPT = """
+if redis.call('GETRANGE', KEYS[1], 0, #ARGV[3] - 1) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 # Delete the lock only if we still hold it (it may have expired and been taken by another).
@@ -233,21 +254,33 @@ class RedisBackend(Backend):
             value, tokens = await pipe.execute()
         return value, tokens
 
-    async def lease(self, key: str, generations: Sequence[str], ttl_ms: int) -> list[bytes]:
-        if not generations:
-            return []
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
         fresh = [os.urandom(16) for _ in generations]
         ttl = max(int(ttl_ms), 1)
-        tokens = await self._limit(self._lease(keys=list(generations), args=[ttl, *fresh]))
-        return [bytes(t) for t in tokens]
+        held, *tokens = await self._limit(
+            self._lease(keys=[key, *generations], args=[ttl, size, claim, *fresh])
+        )
+        return bytes(held), [bytes(t) for t in tokens]
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
         ttl = max(int(ttl_ms), 1)
-        if not indexes:
+        if not indexes and expect is None:
             await self._limit(self.client.set(key, value, px=ttl))
-            return
+            return True
         now_ms = time.time_ns() // 1_000_000
-        await self._limit(self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms]))
+        done = await self._limit(
+            self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms, expect or b""])
+        )
+        return bool(done)
 
     async def invalidate(
         self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
