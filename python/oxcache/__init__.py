@@ -33,6 +33,7 @@ from oxcache.errors import (
     OxcacheError,
 )
 from oxcache.functions import cached
+from oxcache.invalidation import Invalidated
 from oxcache.near import NearCache
 from oxcache.route import CachedRoute
 from oxcache.store import Cache, default_store
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "EntryError",
     "FastApiRedisCache",
+    "Invalidated",
     "KeyBuildError",
     "MemoryBackend",
     "NearCache",

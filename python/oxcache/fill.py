@@ -211,7 +211,8 @@ async def store_response(
     lease: Lease | None,
 ) -> Stored | None:
     """Store a rendered response if it may be cached, stamped with `lease` (taken before
-    the endpoint ran; None: nothing is stored); what was stored, or None."""
+    the endpoint ran; None, when storage could not give one: not written); what was
+    stored (or would have been), or None when it may not be cached."""
     rendered = getattr(response, "body", None)
     if not isinstance(rendered, bytes):
         endpoint.warn_once(
@@ -223,13 +224,9 @@ async def store_response(
         )
         return None
     status = response.status_code
-    if (
-        lease is None
-        or not 200 <= status < 300
-        or any(
-            name == b"set-cookie" or (name == b"cache-control" and forbids_store(value))
-            for name, value in response.raw_headers
-        )
+    if not 200 <= status < 300 or any(
+        name == b"set-cookie" or (name == b"cache-control" and forbids_store(value))
+        for name, value in response.raw_headers
     ):
         return None
     try:
@@ -243,12 +240,13 @@ async def store_response(
     options = endpoint.options
     now_ms = _now_ms()
     expires_ms = now_ms + options.ttl_ms
-    data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms, lease.stamp)
-    # Kept past its freshness for as long as a stale copy may still be served; written only
-    # while the lease holds (no invalidation deleted the key since the endpoint ran).
-    await store.entries.write(
-        key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over, lease
-    )
+    if lease is not None:
+        data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms, lease.stamp)
+        # Kept past its freshness for as long as a stale copy may still be served; written
+        # only while the lease holds (no invalidation deleted the key since the endpoint ran).
+        await store.entries.write(
+            key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over, lease
+        )
     return Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
 
 

@@ -19,7 +19,7 @@ from oxcache.entries import Entries
 from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
-from oxcache.invalidation import Invalidations
+from oxcache.invalidation import Invalidated, Invalidations
 from oxcache.keys import KeySpace, UserId
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
@@ -196,6 +196,7 @@ class Cache:
 
     async def close(self) -> None:
         """Release the backend's connections (never a client that was passed in)."""
+        self.invalidations.stop()
         if self.near is not None:
             await self.near.stop()
         if self.backend.owns_connection:
@@ -244,9 +245,12 @@ class Cache:
         for cacheable requests), `stale` (stale-while-revalidate and stale-if-error
         serves), `bypasses` (requests the cache stayed out of: no-cache, credentials,
         unkeyable arguments), `errors` (storage failures), `bytes_read`, `bytes_written`,
-        `l1_hits` (reads the near cache answered without Redis). With a near cache, also
-        `l1_entries` and `l1_bytes` (held now) and `l1_flushes` (times it was emptied)."""
+        `l1_hits` (reads the near cache answered without Redis), `pending_invalidations`
+        (queued because storage could not be reached, not landed yet). With a near cache,
+        also `l1_entries` and `l1_bytes` (held now) and `l1_flushes` (times it was
+        emptied)."""
         found = {name: getattr(self.counters, name) for name in Stats.__slots__}
+        found["pending_invalidations"] = len(self.invalidations.pending)
         near = self.near
         if near is not None:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
@@ -302,31 +306,39 @@ class Cache:
         """The index listing the per-user and `vary` variants of the entry `key`."""
         return self.keyspace.variants_index(key)
 
-    async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
+    async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> Invalidated:
         """Delete the entry that `endpoint` called with `args` produced, for every user,
         every `vary` variant and every value of its dependency parameters (defaults are
         filled in as FastAPI would; dependencies need not be given). Returns how many
-        entries were deleted."""
+        entries were deleted, an `Invalidated` whose `landed` is False when storage could
+        not be reached (the invalidation is then retried in the background until it lands;
+        see `wait_invalidations`)."""
         indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
         return await self.invalidations.run(indexes, keys)
 
-    async def invalidate_user(self, user_id: UserId) -> int:
+    async def invalidate_user(self, user_id: UserId) -> Invalidated:
         """Delete every entry cached for one user (for example at logout). `user_id` is what
         the endpoints' `per_user` dependency returns; `42` and `"42"` are the same user."""
         return await self.invalidations.run([self.user_index(user_id)], [])
 
-    async def invalidate_tag(self, tag: str) -> int:
+    async def invalidate_tag(self, tag: str) -> Invalidated:
         """Delete every entry cached with `tag` (as formatted from `@cache(tags=[...])`)."""
         return await self.invalidations.run([self.tag_index(tag)], [])
 
-    async def delete(self, keys: Sequence[str]) -> int:
+    async def delete(self, keys: Sequence[str]) -> Invalidated:
         """Delete entries by key."""
         return await self.invalidations.run([], list(keys))
 
-    async def clear(self) -> int:
+    async def clear(self) -> Invalidated:
         """Delete every entry under this store's prefix (with an empty prefix: every key of
         the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
         return await self.invalidations.clear()
+
+    async def wait_invalidations(self, timeout: float | None = None) -> bool:
+        """Wait until every invalidation this store was asked for has landed: True at
+        once when none is queued, False when some still have not after `timeout` seconds
+        (None: wait as long as it takes). Queued ones are retried in the background."""
+        return await self.invalidations.wait(timeout)
 
 
 _default_store: Cache | None = None
