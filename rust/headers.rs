@@ -333,7 +333,7 @@ pub fn parse_cache_control(header: &Bound<'_, PyString>) -> RequestCacheControl 
 pub struct ResponseCacheControl {
     /// `no-store`: no cache may store the response.
     pub no_store: bool,
-    /// `no-cache` (also its qualified form `no-cache="field"`): not reused without validation.
+    /// `no-cache` (also `no-cache="field"`): not reused without validation.
     pub no_cache: bool,
     /// `private` (also `private="field"`): a shared cache must not store the response.
     pub private: bool,

@@ -25,6 +25,24 @@ def tv(t: str, v: object = None) -> dict[str, object]:
 
 KEY_CASES = [
     ("myapi-cache", "api", "get_user", [("id", tv("int", "1"))]),
+    # The request's parts, as the decorator appends them (KEY_FORMAT_VERSION 2).
+    (
+        "myapi",
+        "app",
+        "whoami",
+        [("@query", tv("str", "page=2&q=a+b")), ("@origin", tv("str", "https://a.example.com"))],
+    ),
+    (
+        "myapi",
+        "app",
+        "prefs",
+        [
+            ("@user", tv("str", "42")),
+            ("@vary:accept-language", tv("str", "en")),
+            ("@vary:x-tenant", tv("none")),
+            ("@origin", tv("str", "http://127.0.0.1:8000/api")),
+        ],
+    ),
     (None, "api", "get_immutable_data", []),
     ("", "app", "q", [("x", tv("int", "1")), ("y", tv("none"))]),
     ("p", "m", "f", [("a", tv("str", "1,b=2")), ("b", tv("str", "3"))]),

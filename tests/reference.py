@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import xxhash
 
-KEY_FORMAT_VERSION = 1
+KEY_FORMAT_VERSION = 2
 KEY_HASH_THRESHOLD = 256
 ENTRY_VERSION = 1
 ENTRY_HEAD_SIZE = 44

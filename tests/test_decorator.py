@@ -602,7 +602,8 @@ def test_response_model_secret_never_stored(make_store: MakeStore, backend_url: 
         assert b"s3cr3t" not in client.get("/cached/model-filter").content
     if backend_url:
         raw = sync_client(backend_url)
-        values = [raw.get(k) or b"" for k in raw.scan_iter(match=f"{store.prefix}:*")]
+        keys = raw.scan_iter(match=f"{store.prefix}:*")
+        values = [raw.get(k) or b"" for k in keys if raw.type(k) == b"string"]  # not indexes
         raw.close()
         assert values and not any(b"s3cr3t" in v for v in values)
 
@@ -646,7 +647,7 @@ class SubSession(Session):
 def test_seed_key_format_and_ignore_arg_types(
     make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session])
+    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session], per_host=False)
     app = FastAPI()
 
     @app.get("/get_user")
@@ -913,7 +914,7 @@ def test_two_memory_stores_never_share_entries() -> None:
 def test_corrupted_value_is_a_miss_then_overwritten(make_store: MakeStore) -> None:
     store = make_store()
     app, calls = _etag_app(store)
-    key = store.key_for(_find(app, "/item/{id}"), id=9)
+    key = store.key_for(_find(app, "/item/{id}"), "http://testserver", id=9)
     with client_for(app, store) as client:
         for garbage in (b"not ours", b"OXC\x07" + b"\x00" * 60, b""):
             # On the app's event loop: redis.asyncio connections belong to one loop.
@@ -940,7 +941,8 @@ def test_invalidate_and_clear(make_store: MakeStore) -> None:
         assert client.portal.call(partial(store.invalidate, endpoint, id=1)) == 1
         assert client.get("/item/1").headers["x-fastapi-cache"] == "Miss"
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"
-        assert client.portal.call(store.clear) == 2
+        # Two entries (on Redis, with their variants indexes: every origin of a call is listed).
+        assert client.portal.call(store.clear) in (2, 4)
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Miss"
 
 

@@ -147,6 +147,6 @@ def test_golden_stored_entries_are_what_the_rust_core_writes() -> None:
 
 
 def test_format_versions() -> None:
-    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (1, 1, 44)
+    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (2, 1, 44)
     assert core.KEY_HASH_THRESHOLD == 256
     assert core.STORED_HEAD_SIZE == 48

@@ -149,7 +149,7 @@ def test_foreign_or_corrupt_values_are_misses_then_hits(
 ) -> None:
     store = make_store()
     app, calls = item_app(store)
-    key = store.key_for(app.routes[-1].endpoint, id=3)  # type: ignore[attr-defined]
+    key = store.key_for(app.routes[-1].endpoint, "http://testserver", id=3)  # type: ignore[attr-defined]
     with TestClient(app) as client:
         client.portal.call(store.backend.set, key, garbage, 60_000)
         first = client.get("/item/3")
@@ -285,7 +285,7 @@ def test_a_dead_lock_holder_costs_one_lock_timeout_not_a_deadlock(
 ) -> None:
     store = Cache(redis_url, prefix="deadlock-" + os.urandom(4).hex(), lock_timeout=0.3)
     app, calls = item_app(store)
-    key = store.key_for(app.routes[-1].endpoint, id=5)  # type: ignore[attr-defined]
+    key = store.key_for(app.routes[-1].endpoint, "http://testserver", id=5)  # type: ignore[attr-defined]
     redis_client.set(store.lock_name(key), b"a worker that died", px=5000)
     with TestClient(app) as client:
         started = time.monotonic()

@@ -167,7 +167,7 @@ class ResponseCacheControl:
         """`no-store`: no cache may store the response."""
     @property
     def no_cache(self) -> bool:
-        """`no-cache` (also its qualified form `no-cache="field"`): not reused without validation."""
+        """`no-cache` (also `no-cache="field"`): not reused without validation."""
     @property
     def private(self) -> bool:
         """`private` (also `private="field"`): a shared cache must not store the response."""

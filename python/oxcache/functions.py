@@ -67,8 +67,8 @@ class CachedFunction:
         return cache_key(space.prefix, self.module, self.name, pairs)
 
     # the interface `Cache.key_for` and `Cache.invalidate` use
-    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
-        return self.key(space, self.values((), args))
+    def key_for_call(self, space: KeySpace, args: dict[str, Any], origin: str | None = None) -> str:
+        return self.key(space, self.values((), args))  # a function has no origin
 
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], [self.key_for_call(space, args)]
