@@ -20,7 +20,7 @@ from oxcache.keys import (
     KeySpace,
     call_parts,
     is_ignored_annotation,
-    request_origin,
+    origin_part,
     resolved_hints,
     undeclared_query,
 )
@@ -86,6 +86,9 @@ class CachedEndpoint:
         #: repeats the endpoint's own Cache-Control.
         self.own_control: bool | None = None
         self._query_names: dict[int, tuple[Any, frozenset[str]]] = {}
+        #: `serve.replay_for`'s last marking of unconditional requests: (store, private,
+        #: varying headers, Replay), reused while they stay the same.
+        self.replay_memo: tuple[Any, bool, tuple[bytes, ...], Any] | None = None
         self.store = store
         #: XFetch's delta: how long a run of this endpoint takes (a moving average, seconds).
         self.run_s = 0.0
@@ -148,7 +151,7 @@ class CachedEndpoint:
         """The key of one request: its arguments `kwargs`, its `user`, the values `varied`
         of the varying headers `names`, the query parameters it does not declare (when it
         takes the `Request`) and, on a `per_host` store, its origin."""
-        origin = request_origin(scope, host) if space.per_host else None
+        extra = origin_part(scope, host) if space.per_host else None
         query = None
         if self.request_param is not None:
             query = undeclared_query(
@@ -156,7 +159,10 @@ class CachedEndpoint:
                 self.declared_query(scope.get("route")),
                 scope.get("path_params") or (),
             )
-        return self.keys.key(space, kwargs, call_parts(user, names, varied, query, origin))
+        if user is not None or varied is not None or query is not None:
+            origin = None if extra is None else extra[0][1]
+            extra = call_parts(user, names, varied, query, origin)
+        return self.keys.key(space, kwargs, extra)
 
     def declared_query(self, route: Any) -> frozenset[str]:
         """The query parameters `route` declares for this endpoint (none without a route:

@@ -190,7 +190,7 @@ async def run(
     own = any(n == b"cache-control" for n, _ in stored.headers)
     created = stored.created_ms
     if replay.condition is not None and if_none_match(replay.condition, stored.etag):
-        return replay.respond(stored, created, own, False, status), stored
+        return replay.replay(stored, created, status, False, own), stored
     # The miss sends what a hit will: the stored headers and the cache's own; the response
     # object stays (a background task the endpoint attached runs after it).
     length = [(n, v) for n, v in response.raw_headers if n == b"content-length"]

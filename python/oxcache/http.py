@@ -15,8 +15,7 @@ from oxcache._core import RequestCacheControl, if_none_match, parse_cache_contro
 from oxcache.directives import uncovered
 from oxcache.responses import CachedResponse
 from oxcache.status import HEADER as STATUS_HEADER
-from oxcache.status import MISS
-from oxcache.status import hit as hit_status
+from oxcache.status import MISS, hit_prefix
 
 __all__ = [
     "CACHED_METHODS",
@@ -76,7 +75,6 @@ def request_directives(
 
 
 def cache_headers(
-    *,
     etag: str,
     created_ms: int,
     expires_ms: int,
@@ -191,6 +189,7 @@ class Replay:
         "directives",
         "fwd",
         "hit_header",
+        "hit_status",
         "names",
         "private",
         "status",
@@ -222,9 +221,27 @@ class Replay:
         self.control = control
         self.names = names
         self.status = status
+        self.hit_status = None if status is None else hit_prefix(status)
         #: Why a miss of this request runs the endpoint (Cache-Status `fwd`): no usable
-        #: entry, a stale one, or the request's own Cache-Control.
+        #: entry, a stale one, or the request's own Cache-Control (see `forwarded`).
         self.fwd = MISS
+
+    def forwarded(self, fwd: bytes) -> Replay:
+        """This marking for a miss forwarded for `fwd` (a copy: a Replay may be shared)."""
+        copy = Replay(
+            self.condition,
+            hit_header=self.hit_header,
+            weak=self.weak,
+            private=self.private,
+            vary=self.vary,
+            directives=self.directives,
+            browser=self.browser,
+            control=self.control,
+            names=self.names,
+            status=self.status,
+        )
+        copy.fwd = fwd
+        return copy
 
     def headers(
         self,
@@ -236,49 +253,55 @@ class Replay:
     ) -> list[tuple[bytes, bytes]]:
         """The cache headers of a response made from `entry` (see `cache_headers`); its
         Cache-Status is `status`, or on a hit `hit; ttl=<seconds of freshness left>`."""
-        name = self.status
-        if name is not None and status is None and hit:
-            status = hit_status(name, (entry.expires_ms - now_ms) // 1000)
+        prefix = self.hit_status
+        if prefix is not None and status is None and hit:
+            status = prefix + str((entry.expires_ms - now_ms) // 1000).encode("ascii")
+        # Positional: this runs on every hit.
         return cache_headers(
-            etag=entry.etag,
-            created_ms=entry.created_ms,
-            expires_ms=entry.expires_ms,
-            now_ms=now_ms,
-            hit=hit,
-            hit_header=self.hit_header,
-            weak=self.weak,
-            private=self.private,
-            vary=self.vary,
-            directives=self.directives,
-            browser_max_age=self.browser,
-            control=self.control,
-            own=own,
-            status=status if name is not None else None,
+            entry.etag,
+            entry.created_ms,
+            entry.expires_ms,
+            now_ms,
+            hit,
+            self.hit_header,
+            self.weak,
+            self.private,
+            self.vary,
+            self.directives,
+            self.browser,
+            self.control,
+            own,
+            status if prefix is not None else None,
         )
 
-    def replay(self, entry: Any, now_ms: int, status: bytes | None = None) -> CachedResponse | None:
-        """A stored entry as a hit: a 304 if the request's `If-None-Match` matches it. None
-        when the entry's own `Vary` names a header the key does not hold (it was stored for
-        another set of varying headers: RFC 9111 section 4.1 forbids using it)."""
-        own = False
-        for name, value in entry.headers:
-            if name == b"cache-control":
-                own = True
-            elif name == b"vary" and uncovered(((name, value),), self.names) != ():
-                return None
-        return self.respond(entry, now_ms, own, True, status)
+    def replay(
+        self,
+        entry: Any,
+        now_ms: int,
+        status: bytes | None = None,
+        hit: bool = True,
+        own: bool | None = None,
+    ) -> CachedResponse | None:
+        """A stored entry as a hit (`hit=False`: as the miss that stored it), or a 304 if the
+        request's `If-None-Match` matches it: its stored status, headers and body with the
+        cache's headers (`own`: the entry carries its own Cache-Control; None: look).
 
-    def respond(
-        self, entry: Any, now_ms: int, own: bool, hit: bool, status: bytes | None = None
-    ) -> CachedResponse:
-        """The response made from `entry` (`own`: it carries its own Cache-Control): its
-        stored status, headers and body with the cache's headers, or a 304 if the request's
-        `If-None-Match` matches it."""
+        None when the entry's own `Vary` names a header the key does not hold (it was
+        stored for another set of varying headers: RFC 9111 section 4.1 forbids using it);
+        a request's own response (given `own`) is never refused."""
+        headers = entry.headers
+        if own is None:
+            own = False
+            for name, value in headers:
+                if name == b"cache-control":
+                    own = True
+                elif name == b"vary" and uncovered(((name, value),), self.names) != ():
+                    return None
         if self.condition is not None and if_none_match(self.condition, entry.etag):
             # RFC 9110 15.4.5: the fields a 200 would carry that describe the resource.
-            kept = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_HEADERS]
+            kept = [(n, v) for n, v in headers if n in _NOT_MODIFIED_HEADERS]
             return CachedResponse(304, kept + self.headers(entry, now_ms, hit, own, status), b"")
         body = entry.body
-        raw = [(b"content-length", str(len(body)).encode("ascii")), *entry.headers]
+        raw = [(b"content-length", str(len(body)).encode("ascii")), *headers]
         raw += self.headers(entry, now_ms, hit, own, status)
         return CachedResponse(entry.status, raw, body)

@@ -37,6 +37,7 @@ __all__ = [
     "is_ignored_annotation",
     "is_secret_name",
     "normalize_user_id",
+    "origin_part",
     "request_origin",
     "resolved_hints",
     "secret",
@@ -163,6 +164,26 @@ def request_origin(scope: MutableMapping[str, Any], host: bytes | None) -> str:
     origin = str(scope.get("scheme", "http")) + "://" + host.decode("latin-1")
     root = scope.get("root_path")
     return origin + root if root else origin
+
+
+_origin_parts: dict[tuple[Any, Any, Any], list[tuple[str, Any]]] = {}
+_ORIGIN_MEMO_MAX = 4096
+
+
+def origin_part(scope: MutableMapping[str, Any], host: bytes | None) -> list[tuple[str, Any]]:
+    """`[("@origin", request_origin(scope, host))]`, the key part of a request's origin,
+    made once per origin and shared (callers never change it): a hit pays a dict lookup."""
+    memo = (
+        scope.get("scheme"),
+        host if host is not None else scope.get("server"),
+        scope.get("root_path"),
+    )
+    found = _origin_parts.get(memo)
+    if found is None:
+        if len(_origin_parts) >= _ORIGIN_MEMO_MAX:  # forged Host headers cannot grow it
+            _origin_parts.clear()
+        found = _origin_parts[memo] = [("@origin", request_origin(scope, host))]
+    return found
 
 
 class KeySpace:

@@ -59,9 +59,15 @@ def replay_for(
     names: tuple[bytes, ...] = (),
 ) -> Replay:
     """How responses to a request with `If-None-Match: condition`, whose key holds the
-    varying headers `names`, are marked."""
+    varying headers `names`, are marked (for requests without a condition, the same
+    Replay while the store and the varying headers stay the same)."""
+    if condition is None:
+        memo = endpoint.replay_memo
+        if memo is not None and memo[0] is store and memo[1] is private and memo[2] is names:
+            replay: Replay = memo[3]
+            return replay
     options = endpoint.options
-    return Replay(
+    made = Replay(
         None if condition is None else condition.decode("latin-1"),
         hit_header=store.hit_header,
         weak=not store.strong_etag,
@@ -73,6 +79,9 @@ def replay_for(
         names=names,
         status=store.status_name,
     )
+    if condition is None:
+        endpoint.replay_memo = (store, private, names, made)
+    return made
 
 
 async def lookup(
@@ -123,9 +132,13 @@ def _usable(
         endpoint.saw_entry(entry.headers)
     response = replay.replay(entry, now_ms)
     if response is None:
-        missing = uncovered(entry.headers, replay.names)
-        endpoint.learn_vary(missing or ())
+        _refused(endpoint, replay, entry)
     return response
+
+
+def _refused(endpoint: CachedEndpoint, replay: Replay, entry: Any) -> None:
+    """The entry's `Vary` names headers the key did not hold: key them from now on."""
+    endpoint.learn_vary(uncovered(entry.headers, replay.names) or ())
 
 
 async def handle(
@@ -147,7 +160,11 @@ async def handle(
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, EXPIRE)
     names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied, host = scan_request(scope, names)
-    directives = request_directives(cache_control, pragma)
+    directives = (
+        None
+        if cache_control is None and pragma is None
+        else request_directives(cache_control, pragma)
+    )
     force = False
     if directives is not None and (directives.no_store or directives.no_cache):
         refresh = endpoint.options.refresh_on_no_cache
@@ -194,7 +211,7 @@ async def handle(
     )
     replay = replay_for(endpoint, store, condition, uid is not None, names)
     if force:
-        replay.fwd = REQUEST
+        replay = replay.forwarded(REQUEST)
         return await miss(endpoint, store, request, sub_response, kwargs, key, uid, replay, None)
     refresh_due: bool | None = None  # XFetch's draw, when CachedRoute made it
     if early is not None and early.read_key == key and early.store is store:
@@ -202,9 +219,7 @@ async def handle(
         entry, read_at, refresh_due = early.entry, early.read_at, early.refresh_due
     else:
         read_at = time.monotonic()
-        found = await lookup(
-            store, key, replay, now_ms, max_age_ms, heads=endpoint.own_control is False
-        )
+        found = await lookup(store, key, replay, now_ms, max_age_ms, endpoint.own_control is False)
         if isinstance(found, CachedResponse):
             return found
         entry = found
@@ -212,8 +227,11 @@ async def handle(
         if entry.expires_ms > now_ms and (
             max_age_ms is None or now_ms - entry.created_ms <= max_age_ms
         ):
-            response = _usable(endpoint, replay, entry, now_ms)
+            if endpoint.own_control is None:
+                endpoint.saw_entry(entry.headers)
+            response = replay.replay(entry, now_ms)
             if response is None:
+                _refused(endpoint, replay, entry)
                 entry = None  # stored for other varying headers: a miss
             else:
                 logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
@@ -242,9 +260,9 @@ async def handle(
                     return response
                 entry = None
             else:
-                replay.fwd = STALE
+                replay = replay.forwarded(STALE)
         else:  # too old for the request's max-age, or stale
-            replay.fwd = REQUEST if entry.expires_ms > now_ms else STALE
+            replay = replay.forwarded(REQUEST if entry.expires_ms > now_ms else STALE)
     return await miss(
         endpoint, store, request, sub_response, kwargs, key, uid, replay, entry, read_at
     )
@@ -270,10 +288,9 @@ async def answer_early(
     path, query = scope["path"], scope["query_string"]
     size = len(path) + len(query) + (0 if host is None else len(host))
     origin = host if host is not None else scope.get("server")
-    base = (scope.get("scheme"), origin, scope.get("root_path", ""), path)
     signature: tuple[Any, ...]
     if varied is None:
-        signature = (*base, query)
+        signature = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
     else:
         parts: list[bytes | str | None] = []
         for name in names:
@@ -284,8 +301,10 @@ async def answer_early(
                     parts.append(secret_digest_bytes(raw))
                     continue
             parts.append(raw)
-        signature = (*base, query, *parts)
-    memo.check(names)  # keys learned under other varying headers are forgotten
+        base = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
+        signature = (*base, *parts)
+    if names is not memo.names:
+        memo.check(names)  # keys learned under other varying headers are forgotten
     state = EarlyState(memo, signature, names, learn=size <= MEMO_MAX_REQUEST)
     scope[EARLY_SCOPE_KEY] = state
     known = memo.keys.get(signature)
@@ -297,18 +316,21 @@ async def answer_early(
     now_ms = time.time_ns() // 1_000_000
     replay = replay_for(endpoint, store, condition, False, names)
     read_at = time.monotonic()
-    found = await lookup(store, key, replay, now_ms, None, heads=endpoint.own_control is False)
+    found = await lookup(store, key, replay, now_ms, None, endpoint.own_control is False)
     if isinstance(found, CachedResponse):
         return found
     if found is not None and found.expires_ms > now_ms:
         beta = endpoint.options.beta
         if not (beta and xfetch(now_ms, found.expires_ms, endpoint.run_s, beta)):
-            response = _usable(endpoint, replay, found, now_ms)
+            if endpoint.own_control is None:
+                endpoint.saw_entry(found.headers)
+            response = replay.replay(found, now_ms)
             if response is not None:
                 logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
                 store.counters.hits += 1
                 return response
-            return None  # `handle` reads it again, refuses it and misses
+            _refused(endpoint, replay, found)
+            return None  # `handle` misses with the key that holds the learned header
         state.refresh_due = True  # `handle` refreshes it: the draw is made once
     # Missing, stale or due for an early refresh: FastAPI's path, without reading again.
     state.store, state.read_key, state.entry, state.read_at = store, key, found, read_at

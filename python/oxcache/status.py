@@ -29,6 +29,7 @@ __all__ = [
     "USER",
     "forwarded",
     "hit",
+    "hit_prefix",
     "mark",
 ]
 
@@ -52,9 +53,14 @@ TAGS = "tags"  # a tag could not be formatted from the arguments
 UNAVAILABLE = "unavailable"  # storage did not answer
 
 
+def hit_prefix(name: bytes) -> bytes:
+    """What `hit` writes before the seconds (made once per store, for the hit path)."""
+    return name + b"; hit; ttl="
+
+
 def hit(name: bytes, ttl_s: int) -> bytes:
     """A response served from the cache, fresh for `ttl_s` more seconds (negative: stale)."""
-    return name + b"; hit; ttl=" + str(ttl_s).encode("ascii")
+    return hit_prefix(name) + str(ttl_s).encode("ascii")
 
 
 def forwarded(
