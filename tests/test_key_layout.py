@@ -8,20 +8,27 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field
 
 from oxcache import Cache, cache
+from oxcache._core import secret_digest
 from oxcache.endpoint import CachedEndpoint
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REQUESTS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VARY = ["accept-language", "x-region", "authorization"]
 _made = itertools.count()
+
+
+class Filter(BaseModel):
+    limit: int = 10
+    order_by: str = Field("id", alias="order-by")
 
 
 def user_id(x_user: str = Header("nobody")) -> str:
@@ -240,3 +247,38 @@ def test_the_compatibility_store_keeps_the_seeds_keys(redis_url: str) -> None:
         finally:
             FastApiRedisCache.store = None
             set_default(None)
+
+
+def test_only_query_parameters_the_route_does_not_declare_go_into_query() -> None:
+    """Declared: by name or alias, a pydantic model's fields (`Annotated[Model, Query()]`),
+    lists. Undeclared: anything else, a name that is a path parameter, in the request's
+    order, repeated names kept, secrets hashed."""
+
+    from pydantic import BaseModel, Field
+
+    class Filter(BaseModel):
+        limit: int = 10
+        order_by: str = Field("id", alias="order-by")
+
+    store = Cache(prefix="q", per_host=False)
+    app = FastAPI()
+
+    @app.get("/items/{id}")
+    @cache(expire=60, store=store)
+    async def items(
+        id: int,
+        request: Request,
+        search: Annotated[str, Query(alias="q")] = "",
+        flt: Annotated[Filter | None, Query()] = None,
+        tags: Annotated[list[str] | None, Query()] = None,
+    ) -> None: ...
+
+    endpoint: CachedEndpoint = items.__oxcache__  # type: ignore[attr-defined]
+    scope = {
+        "type": "http",
+        "route": app.routes[-1],
+        "path_params": {"id": 1},
+        "query_string": b"q=x&limit=5&page=3&order-by=a&tags=1&id=9&tags=2&page=4&token=abc",
+    }
+    key = endpoint.request_key(store.keyspace, {"id": 1}, None, (), None, scope, None)
+    assert key.endswith(f'@query="page=3&id=9&page=4&token=%23{secret_digest("abc")[1:]}")')

@@ -18,6 +18,7 @@ from oxcache.errors import ConfigError
 from oxcache.keys import (
     EndpointKeys,
     KeySpace,
+    annotation_types,
     call_parts,
     is_ignored_annotation,
     origin_part,
@@ -49,11 +50,12 @@ def _query_names(route: Any) -> frozenset[str]:
     names: set[str] = set()
     for field in getattr(getattr(route, "dependant", None), "query_params", None) or ():
         annotation = getattr(getattr(field, "field_info", None), "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for name, info in annotation.model_fields.items():
-                names.add(info.alias or name)
-        else:
+        models = [c for c in annotation_types(annotation) if issubclass(c, BaseModel)]
+        if not models:
             names.add(str(getattr(field, "alias", None) or getattr(field, "name", "")))
+        for model in models:  # FastAPI reads a query model's fields, not its own name
+            for name, info in model.model_fields.items():
+                names.add(info.alias or name)
     return frozenset(names)
 
 

@@ -478,3 +478,50 @@ def test_5_2_1_1_request_max_age_refuses_an_older_entry(store: Cache, make_app: 
         fresh_enough = client.get("/thing", headers={"Cache-Control": "max-age=3600"})
         too_old = client.get("/thing", headers={"Cache-Control": "max-age=0"})
     assert fresh_enough.json() == {"run": 1} and too_old.json() == {"run": 2}
+
+
+def test_5_2_2_7_a_per_user_response_is_always_private(store: Cache, make_app: MakeApp) -> None:
+    """Section 5.2.2.7: one user's response must not be stored by a shared cache
+    downstream: `private, ` goes before an own Cache-Control that lacks it (the only change
+    oxcache makes to it)."""
+    app = make_app()
+
+    def user(x_user: str = Header()) -> str:
+        return x_user
+
+    @app.get("/mine")
+    @cache(expire=600, store=store, per_user=user)
+    async def mine(response: Response, x_user: str = Header()) -> dict[str, str]:
+        response.headers["Cache-Control"] = "max-age=60"
+        return {"me": x_user}
+
+    with TestClient(app) as client:
+        miss = client.get("/mine", headers={"x-user": "ada"})
+        hit = client.get("/mine", headers={"x-user": "ada"})
+    assert miss.headers["cache-control"] == hit.headers["cache-control"] == "private, max-age=60"
+    assert hit.headers["x-fastapi-cache"] == "Hit"
+
+
+def test_5_2_2_the_decorators_header_is_sent_but_the_endpoints_own_decides_storage(
+    store: Cache, make_app: MakeApp
+) -> None:
+    """Section 5.2.2: `@cache(cache_control=...)` chooses the header sent; the endpoint's
+    own directives still decide whether and how long the response is stored."""
+    app = make_app()
+    runs: list[str] = []
+
+    @app.get("/c/{kind}")
+    @cache(expire=600, store=store, cache_control="public, s-maxage=600")
+    async def c(kind: str, response: Response) -> dict[str, str]:
+        runs.append(kind)
+        response.headers["Cache-Control"] = "no-store" if kind == "secret" else "max-age=60"
+        return {"kind": kind}
+
+    with TestClient(app) as client:
+        for kind in ("secret", "secret", "open", "open"):
+            response = client.get(f"/c/{kind}")
+            expected = "no-store" if kind == "secret" else "public, s-maxage=600"
+            assert response.headers["cache-control"] == expected
+        entry = client.portal.call(store.read, store.key_for(c, ORIGIN, kind="open"))
+    assert runs == ["secret", "secret", "open"]
+    assert entry is not None and entry.expires_ms - entry.created_ms == 60_000
