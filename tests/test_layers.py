@@ -21,7 +21,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("all", "oxcache.cli.DEFAULT_URL"),
     ("all", "oxcache.cli.EXIT_ERROR"),
     ("all", "oxcache.cli.EXIT_USAGE"),
-    ("all", "oxcache.near has no __all__"),
     ("redis", "oxcache.cli imports redis.asyncio"),
     ("redis", "oxcache.cli imports redis.exceptions"),
 }
