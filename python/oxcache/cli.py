@@ -36,7 +36,7 @@ from oxcache._core import (
     peek_entry,
 )
 from oxcache.backends.connect import redact
-from oxcache.backends.inspect import CredentialsRefused, Keyspace, RedisUnavailable
+from oxcache.backends.inspect import CredentialsRefused, RedisDatabase, RedisUnavailable
 from oxcache.errors import CacheUnavailable, ConfigError
 from oxcache.store import Cache
 
@@ -97,49 +97,39 @@ def _iso(ms: int) -> str:
 
 
 class Inspector:
-    """The store's key layout on one Redis database (a `Keyspace`): which keys are entries
-    and which are indexes, what they hold, and purges through the store's own scripts."""
+    """A store's keys on one Redis database: which are entries and which are indexes (the
+    store's `KeySpace`), what they hold (a `RedisDatabase`), and purges through the store's
+    own scripts."""
 
-    def __init__(self, keyspace: Keyspace, prefix: str) -> None:
-        self.keyspace = keyspace
+    def __init__(self, db: RedisDatabase, prefix: str) -> None:
+        self.db = db
         self.prefix = prefix
-        # Builds index names and clears exactly as the store does; never connects by itself.
-        self.store = Cache(backend=keyspace.backend, prefix=prefix, on_error="raise")
-        self.key_prefix = f"{prefix}:" if prefix else ""
-
-    def kind(self, key: str) -> str:
-        """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key under the
-        prefix: index names start with `@`, which no module name does."""
-        local = key[len(self.key_prefix) :]
-        if local.startswith("@"):
-            return local[1:].partition(":")[0] or "other"
-        return "entry"
+        # Clears exactly as the store does; never connects by itself.
+        self.store = Cache(backend=db.backend, prefix=prefix, on_error="raise")
+        self.keys = self.store.keyspace
+        self.start = self.keys.start
 
     def is_index(self, key: str) -> bool:
         """Whether a key under the prefix is one of the store's indexes (or locks)."""
-        return self.kind(key) != "entry"
-
-    def endpoint(self, key: str) -> str:
-        """The `module.function` part of an entry key."""
-        return key[len(self.key_prefix) :].partition("(")[0]
+        return self.keys.kind(key) != "entry"
 
     def indexes(self, user: str | None, tag: str | None) -> list[str]:
         """The indexes of `user` and of `tag`, of those given."""
         found = []
         if user is not None:
-            found.append(self.store.user_index(user))
+            found.append(self.keys.user_index(user))
         if tag is not None:
-            found.append(self.store.tag_index(tag))
+            found.append(self.keys.tag_index(tag))
         return found
 
     async def entry_keys(self, endpoint: str | None = None) -> list[str]:
         """Entry keys under the prefix, of one endpoint (`module.function`, or just the
         function's name) when given."""
         found = []
-        async for key in self.keyspace.scan(self.key_prefix, f"{endpoint}(" if endpoint else ""):
+        async for key in self.db.scan(self.start, f"{endpoint}(" if endpoint else ""):
             if self.is_index(key):
                 continue
-            name = self.endpoint(key)
+            name = self.keys.endpoint(key)
             if endpoint and name != endpoint and not name.endswith("." + endpoint):
                 continue
             found.append(key)
@@ -147,11 +137,11 @@ class Inspector:
 
     async def user_keys(self, user: str) -> list[str]:
         """Entries cached for one user (as the `per_user` dependency returned the id)."""
-        return await self.keyspace.live_members(self.store.user_index(user))
+        return await self.db.live_members(self.keys.user_index(user))
 
     async def tag_keys(self, tag: str) -> list[str]:
         """Entries cached with one tag."""
-        return await self.keyspace.live_members(self.store.tag_index(tag))
+        return await self.db.live_members(self.keys.tag_index(tag))
 
     async def stats(self) -> dict[str, Any]:
         """Counts and sizes of everything under the prefix."""
@@ -159,23 +149,23 @@ class Inspector:
         endpoints: dict[str, dict[str, int]] = {}
         kinds: Counter[str] = Counter()
         live: dict[str, dict[str, int]] = {"user": {}, "tag": {}}
-        survey = self.keyspace.survey(self.key_prefix, self.is_index, _HEAD_SIZE)
+        survey = self.db.survey(self.start, self.is_index, _HEAD_SIZE)
         async for key, size, head, count in survey:
-            kind = self.kind(key)
+            kind = self.keys.kind(key)
             if kind != "entry":
                 kinds[kind] += 1
                 index_bytes += size
                 if kind in live:
-                    live[kind][key[len(self.key_prefix) + len(kind) + 2 :]] = count
+                    live[kind][key[len(self.start) + len(kind) + 2 :]] = count
             elif not _readable(head):
                 foreign += 1  # another library's value, or an older envelope: a miss
             else:
                 entries += 1
                 entry_bytes += size
-                tally = endpoints.setdefault(self.endpoint(key), {"entries": 0, "bytes": 0})
+                tally = endpoints.setdefault(self.keys.endpoint(key), {"entries": 0, "bytes": 0})
                 tally["entries"] += 1
                 tally["bytes"] += size
-        hits, misses = await self.keyspace.server_hits()
+        hits, misses = await self.db.server_hits()
         return {
             "prefix": self.prefix,
             "entries": entries,
@@ -193,15 +183,15 @@ class Inspector:
 
     async def show(self, key: str) -> dict[str, Any]:
         """The decoded entry under `key` (tried as given, then under the prefix)."""
-        found = await self.keyspace.find(key, self.key_prefix)
+        found = await self.db.find(key, self.start)
         if found is None:
             raise CliError(f"no such key: {key}")
         name, kind = found
         if kind != "string":
-            what = self.kind(name)
+            what = self.keys.kind(name)
             note = f"an oxcache {what} index" if what != "entry" else "not an oxcache entry"
             raise CliError(f"{name} is a Redis {kind} ({note}); `oxcache keys` lists entries")
-        data, pttl = await self.keyspace.read(name)
+        data, pttl = await self.db.read(name)
         entry = _decode_stored(name, data)
         now_ms = time.time_ns() // 1_000_000
         return {
@@ -223,12 +213,12 @@ class Inspector:
     ) -> tuple[list[str], list[str]]:
         """The entries a purge deletes and the index keys deleted with them."""
         if everything:
-            found = [key async for key in self.keyspace.scan(self.key_prefix)]
+            found = [key async for key in self.db.scan(self.start)]
             indexes = [key for key in found if self.is_index(key)]
             return sorted(key for key in found if not self.is_index(key)), sorted(indexes)
         doomed: set[str] = set()
         for key in keys:
-            existing = await self.keyspace.find(key, self.key_prefix)
+            existing = await self.db.find(key, self.start)
             if existing is not None:
                 doomed.add(existing[0])
         if user is not None:
@@ -244,7 +234,7 @@ class Inspector:
         if everything:
             return await self.store.clear()
         existing, _ = await self.purge_plan(keys, None, None, False)
-        return await self.keyspace.invalidate(self.indexes(user, tag), existing)
+        return await self.db.invalidate(self.indexes(user, tag), existing)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -353,22 +343,22 @@ async def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
     shown = redact(url)
     try:
-        keyspace = Keyspace(url, timeout=args.timeout)
+        db = RedisDatabase(url, timeout=args.timeout)
     except ConfigError as exc:
         raise CliError(f"invalid Redis URL {shown}: {exc}", EXIT_USAGE) from None
     try:
         try:
-            await keyspace.ping()
+            await db.ping()
         except CredentialsRefused as exc:
             raise CliError(f"Redis at {shown} refused the credentials: {exc}") from None
         except RedisUnavailable as exc:
             raise CliError(f"cannot reach Redis at {shown}: {exc}") from None
-        return await _command(Inspector(keyspace, args.prefix), args)
+        return await _command(Inspector(db, args.prefix), args)
     except (RedisUnavailable, CacheUnavailable) as exc:
         reason = exc.reason if isinstance(exc, RedisUnavailable) else type(exc).__name__
         raise CliError(f"Redis at {shown} failed: {reason}: {exc}") from None
     finally:
-        await keyspace.close()
+        await db.close()
 
 
 async def _command(inspector: Inspector, args: argparse.Namespace) -> int:

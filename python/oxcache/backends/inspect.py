@@ -16,7 +16,7 @@ from redis.exceptions import AuthenticationError, RedisError
 from oxcache.backends.redis import GLOB_SPECIALS, RedisBackend
 from oxcache.errors import ConfigError, OxcacheError
 
-__all__ = ["BATCH", "CredentialsRefused", "Keyspace", "Measured", "RedisUnavailable"]
+__all__ = ["BATCH", "CredentialsRefused", "Measured", "RedisDatabase", "RedisUnavailable"]
 
 #: Keys per pipeline (and per EXISTS batch).
 BATCH = 500
@@ -36,7 +36,7 @@ class CredentialsRefused(RedisUnavailable):
 
 
 class Measured(NamedTuple):
-    """One key as `Keyspace.survey` found it."""
+    """One key as `RedisDatabase.survey` found it."""
 
     key: str
     #: MEMORY USAGE in bytes (0 when Redis cannot tell, e.g. the key is gone).
@@ -61,7 +61,7 @@ def _text(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
 
 
-class Keyspace:
+class RedisDatabase:
     """The keys of one Redis database, read for the `oxcache` tool.
 
     Args:
