@@ -327,3 +327,31 @@ def test_a_wrong_password_is_one_line_without_the_password(
     assert "hunter2" not in err and err.count("\n") == 1
     assert main(["--url", wrong.replace("hunter2", "s3cret"), "keys"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_failing_command_is_one_line_naming_the_redis_error(
+    password_redis: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = redis.Redis(port=password_redis, password="s3cret")
+    # A user who may connect and look, but not SCAN nor delete.
+    admin.acl_setuser("looker", enabled=True, passwords=["+pw"], keys=["*"],
+                      commands=["+ping", "+info", "+type", "+get", "+pttl"])  # fmt: skip
+    admin.set("p:mod.f(x=1)", b"garbage")
+    url = f"redis://looker:pw@127.0.0.1:{password_redis}/0"
+    try:
+        assert main(["--url", url, "--prefix", "p", "keys"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("oxcache: error: Redis at redis://looker:***@127.0.0.1:")
+        assert "failed: NoPermissionError: " in err and "'scan'" in err
+        assert "pw@" not in err and err.count("\n") == 1
+        # Through the store (purge --all clears as `store.clear` does): its error type.
+        admin.execute_command("ACL", "SETUSER", "looker", "+scan")
+        assert main(["--url", url, "--prefix", "p", "purge", "--all"]) == 1
+        err = capsys.readouterr().err
+        assert "failed: CacheUnavailable: " in err and "'unlink'" in err
+        assert err.count("\n") == 1
+        assert admin.exists("p:mod.f(x=1)") == 1
+    finally:
+        admin.acl_deluser("looker")
+        admin.delete("p:mod.f(x=1)")
+        admin.close()

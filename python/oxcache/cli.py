@@ -23,28 +23,26 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError
 
 from oxcache._core import (
     ENTRY_HEAD_SIZE,
     ENTRY_VERSION,
+    Entry,
     EntryError,
     decode_entry,
     peek_entry,
 )
 from oxcache.backends.connect import redact
-from oxcache.backends.redis import RedisBackend
-from oxcache.errors import CacheUnavailable
+from oxcache.backends.inspect import CredentialsRefused, RedisDatabase, RedisUnavailable
+from oxcache.errors import CacheUnavailable, ConfigError
 from oxcache.store import Cache
 
+__all__ = ["DEFAULT_URL", "EXIT_ERROR", "EXIT_USAGE", "CliError", "Inspector", "main"]
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-_GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
-_BATCH = 500
 
 #: Exit statuses: 0 success, 1 an operational error, 2 a usage error (argparse's too).
 EXIT_ERROR = 1
@@ -59,13 +57,39 @@ class CliError(Exception):
         self.status = status
 
 
-def _glob(text: str) -> str:
-    """`text` as a literal inside a SCAN MATCH pattern."""
-    return text.translate(_GLOB_SPECIALS)
+# The only code that reads stored values: what the value of a key holds, and whether a
+# value's head (its first `_HEAD_SIZE` bytes, which `stats` fetches) starts an entry.
+_HEAD_SIZE = ENTRY_HEAD_SIZE
 
 
-def _text(raw: bytes | str) -> str:
-    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+def _decode_stored(name: str, data: bytes) -> Entry:
+    """The entry the value `data` of key `name` holds; else a CliError saying what it is."""
+    try:
+        return decode_entry(data)
+    except EntryError as exc:
+        version = data[3] if len(data) > 3 and data[:3] == b"OXC" else ENTRY_VERSION
+        reason = f"not an oxcache entry ({exc})"
+        if version != ENTRY_VERSION:
+            reason = f"an entry of envelope version {version} (this oxcache reads {ENTRY_VERSION})"
+        raise CliError(
+            f"{name}: {reason}; {len(data)} bytes, starting {data[:24]!r}. "
+            "The cache reads it as a miss and overwrites it."
+        ) from None
+
+
+def _readable(head: bytes | None) -> bool:
+    """Whether a stored value's head (None: the value is not a string) starts an entry."""
+    if head is None:
+        return False
+    try:
+        peek_entry(head)
+    except EntryError:
+        return False
+    return True
+
+
+def _str(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _iso(ms: int) -> str:
@@ -73,126 +97,75 @@ def _iso(ms: int) -> str:
 
 
 class Inspector:
-    """The store's key layout on one Redis database, read with SCAN and small batches."""
+    """A store's keys on one Redis database: which are entries and which are indexes (the
+    store's `KeySpace`), what they hold (a `RedisDatabase`), and purges through the store's
+    own scripts."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.client = client
+    def __init__(self, db: RedisDatabase, prefix: str) -> None:
+        self.db = db
         self.prefix = prefix
-        # Builds index names exactly as the store does; never connects by itself.
-        self.store = Cache(client=client, prefix=prefix, on_error="raise")
-        self.key_prefix = f"{prefix}:" if prefix else ""
+        # Clears exactly as the store does; never connects by itself.
+        self.store = Cache(backend=db.backend, prefix=prefix, on_error="raise")
+        self.keys = self.store.keyspace
+        self.start = self.keys.start
 
-    def kind(self, key: str) -> str:
-        """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key under the
-        prefix: index names start with `@`, which no module name does."""
-        local = key[len(self.key_prefix) :]
-        if local.startswith("@"):
-            return local[1:].partition(":")[0] or "other"
-        return "entry"
+    def is_index(self, key: str) -> bool:
+        """Whether a key under the prefix is one of the store's indexes (or locks)."""
+        return self.keys.kind(key) != "entry"
 
-    def endpoint(self, key: str) -> str:
-        """The `module.function` part of an entry key."""
-        return key[len(self.key_prefix) :].partition("(")[0]
-
-    async def scan(self, match: str | None = None) -> AsyncIterator[str]:
-        """Every key under the prefix (or matching `match`), by SCAN."""
-        pattern = match if match is not None else _glob(self.key_prefix) + "*"
-        async for raw in self.client.scan_iter(match=pattern, count=1000):
-            yield _text(raw)
+    def indexes(self, user: str | None, tag: str | None) -> list[str]:
+        """The indexes of `user` and of `tag`, of those given."""
+        found = []
+        if user is not None:
+            found.append(self.keys.user_index(user))
+        if tag is not None:
+            found.append(self.keys.tag_index(tag))
+        return found
 
     async def entry_keys(self, endpoint: str | None = None) -> list[str]:
         """Entry keys under the prefix, of one endpoint (`module.function`, or just the
         function's name) when given."""
-        match = None
-        if endpoint:
-            match = _glob(self.key_prefix) + "*" + _glob(endpoint) + "(*"
         found = []
-        async for key in self.scan(match):
-            if self.kind(key) != "entry":
+        async for key in self.db.scan(self.start, f"{endpoint}(" if endpoint else ""):
+            if self.is_index(key):
                 continue
-            name = self.endpoint(key)
+            name = self.keys.endpoint(key)
             if endpoint and name != endpoint and not name.endswith("." + endpoint):
                 continue
             found.append(key)
         return sorted(found)
 
-    async def index_members(self, index: str) -> list[str]:
-        """The entries an index lists that still exist (an index may list a few entries
-        that expired since its last write)."""
-        members = [_text(m) for m in await self.client.zrange(index, 0, -1)]
-        alive: list[str] = []
-        for start in range(0, len(members), _BATCH):
-            batch = members[start : start + _BATCH]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.exists(key)
-                flags = await pipe.execute()
-            alive.extend(key for key, flag in zip(batch, flags, strict=True) if flag)
-        return sorted(alive)
-
     async def user_keys(self, user: str) -> list[str]:
         """Entries cached for one user (as the `per_user` dependency returned the id)."""
-        return await self.index_members(self.store.user_index(user))
+        return await self.db.live_members(self.keys.user_index(user))
 
     async def tag_keys(self, tag: str) -> list[str]:
         """Entries cached with one tag."""
-        return await self.index_members(self.store.tag_index(tag))
+        return await self.db.live_members(self.keys.tag_index(tag))
 
     async def stats(self) -> dict[str, Any]:
         """Counts and sizes of everything under the prefix."""
         entries = foreign = entry_bytes = index_bytes = 0
-        endpoints: Counter[str] = Counter()
-        endpoint_bytes: Counter[str] = Counter()
+        endpoints: dict[str, dict[str, int]] = {}
         kinds: Counter[str] = Counter()
-        users: dict[str, int] = {}
-        tags: dict[str, int] = {}
-        batch: list[str] = []
-
-        async def flush() -> None:
-            nonlocal entries, foreign, entry_bytes, index_bytes
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.memory_usage(key)
-                    if self.kind(key) == "entry":
-                        pipe.getrange(key, 0, ENTRY_HEAD_SIZE - 1)
-                    else:
-                        pipe.zcount(key, time.time_ns() // 1_000_000, "+inf")
-                replies = iter(await pipe.execute(raise_on_error=False))
-            for key in batch:
-                size_reply, extra = next(replies), next(replies)
-                size = size_reply if isinstance(size_reply, int) else 0
-                kind = self.kind(key)
-                if kind != "entry":
-                    kinds[kind] += 1
-                    index_bytes += size
-                    name = key[len(self.key_prefix) + len(kind) + 2 :]
-                    live = extra if isinstance(extra, int) else 0
-                    if kind == "user":
-                        users[name] = live
-                    elif kind == "tag":
-                        tags[name] = live
-                    continue
-                try:
-                    if not isinstance(extra, bytes):
-                        raise TypeError("not a string")
-                    peek_entry(extra)
-                except (EntryError, TypeError):
-                    foreign += 1  # another library's value, or an older envelope: a miss
-                    continue
+        live: dict[str, dict[str, int]] = {"user": {}, "tag": {}}
+        survey = self.db.survey(self.start, self.is_index, _HEAD_SIZE)
+        async for key, size, head, count in survey:
+            kind = self.keys.kind(key)
+            if kind != "entry":
+                kinds[kind] += 1
+                index_bytes += size
+                if kind in live:
+                    live[kind][key[len(self.start) + len(kind) + 2 :]] = count
+            elif not _readable(head):
+                foreign += 1  # another library's value, or an older envelope: a miss
+            else:
                 entries += 1
                 entry_bytes += size
-                endpoints[self.endpoint(key)] += 1
-                endpoint_bytes[self.endpoint(key)] += size
-            batch.clear()
-
-        async for key in self.scan():
-            batch.append(key)
-            if len(batch) >= _BATCH:
-                await flush()
-        if batch:
-            await flush()
-        info = await self.client.info("stats")
-        hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+                tally = endpoints.setdefault(self.keys.endpoint(key), {"entries": 0, "bytes": 0})
+                tally["entries"] += 1
+                tally["bytes"] += size
+        hits, misses = await self.db.server_hits()
         return {
             "prefix": self.prefix,
             "entries": entries,
@@ -200,12 +173,9 @@ class Inspector:
             "unreadable": foreign,
             "indexes": dict(sorted(kinds.items())),
             "index_bytes": index_bytes,
-            "endpoints": {
-                name: {"entries": endpoints[name], "bytes": endpoint_bytes[name]}
-                for name in sorted(endpoints)
-            },
-            "users": dict(sorted(users.items())),
-            "tags": dict(sorted(tags.items())),
+            "endpoints": dict(sorted(endpoints.items())),
+            "users": dict(sorted(live["user"].items())),
+            "tags": dict(sorted(live["tag"].items())),
             "server_keyspace_hits": hits,
             "server_keyspace_misses": misses,
             "server_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
@@ -213,38 +183,16 @@ class Inspector:
 
     async def show(self, key: str) -> dict[str, Any]:
         """The decoded entry under `key` (tried as given, then under the prefix)."""
-        candidates = [key]
-        if self.key_prefix and not key.startswith(self.key_prefix):
-            candidates.append(self.key_prefix + key)
-        for name in candidates:
-            kind = _text(await self.client.type(name))
-            if kind != "none":
-                break
-        else:
+        found = await self.db.find(key, self.start)
+        if found is None:
             raise CliError(f"no such key: {key}")
+        name, kind = found
         if kind != "string":
-            what = self.kind(name)
+            what = self.keys.kind(name)
             note = f"an oxcache {what} index" if what != "entry" else "not an oxcache entry"
             raise CliError(f"{name} is a Redis {kind} ({note}); `oxcache keys` lists entries")
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(name)
-            pipe.pttl(name)
-            data, pttl = await pipe.execute()
-        data = bytes(data or b"")
-        try:
-            entry = decode_entry(data)
-        except EntryError as exc:
-            version = data[3] if len(data) > 3 and data[:3] == b"OXC" else None
-            if version is not None and version != ENTRY_VERSION:
-                reason = (
-                    f"an entry of envelope version {version} (this oxcache reads {ENTRY_VERSION})"
-                )
-            else:
-                reason = f"not an oxcache entry ({exc})"
-            raise CliError(
-                f"{name}: {reason}; {len(data)} bytes, starting {data[:24]!r}. "
-                "The cache reads it as a miss and overwrites it."
-            ) from None
+        data, pttl = await self.db.read(name)
+        entry = _decode_stored(name, data)
         now_ms = time.time_ns() // 1_000_000
         return {
             "key": name,
@@ -254,8 +202,8 @@ class Inspector:
             "expires": _iso(entry.expires_ms),
             "age_s": max(now_ms - entry.created_ms, 0) // 1000,
             "fresh_for_s": (entry.expires_ms - now_ms) // 1000,
-            "redis_ttl_ms": int(pttl),
-            "headers": [[_text(n), _text(v)] for n, v in entry.headers],
+            "redis_ttl_ms": pttl,
+            "headers": [[_str(n), _str(v)] for n, v in entry.headers],
             "body_bytes": len(entry.body),
             "body": entry.body,
         }
@@ -265,24 +213,19 @@ class Inspector:
     ) -> tuple[list[str], list[str]]:
         """The entries a purge deletes and the index keys deleted with them."""
         if everything:
-            found = [key async for key in self.scan()]
-            return sorted(k for k in found if self.kind(k) == "entry"), sorted(
-                k for k in found if self.kind(k) != "entry"
-            )
+            found = [key async for key in self.db.scan(self.start)]
+            indexes = [key for key in found if self.is_index(key)]
+            return sorted(key for key in found if not self.is_index(key)), sorted(indexes)
         doomed: set[str] = set()
-        indexes: list[str] = []
         for key in keys:
-            for name in (key, self.key_prefix + key) if self.key_prefix else (key,):
-                if await self.client.exists(name):
-                    doomed.add(name)
-                    break
+            existing = await self.db.find(key, self.start)
+            if existing is not None:
+                doomed.add(existing[0])
         if user is not None:
-            indexes.append(self.store.user_index(user))
             doomed.update(await self.user_keys(user))
         if tag is not None:
-            indexes.append(self.store.tag_index(tag))
             doomed.update(await self.tag_keys(tag))
-        return sorted(doomed), indexes
+        return sorted(doomed), self.indexes(user, tag)
 
     async def purge(
         self, keys: Sequence[str], user: str | None, tag: str | None, everything: bool
@@ -290,15 +233,8 @@ class Inspector:
         """Delete as the store does; returns how many entries were deleted."""
         if everything:
             return await self.store.clear()
-        backend = self.store.backend
-        assert isinstance(backend, RedisBackend)
-        indexes: list[str] = []
-        if user is not None:
-            indexes.append(self.store.user_index(user))
-        if tag is not None:
-            indexes.append(self.store.tag_index(tag))
         existing, _ = await self.purge_plan(keys, None, None, False)
-        return await backend.invalidate(indexes, existing)
+        return await self.db.invalidate(self.indexes(user, tag), existing)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -363,11 +299,9 @@ def _print_stats(result: dict[str, Any]) -> None:
         print(f"unreadable values under the prefix (read as misses): {result['unreadable']}")
     indexes = ", ".join(f"{kind} {n}" for kind, n in result["indexes"].items()) or "none"
     print(f"indexes: {indexes} ({result['index_bytes']} bytes)")
+    endpoints = {k: f"{v['entries']} ({v['bytes']} bytes)" for k, v in result["endpoints"].items()}
     for title, rows in (
-        (
-            "endpoints",
-            {k: f"{v['entries']} ({v['bytes']} bytes)" for k, v in result["endpoints"].items()},
-        ),
+        ("endpoints", endpoints),
         ("users", result["users"]),
         ("tags", result["tags"]),
     ):
@@ -376,15 +310,9 @@ def _print_stats(result: dict[str, Any]) -> None:
             for name, value in rows.items():
                 print(f"  {name}: {value}")
     rate = result["server_hit_rate"]
-    print(
-        "hit rate: per process in store.stats(); Redis server keyspace (all clients): "
-        + (
-            f"{rate:.1%} ({result['server_keyspace_hits']} hits, "
-            f"{result['server_keyspace_misses']} misses)"
-            if rate is not None
-            else "no reads yet"
-        )
-    )
+    hits, misses = result["server_keyspace_hits"], result["server_keyspace_misses"]
+    reads = f"{rate:.1%} ({hits} hits, {misses} misses)" if rate is not None else "no reads yet"
+    print(f"hit rate: per process in store.stats(); Redis server keyspace (all clients): {reads}")
 
 
 def _preview(body: bytes, limit: int) -> str:
@@ -415,24 +343,22 @@ async def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
     shown = redact(url)
     try:
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout
-        )
-    except (ValueError, TypeError) as exc:
+        db = RedisDatabase(url, timeout=args.timeout)
+    except ConfigError as exc:
         raise CliError(f"invalid Redis URL {shown}: {exc}", EXIT_USAGE) from None
     try:
         try:
-            await client.ping()
-        except AuthenticationError as exc:
+            await db.ping()
+        except CredentialsRefused as exc:
             raise CliError(f"Redis at {shown} refused the credentials: {exc}") from None
-        except (RedisError, OSError) as exc:
+        except RedisUnavailable as exc:
             raise CliError(f"cannot reach Redis at {shown}: {exc}") from None
-        inspector = Inspector(client, args.prefix)
-        return await _command(inspector, args)
-    except (RedisError, CacheUnavailable) as exc:
-        raise CliError(f"Redis at {shown} failed: {type(exc).__name__}: {exc}") from None
+        return await _command(Inspector(db, args.prefix), args)
+    except (RedisUnavailable, CacheUnavailable) as exc:
+        reason = exc.reason if isinstance(exc, RedisUnavailable) else type(exc).__name__
+        raise CliError(f"Redis at {shown} failed: {reason}: {exc}") from None
     finally:
-        await client.aclose()
+        await db.close()
 
 
 async def _command(inspector: Inspector, args: argparse.Namespace) -> int:
@@ -499,6 +425,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         return 130
-
-
-__all__ = ["CliError", "Inspector", "main"]

@@ -205,9 +205,7 @@ class Cache:
         await self.connect()
         if self.near is not None:
             assert isinstance(self.backend, RedisBackend)
-            self.near.start(
-                self.backend.client.connection_pool, self.keyspace.start, self.backend.timeout
-            )
+            self.near.start(self.backend, self.keyspace.start)
         self._previous_default = set_default(self)
         return self
 
