@@ -21,6 +21,7 @@ from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace, UserId
+from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
 from oxcache.registry import keyed, misplaced_endpoints
@@ -32,8 +33,8 @@ __all__ = [
     "set_default",
 ]
 
-logger = logging.getLogger("oxcache")
-logger.addHandler(logging.NullHandler())
+# Warnings reach the console unless the application configured logging: see `oxcache.logs`.
+logger = logging.getLogger(LOGGER_NAME)
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 
