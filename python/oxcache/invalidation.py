@@ -86,11 +86,20 @@ class Invalidations:
 
     def _queue(self, item: Item) -> None:
         # None means "clear everything under the prefix"; it also stands in for a queue that
-        # grew too long, since replaying a clear is always safe.
-        if item is None or len(self.pending) >= _MAX_PENDING or None in self.pending:
+        # grew too long, since replaying a clear is safe: except without a prefix on shared
+        # storage, where it would delete other programs' keys, so there the queue is folded
+        # into one invalidation of every index and key it names.
+        if item is None or None in self.pending:
+            self.pending = [None]
+        elif len(self.pending) < _MAX_PENDING:
+            self.pending.append(item)
+        elif self.prefix or not self.backend.shared:
             self.pending = [None]
         else:
-            self.pending.append(item)
+            queued = [i for i in (*self.pending, item) if i is not None]
+            indexes = dict.fromkeys(name for i in queued for name in i[0])
+            keys = dict.fromkeys(name for i in queued for name in i[1])
+            self.pending = [(list(indexes), list(keys))]
         if self.near is not None:
             self.near.flush()  # and not used while the queue is not empty (see `Cache.read`)
         logger.error(

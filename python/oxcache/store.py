@@ -62,7 +62,8 @@ class Cache:
         cluster: `url` is a node of a Redis Cluster (as the `redis+cluster://` scheme says).
         sentinel: `(host, port)` of the Sentinels that watch `service_name`'s master.
         service_name: The master's name in the Sentinels' configuration.
-        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it.
+        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it
+            (on Redis, a store without a prefix refuses to `clear()`).
         response_header: The header saying `Hit` or `Miss`.
         ignore_arg_types: Types of endpoint arguments left out of keys (subclasses too, and
             through `Optional[...]` and `Annotated[...]`), such as `sqlalchemy.orm.Session`.
@@ -320,8 +321,21 @@ class Cache:
         return await self.invalidations.run([], list(keys))
 
     async def clear(self) -> int:
-        """Delete every entry under this store's prefix (with an empty prefix: every key of
-        the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
+        """Delete every key under this store's prefix (entries and indexes); returns how
+        many were deleted. Uses SCAN and UNLINK on Redis, never KEYS.
+
+        A store without a prefix on Redis refuses with `ConfigError`: its keys cannot be
+        told from other programs' (sessions, task results) in the same database, and
+        clearing would delete them all. Give the store a prefix, or flush the database
+        yourself if that is what you mean. The in-memory store holds only its own entries
+        and clears them with or without a prefix."""
+        if not self.prefix and self.backend.shared:
+            raise ConfigError(
+                f"clear() on {self.health.name} without a prefix would delete every key of "
+                "the database, other applications' too: give the store a prefix "
+                '(Cache(url=..., prefix="myapp")) so that clear() deletes only its keys, '
+                "or use FLUSHDB if emptying the whole database is really what you want"
+            )
         return await self.invalidations.clear()
 
 
