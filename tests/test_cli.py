@@ -153,6 +153,34 @@ def test_show_decodes_an_entry(site: Site, capsys: pytest.CaptureFixture[str]) -
     assert '{"id"... (' in text and "redis ttl:" in text
 
 
+def test_show_and_stats_read_a_compressed_entry(
+    site: Site, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry stored LZ4-compressed (`compress_over`) is an entry to every command."""
+    import asyncio
+
+    from oxcache._core import encode_entry
+
+    site.fill()
+    body = json.dumps([{"id": i, "name": f"item {i}"} for i in range(200)]).encode()
+    now = time.time_ns() // 1_000_000
+    data = encode_entry(200, [(b"content-type", b"application/json")], body, now, now + 60_000)
+    key = site.key("item(id=99)")
+
+    async def write() -> None:
+        writer = Cache(site.url, prefix=site.prefix, compress_over=0)
+        assert await writer.write(key, data, 60_000)
+        await writer.close()
+
+    asyncio.run(write())
+    assert redis_client.get(key)[:4] == b"OXZ\x01"  # stored in the compressed form
+    entry = run_json(capsys, site.cli("show", key, "--json", "--body", str(len(body))))
+    assert entry["status"] == 200 and entry["body"] == body.decode()
+    assert entry["body_bytes"] == len(body)
+    result = run_json(capsys, site.cli("stats", "--json"))
+    assert result["entries"] == 5 and result["unreadable"] == 0
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -28,12 +28,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from oxcache._core import (
-    ENTRY_HEAD_SIZE,
     ENTRY_VERSION,
+    STORED_HEAD_SIZE,
     Entry,
     EntryError,
-    decode_entry,
-    peek_entry,
+    decode_stored,
+    peek_stored,
 )
 from oxcache.backends.connect import redact
 from oxcache.backends.inspect import CredentialsRefused, RedisDatabase, RedisUnavailable
@@ -57,15 +57,16 @@ class CliError(Exception):
         self.status = status
 
 
-# The only code that reads stored values: what the value of a key holds, and whether a
-# value's head (its first `_HEAD_SIZE` bytes, which `stats` fetches) starts an entry.
-_HEAD_SIZE = ENTRY_HEAD_SIZE
+# The only code that reads stored values (plain or compressed, through the Rust core): what
+# the value of a key holds, and whether a value's head (its first `_HEAD_SIZE` bytes, which
+# `stats` fetches) starts an entry.
+_HEAD_SIZE = STORED_HEAD_SIZE
 
 
 def _decode_stored(name: str, data: bytes) -> Entry:
     """The entry the value `data` of key `name` holds; else a CliError saying what it is."""
     try:
-        return decode_entry(data)
+        return decode_stored(data)
     except EntryError as exc:
         version = data[3] if len(data) > 3 and data[:3] == b"OXC" else ENTRY_VERSION
         reason = f"not an oxcache entry ({exc})"
@@ -82,7 +83,7 @@ def _readable(head: bytes | None) -> bool:
     if head is None:
         return False
     try:
-        peek_entry(head)
+        peek_stored(head)
     except EntryError:
         return False
     return True

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 from oxcache.errors import ConfigError
 from oxcache.keys import KeySpace
 
-__all__ = ["Keyed", "keyed", "misplaced_endpoints", "registered_name"]
+__all__ = ["Keyed", "keyed", "misplaced_endpoints", "registered_name", "warn_misplaced"]
 
 logger = logging.getLogger("oxcache")
 
@@ -105,3 +105,17 @@ def misplaced_endpoints(app: Any) -> list[Callable[..., Any]]:
 
     walk(getattr(getattr(app, "router", app), "routes", None))
     return found
+
+
+def warn_misplaced(app: Any, warn_once: Callable[..., None]) -> None:
+    """Warn (once per function, through `warn_once(tag, message, *args)`) about every
+    endpoint of `app` that `@cache` never sees because it was written above the route."""
+    for func in misplaced_endpoints(app):
+        warn_once(
+            "order:" + str(id(func)),
+            "%s.%s is never cached: @cache is above the route decorator, so the route "
+            "calls the undecorated function. Put @cache below @app.get(...), directly "
+            "above the def.",
+            getattr(func, "__module__", "?"),
+            getattr(func, "__qualname__", func),
+        )

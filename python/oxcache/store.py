@@ -12,11 +12,9 @@ from typing import Any, Callable
 
 from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
-from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
-from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
@@ -24,7 +22,7 @@ from oxcache.keys import KeySpace, UserId
 from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
-from oxcache.registry import keyed, misplaced_endpoints
+from oxcache.registry import keyed, warn_misplaced
 
 __all__ = [
     "DEFAULT_RESPONSE_HEADER",
@@ -141,18 +139,7 @@ class Cache:
                 max_bytes=max_bytes,
             )
         if near is not None:
-            if not isinstance(backend, RedisBackend):
-                raise ConfigError(
-                    "near= needs a Redis store (url= or client=): the memory backend is "
-                    "already in process"
-                )
-            if isinstance(backend, ClusterBackend):
-                # Broadcast tracking is per node; a cluster would need one listener per
-                # primary and a resubscribe on every slot move. Refused rather than half-done.
-                raise ConfigError(
-                    "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
-                )
-            near.attach(self)
+            near.attach(self, backend)
         self.near = near
         self.backend = backend
         self.url = url
@@ -226,15 +213,7 @@ class Cache:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
         closes on shutdown."""
-        for func in misplaced_endpoints(app):
-            self.warn_once(
-                "order:" + str(id(func)),
-                "%s.%s is never cached: @cache is above the route decorator, so the route "
-                "calls the undecorated function. Put @cache below @app.get(...), directly "
-                "above the def.",
-                getattr(func, "__module__", "?"),
-                getattr(func, "__qualname__", func),
-            )
+        warn_misplaced(app, self.warn_once)
         async with self:
             yield
 
