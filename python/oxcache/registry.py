@@ -107,7 +107,7 @@ def misplaced_endpoints(app: Any) -> list[Callable[..., Any]]:
     return found
 
 
-def warn_misplaced(app: Any, warn_once: Callable[..., None]) -> None:
+def warn_misplaced(app: Any, warn_once: Callable[..., object]) -> None:
     """Warn (once per function, through `warn_once(tag, message, *args)`) about every
     endpoint of `app` that `@cache` never sees because it was written above the route."""
     for func in misplaced_endpoints(app):

@@ -15,6 +15,7 @@ from oxcache.backends.base import Backend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
+from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
@@ -231,9 +232,9 @@ class Cache:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
         return found
 
-    def warn_once(self, tag: str, message: str, *args: Any) -> None:
-        """Log a warning once per `tag` for the life of this store."""
-        self.health.warn_once(tag, message, *args)
+    def warn_once(self, tag: str, message: str, *args: Any) -> bool:
+        """Log a warning once per `tag` for the life of this store; True when it logged."""
+        return self.health.warn_once(tag, message, *args)
 
     # -- entries (the request path uses `store.entries` directly) ------------------------
 
