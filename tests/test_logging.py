@@ -15,8 +15,8 @@ import pytest
 from oxcache.logs import ConsoleFallback, install
 from tests.conftest import free_port
 
-#: An app whose startup logs two warnings: Redis unreachable (nothing listens on the port)
-#: and an endpoint whose `@cache` sits above the route decorator.
+#: An app whose startup logs three warnings: Redis unreachable (nothing listens on the
+#: port), an endpoint whose `@cache` sits above the route decorator, `@cache` on a POST.
 APP = """
 from fastapi import FastAPI
 from oxcache import Cache, cache
@@ -29,6 +29,12 @@ app = FastAPI(lifespan=store.lifespan)
 @app.get("/items/{{id}}")
 async def item(id: int) -> dict:
     return {{"id": id}}
+
+
+@app.post("/search")
+@cache(expire=60, store=store)
+async def search(q: str) -> dict:
+    return {{"q": q}}
 """
 
 DICT_CONFIG = """
@@ -86,9 +92,12 @@ def test_warnings_reach_the_console_under_uvicorns_default_logging(tmp_path: Pat
     fail = containing(lines, "CONNECT_FAIL")
     assert len(fail) == 1, lines
     assert fail[0].startswith("WARNING:oxcache:CONNECT_FAIL: Redis at redis://127.0.0.1:")
-    order = containing(lines, "is never cached")
+    order = containing(lines, "above the route decorator")
     assert len(order) == 1, lines
     assert order[0].startswith("WARNING:oxcache:app.item is never cached")
+    post = containing(lines, "only GET and HEAD")
+    assert len(post) == 1, lines
+    assert post[0].startswith("WARNING:oxcache:app.search is never cached: its route takes POST")
     # Warnings only: the INFO events stay quiet unless asked for.
     assert containing(lines, "CONNECT_BEGIN") == []
 
@@ -98,7 +107,7 @@ def test_an_apps_dict_config_prints_each_warning_once_in_its_format(tmp_path: Pa
     fail = containing(lines, "CONNECT_FAIL")
     assert len(fail) == 1, lines
     assert fail[0].startswith("APPLOG WARNING [oxcache] CONNECT_FAIL")
-    assert len(containing(lines, "is never cached")) == 1, lines
+    assert len(containing(lines, "is never cached")) == 2, lines
     # The app asked for INFO on the root logger: oxcache's INFO events follow it, once.
     assert len(containing(lines, "CONNECT_BEGIN")) == 1, lines
 
@@ -107,7 +116,7 @@ def test_basic_config_prints_each_warning_once(tmp_path: Path) -> None:
     lines = serve(tmp_path, "import logging\nlogging.basicConfig(level=logging.INFO)\n")
     assert len(containing(lines, "CONNECT_FAIL")) == 1, lines
     assert len(containing(lines, "CONNECT_BEGIN")) == 1, lines
-    assert len(containing(lines, "is never cached")) == 1, lines
+    assert len(containing(lines, "is never cached")) == 2, lines
 
 
 def test_uvicorn_log_config_naming_the_oxcache_logger_prints_each_line_once(
@@ -123,7 +132,7 @@ def test_uvicorn_log_config_naming_the_oxcache_logger_prints_each_line_once(
     assert len(fail) == 1, lines
     assert fail[0].startswith("WARNING:  CONNECT_FAIL")  # uvicorn's own format
     assert len(containing(lines, "CONNECT_BEGIN")) == 1, lines
-    assert len(containing(lines, "is never cached")) == 1, lines
+    assert len(containing(lines, "is never cached")) == 2, lines
 
 
 def test_setting_the_oxcache_level_to_info_shows_every_event_without_a_handler(
