@@ -215,6 +215,8 @@ def cached(
                 except (KeyBuildError, TypeError) as exc:
                     logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                     return await func(*args, **kwargs)
+                if not target.enabled:
+                    return await func(*args, **kwargs)
                 found, value = await function.lookup(target, key)
                 if found:
                     return value
@@ -234,6 +236,8 @@ def cached(
                 target, key, values = function.prepare(args, kwargs)
             except (KeyBuildError, TypeError) as exc:
                 logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
+                return func(*args, **kwargs)
+            if not target.enabled:
                 return func(*args, **kwargs)
             try:
                 found, value = anyio.from_thread.run(function.lookup, target, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from oxcache.backends.base import Backend
+from oxcache.errors import ConfigError
 from oxcache.health import Health
 from oxcache.near import NearCache
 
@@ -56,7 +57,15 @@ class Invalidations:
         return deleted
 
     async def clear(self) -> int:
-        """Delete every key under the prefix; how many were deleted."""
+        """Delete every key under the prefix; how many were deleted. Without a prefix on
+        shared storage (Redis), `ConfigError`: other programs' keys would go too."""
+        if not self.prefix and self.backend.shared:
+            raise ConfigError(
+                f"clear() on {self.health.name} without a prefix would delete every key of "
+                "the database, other applications' too: give the store a prefix "
+                '(Cache(url=..., prefix="myapp")) so that clear() deletes only its keys, '
+                "or use FLUSHDB if emptying the whole database is really what you want"
+            )
         try:
             deleted = await self.backend.clear(self.prefix)
         except Exception as exc:

@@ -5,8 +5,8 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Callable
 
@@ -15,7 +15,6 @@ from oxcache.backends.base import Backend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
-from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
@@ -91,6 +90,8 @@ class Cache:
             (when that makes them smaller); None (the default) stores every entry as is.
             Reading compressed entries needs no setting (an oxcache without compression
             reads them as misses).
+        enabled: False turns caching off (tests, development): see `disabled()`; entering
+            such a store does not check the backend. `store.enabled` may change any time.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
         compress_over: int | None = None,
+        enabled: bool = True,
     ) -> None:
         check_store_options(
             sources=(url, backend, client, sentinel),
@@ -156,6 +158,8 @@ class Cache:
         self.lock_ms = int(lock_timeout * 1000)
         self.refresh_on_no_cache = refresh_on_no_cache
         self.compress_over = compress_over
+        #: Whether requests and `@cached` calls use the cache (see `disabled()`).
+        self.enabled = enabled
         self.counters = Stats()
         self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
         self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
@@ -192,7 +196,10 @@ class Cache:
             await self.backend.close()
 
     async def __aenter__(self) -> Cache:
-        await self.connect()
+        if self.enabled:
+            await self.connect()
+        else:
+            logger.info("CACHE_DISABLED: caching is off for %s.", self.health.name)
         if self.near is not None:
             assert isinstance(self.backend, RedisBackend)
             self.near.start(self.backend, self.keyspace.start)
@@ -217,6 +224,19 @@ class Cache:
         warn_misplaced(app, self.warn_once)
         async with self:
             yield
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Turn caching off for the block, then back: endpoints and `@cached` functions
+        run on every call as if undecorated (no cache headers, nothing read, written or
+        counted), for every request the store serves meanwhile. Invalidations still
+        delete, so nothing stale comes back when caching is on again."""
+        previous = self.enabled
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = previous
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -302,20 +322,9 @@ class Cache:
 
     async def clear(self) -> int:
         """Delete every key under this store's prefix (entries and indexes); returns how
-        many were deleted. Uses SCAN and UNLINK on Redis, never KEYS.
-
-        A store without a prefix on Redis refuses with `ConfigError`: its keys cannot be
-        told from other programs' (sessions, task results) in the same database, and
-        clearing would delete them all. Give the store a prefix, or flush the database
-        yourself if that is what you mean. The in-memory store holds only its own entries
-        and clears them with or without a prefix."""
-        if not self.prefix and self.backend.shared:
-            raise ConfigError(
-                f"clear() on {self.health.name} without a prefix would delete every key of "
-                "the database, other applications' too: give the store a prefix "
-                '(Cache(url=..., prefix="myapp")) so that clear() deletes only its keys, '
-                "or use FLUSHDB if emptying the whole database is really what you want"
-            )
+        many were deleted. Uses SCAN and UNLINK on Redis, never KEYS. On Redis, a store
+        without a prefix refuses (`ConfigError`): clearing would delete other programs'
+        keys in the same database too. The in-memory store holds only its own entries."""
         return await self.invalidations.clear()
 
 
