@@ -27,15 +27,10 @@ from oxcache import (
     cache_one_week,
     cache_one_year,
 )
+from tests.apps import MakeStore, client_for
 from tests.conftest import sync_client
 
-MakeStore = Callable[..., Cache]
 ETAG = re.compile(r'^W/"[0-9a-f]{32}"$')
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 def test_miss_then_hit_with_seed_headers(make_store: MakeStore) -> None:

@@ -8,27 +8,20 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from fastapi.testclient import TestClient
 
 from oxcache import Cache, MemoryBackend, cache
+from tests.apps import MakeStore, client_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from fastapi.responses import ORJSONResponse
-
-MakeStore = Callable[..., Cache]
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 def make_list_endpoint(kind: str, store: Cache, **options: Any) -> Any:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -21,14 +21,8 @@ from fastapi.testclient import TestClient
 
 from oxcache import Cache, ConfigError, MemoryBackend, RedisBackend, cache
 from oxcache.backends.base import Backend
+from tests.apps import MakeStore, client_for
 from tests.conftest import sync_client
-
-MakeStore = Callable[..., Cache]
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 def current_user_id(x_user: str | None = Header(default=None)) -> str:

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -20,9 +20,8 @@ from fastapi.testclient import TestClient
 
 from oxcache import Cache, CacheUnavailable, ConfigError, cache
 from oxcache.backends.memory import MemoryBackend
+from tests.apps import MakeStore
 from tests.conftest import RedisServer, free_port
-
-MakeStore = Callable[..., Cache]
 
 
 def item_app(store: Cache, **options: Any) -> tuple[FastAPI, list[int]]:

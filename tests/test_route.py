@@ -5,7 +5,7 @@ security, per-user). On memory, Redis and Redis Cluster (parametrized through ma
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import anyio
 import pytest
@@ -16,8 +16,8 @@ from pydantic import AfterValidator
 import oxcache.early
 import oxcache.serve
 from oxcache import Cache, CachedRoute, MemoryBackend, cache
+from tests.apps import MakeStore, client_for
 
-MakeStore = Callable[..., Cache]
 _VOLATILE = {"date", "expires", "age", "cache-control"}
 
 
@@ -45,12 +45,6 @@ def items_app(store: Cache, counter: Counter[str], route_class: type | None) -> 
         return {"id": item_id, "q": q, "run": counter["ran"]}
 
     return app
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    """A client whose lifespan connects (and later closes) the store, on one event loop."""
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 def stable(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:

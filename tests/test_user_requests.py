@@ -30,17 +30,15 @@ from fastapi.responses import (
     PlainTextResponse,
     StreamingResponse,
 )
-from fastapi.testclient import TestClient
 from pydantic import BaseModel, SecretStr
 
 from oxcache import Cache, cache, cached
+from tests.apps import MakeStore, client_for
 from tests.conftest import free_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from fastapi.responses import ORJSONResponse
-
-MakeStore = Callable[..., Cache]
 
 
 class Session:
@@ -49,11 +47,6 @@ class Session:
 
 def get_session() -> Session:
     return Session()
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 class Item(BaseModel):
