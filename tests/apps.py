@@ -4,12 +4,13 @@ are in conftest.py."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from oxcache import Cache
+from oxcache import Cache, cache
 
 #: The `make_store` fixture: a store on the parametrized backend (memory, Redis, cluster).
 MakeStore = Callable[..., Cache]
@@ -19,3 +20,42 @@ def client_for(app: FastAPI, store: Cache) -> TestClient:
     """A client whose lifespan connects (and later closes) the store, on one event loop."""
     app.router.lifespan_context = store.lifespan
     return TestClient(app)
+
+
+def item_app(store: Cache, *, named: bool = False, **options: Any) -> tuple[FastAPI, list[int]]:
+    """`GET /item/{id}` cached for 60 s on `store` (with more `@cache` options), the store's
+    lifespan set: the app, and the ids the endpoint ran for. The body is `{"id": id}`, with
+    `"name": "item {id}"` too when `named`."""
+    app = FastAPI()
+    calls: list[int] = []
+
+    @app.get("/item/{id}")
+    @cache(expire=60, store=store, **options)
+    async def item(id: int) -> dict[str, Any]:
+        calls.append(id)
+        return {"id": id, "name": f"item {id}"} if named else {"id": id}
+
+    app.router.lifespan_context = store.lifespan
+    return app, calls
+
+
+def stale_app(store: Cache, **options: Any) -> tuple[FastAPI, dict[str, Any]]:
+    """`GET /data`, fresh for 1 s, with `options` (the stale windows), the store's lifespan
+    set. `state["fail"]` makes the next runs raise ("raise", "404") or answer 503 ("503")."""
+    app = FastAPI()
+    state: dict[str, Any] = {"version": 1, "runs": 0, "fail": None}
+
+    @app.get("/data")
+    @cache(expire=1, store=store, **options)
+    async def data(request: Request) -> Any:
+        state["runs"] += 1
+        if state["fail"] == "raise":
+            raise RuntimeError("database down")
+        if state["fail"] == "404":
+            raise HTTPException(status_code=404)
+        if state["fail"] == "503":
+            return JSONResponse({"error": "busy"}, status_code=503)
+        return {"version": state["version"]}
+
+    app.router.lifespan_context = store.lifespan
+    return app, state

@@ -14,28 +14,13 @@ import anyio
 import httpx
 import pytest
 import redis
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
 from oxcache import Cache, CacheUnavailable, ConfigError, cache
 from oxcache.backends.memory import MemoryBackend
-from tests.apps import MakeStore
+from tests.apps import MakeStore, item_app, stale_app
 from tests.conftest import RedisServer, free_port
-
-
-def item_app(store: Cache, **options: Any) -> tuple[FastAPI, list[int]]:
-    app = FastAPI()
-    calls: list[int] = []
-
-    @app.get("/item/{id}")
-    @cache(expire=60, store=store, **options)
-    async def item(id: int) -> dict[str, Any]:
-        calls.append(id)
-        return {"id": id, "name": f"item {id}"}
-
-    app.router.lifespan_context = store.lifespan
-    return app, calls
 
 
 def test_redis_killed_and_restarted_during_2000_requests(
@@ -44,7 +29,7 @@ def test_redis_killed_and_restarted_during_2000_requests(
     # A killed Redis refuses connections at once, so the outage is seen without a timeout;
     # a generous one keeps a busy machine from tripping the breaker before the kill.
     store = Cache(own_redis.url, prefix="kill", timeout=2.0)
-    app, _ = item_app(store)
+    app, _ = item_app(store, named=True)
     statuses: list[int] = []
     resumed_after: float | None = None
     with caplog.at_level(logging.INFO, "oxcache"), TestClient(app) as client:
@@ -76,7 +61,7 @@ def test_redis_killed_and_restarted_during_2000_requests(
 
 def test_redis_that_never_answers_costs_at_most_the_timeout(own_redis: RedisServer) -> None:
     store = Cache(own_redis.url, prefix="stuck", timeout=0.05)
-    app, _ = item_app(store)
+    app, _ = item_app(store, named=True)
     latencies: list[float] = []
     with TestClient(app) as client:
         assert client.get("/item/1").status_code == 200
@@ -104,7 +89,7 @@ def test_redis_that_never_answers_costs_at_most_the_timeout(own_redis: RedisServ
 def test_redis_down_at_startup_then_up(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     store = Cache(f"redis://127.0.0.1:{port}/0", prefix="late", retry_after=0.1)
-    app, calls = item_app(store)
+    app, calls = item_app(store, named=True)
     with caplog.at_level(logging.INFO, "oxcache"), TestClient(app) as client:
         for _ in range(3):
             assert client.get("/item/1").json() == {"id": 1, "name": "item 1"}
@@ -125,7 +110,7 @@ def test_redis_down_at_startup_then_up(caplog: pytest.LogCaptureFixture) -> None
 
 def test_on_error_raise_surfaces_the_outage() -> None:
     store = Cache(f"redis://127.0.0.1:{free_port()}/0", on_error="raise")
-    app, _ = item_app(store)
+    app, _ = item_app(store, named=True)
     with pytest.raises(CacheUnavailable), TestClient(app):
         pass  # at startup
     bare = FastAPI()  # no lifespan: the first request meets the outage
@@ -147,7 +132,7 @@ def test_foreign_or_corrupt_values_are_misses_then_hits(
     make_store: MakeStore, garbage: bytes
 ) -> None:
     store = make_store()
-    app, calls = item_app(store)
+    app, calls = item_app(store, named=True)
     key = store.key_for(app.routes[-1].endpoint, id=3)  # type: ignore[attr-defined]
     with TestClient(app) as client:
         client.portal.call(store.backend.set, key, garbage, 60_000)
@@ -283,7 +268,7 @@ def test_a_dead_lock_holder_costs_one_lock_timeout_not_a_deadlock(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     store = Cache(redis_url, prefix="deadlock-" + os.urandom(4).hex(), lock_timeout=0.3)
-    app, calls = item_app(store)
+    app, calls = item_app(store, named=True)
     key = store.key_for(app.routes[-1].endpoint, id=5)  # type: ignore[attr-defined]
     redis_client.set(store.lock_name(key), b"a worker that died", px=5000)
     with TestClient(app) as client:
@@ -293,43 +278,6 @@ def test_a_dead_lock_holder_costs_one_lock_timeout_not_a_deadlock(
     assert response.status_code == 200 and response.json()["id"] == 5
     assert calls == [5]
     assert waited < 5  # it did not wait for the dead holder's lock to expire
-
-
-def stale_app(store: Cache, **options: Any) -> tuple[FastAPI, dict[str, Any]]:
-    app = FastAPI()
-    state: dict[str, Any] = {"version": 1, "runs": 0, "fail": None}
-
-    @app.get("/data")
-    @cache(expire=1, store=store, **options)
-    async def data(request: Request) -> Any:
-        state["runs"] += 1
-        if state["fail"] == "raise":
-            raise RuntimeError("database down")
-        if state["fail"] == "404":
-            raise HTTPException(status_code=404)
-        if state["fail"] == "503":
-            return JSONResponse({"error": "busy"}, status_code=503)
-        return {"version": state["version"]}
-
-    app.router.lifespan_context = store.lifespan
-    return app, state
-
-
-def test_stale_while_revalidate_serves_stale_and_refreshes_once(make_store: MakeStore) -> None:
-    store = make_store()
-    app, state = stale_app(store, stale_while_revalidate=30)
-    with TestClient(app) as client:
-        first = client.get("/data")
-        assert first.headers["cache-control"] == "max-age=1, stale-while-revalidate=30"
-        state["version"] = 2
-        time.sleep(1.1)
-        stale = client.get("/data")  # served at once from the stale entry...
-        assert stale.json() == {"version": 1} and stale.headers["x-fastapi-cache"] == "Hit"
-        assert int(stale.headers["age"]) >= 1
-        fresh = client.get("/data")  # ...which the background run has refreshed
-    assert fresh.json() == {"version": 2} and fresh.headers["x-fastapi-cache"] == "Hit"
-    assert state["runs"] == 2
-    assert store.stats()["stale"] == 1
 
 
 def test_stale_while_revalidate_runs_one_refresh_at_a_time(make_store: MakeStore) -> None:
@@ -407,7 +355,7 @@ def test_without_stale_options_an_expired_entry_is_a_miss(make_store: MakeStore)
 
 def test_stats_count_what_happened(make_store: MakeStore) -> None:
     store = make_store()
-    app, _ = item_app(store)
+    app, _ = item_app(store, named=True)
     with TestClient(app) as client:
         client.get("/item/1")
         client.get("/item/1")
@@ -418,40 +366,6 @@ def test_stats_count_what_happened(make_store: MakeStore) -> None:
     assert stats["misses"] == 1 and stats["hits"] == 3 and stats["bypasses"] == 1
     assert stats["bytes_written"] > 0 and stats["bytes_read"] >= 2 * stats["bytes_written"]
     assert stats["errors"] == 0
-
-
-@pytest.mark.parametrize("beta", [0.0, 1000.0])
-def test_early_recompute_refreshes_a_hot_entry_before_it_expires(
-    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, beta: float
-) -> None:
-    import oxcache.serve
-
-    draw = [0.999999]  # XFetch's U: ln(1 - U) = -13.8, so beta * delta * 13.8 s early
-    monkeypatch.setattr(oxcache.serve.random, "random", lambda: draw[0])
-    store = make_store()
-    app = FastAPI()
-    state = {"version": 1, "runs": 0}
-
-    @app.get("/hot")
-    @cache(expire=60, store=store, early_recompute=beta)
-    async def hot() -> dict[str, int]:
-        state["runs"] += 1
-        await asyncio.sleep(0.01)  # delta: 10 ms, so 1000 * 0.01 * 13.8 = 138 s > 60 s left
-        return {"version": state["version"]}
-
-    app.router.lifespan_context = store.lifespan
-    with TestClient(app) as client:
-        assert client.get("/hot").headers["x-fastapi-cache"] == "Miss"
-        state["version"] = 2
-        hit = client.get("/hot")  # fresh hit; with beta, refreshed after it is sent
-        draw[0] = 0.0  # ln(1) = 0: no early refresh from now on
-        after = client.get("/hot")
-    assert hit.json() == {"version": 1} and hit.headers["x-fastapi-cache"] == "Hit"
-    assert after.headers["x-fastapi-cache"] == "Hit"
-    if beta:
-        assert after.json() == {"version": 2} and state["runs"] == 2
-    else:
-        assert after.json() == {"version": 1} and state["runs"] == 1
 
 
 def test_early_recompute_must_be_a_non_negative_number() -> None:
