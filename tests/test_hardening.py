@@ -13,7 +13,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from oxcache import Cache, MemoryBackend, cache
 from tests.apps import MakeStore, client_for
@@ -90,24 +90,6 @@ def test_no_expiry_and_expire_zero_give_valid_headers(make_store: MakeStore) -> 
         assert response.json() == {"x": 0}
         assert "cache-control" not in response.headers and "x-fastapi-cache" not in response.headers
     assert runs == ["forever", "never", "never"]
-
-
-def test_json_response_404_is_never_replayed_as_200(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    runs: list[int] = []
-
-    @app.get("/missing")
-    @cache(expire=60, store=store)
-    async def missing() -> JSONResponse:
-        runs.append(1)
-        return JSONResponse({"detail": "nope"}, status_code=404)
-
-    with client_for(app, store) as client:
-        responses = [client.get("/missing") for _ in range(3)]
-    assert [r.status_code for r in responses] == [404, 404, 404]
-    assert all(r.json() == {"detail": "nope"} for r in responses)
-    assert len(runs) == 3
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,9 @@ import pytest
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
-    StreamingResponse,
 )
 from pydantic import BaseModel, SecretStr
 
@@ -110,34 +108,6 @@ def test_any_return_type_fastapi_serializes_is_cached_as_fastapi_sends_it(
     assert hit.headers["content-type"] == expected.headers["content-type"]
     if kind == "JSONResponse":
         assert hit.headers["x-extra"] == "kept"
-
-
-def test_streaming_and_file_responses_are_never_cached_and_say_so_once(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    store = make_store()
-    app = FastAPI()
-    path = tmp_path / "f.txt"
-    path.write_text("file body")
-
-    @app.get("/stream")
-    @cache(expire=60, store=store)
-    async def stream() -> StreamingResponse:
-        return StreamingResponse(iter([b"a", b"b"]), media_type="text/plain")
-
-    @app.get("/file")
-    @cache(expire=60, store=store)
-    async def file() -> FileResponse:
-        return FileResponse(path)
-
-    with caplog.at_level(logging.WARNING, "oxcache"), client_for(app, store) as client:
-        for _ in range(3):
-            assert client.get("/stream").content == b"ab"
-            response = client.get("/file")
-            assert response.content == b"file body"
-            assert "x-fastapi-cache" not in response.headers
-    messages = [r.getMessage() for r in caplog.records if "never cached" in r.getMessage()]
-    assert len(messages) == 2  # once per endpoint
 
 
 def test_server_ttl_and_browser_max_age_are_set_apart(make_store: MakeStore) -> None:
