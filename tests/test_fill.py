@@ -25,7 +25,7 @@ from oxcache import Cache, cache
 from oxcache.backends.memory import MemoryBackend
 from tests.apps import MakeStore, client_for, item_app, stale_app
 
-# -- what is stored, and what never is -------------------------------------------------------
+# -- what is stored, and what never is ---------------------------------------------------------
 
 
 def test_expire_zero_means_do_not_store(make_store: MakeStore) -> None:

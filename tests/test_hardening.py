@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from oxcache import Cache, MemoryBackend, cache
@@ -62,36 +62,6 @@ def test_route_factory_names_can_be_pinned(make_store: MakeStore) -> None:
     assert store.key_for(b, page=2) == f"{store.prefix}:tests.test_hardening.list_b(page=2)"
 
 
-def test_no_expiry_and_expire_zero_give_valid_headers(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    runs: list[str] = []
-
-    @app.get("/forever")
-    @cache(store=store)
-    async def forever() -> dict[str, int]:
-        runs.append("forever")
-        return {"x": 1}
-
-    @app.get("/never")
-    @cache(expire=0, store=store)
-    async def never() -> dict[str, int]:
-        runs.append("never")
-        return {"x": 0}
-
-    with client_for(app, store) as client:
-        miss, hit = client.get("/forever"), client.get("/forever")
-        n1, n2 = client.get("/never"), client.get("/never")
-    for response in (miss, hit):
-        assert response.headers["cache-control"] == "max-age=31536000"
-        assert response.headers["expires"].endswith(" GMT")
-    assert int(hit.headers["age"]) >= 0
-    for response in (n1, n2):  # expire=0: not stored, and no cache headers at all
-        assert response.json() == {"x": 0}
-        assert "cache-control" not in response.headers and "x-fastapi-cache" not in response.headers
-    assert runs == ["forever", "never", "never"]
-
-
 @pytest.mark.parametrize(
     "response_class, body, media_type",
     [
@@ -130,36 +100,6 @@ def test_orjson_response_is_not_encoded_twice(make_store: MakeStore) -> None:
         miss, hit = client.get("/fast"), client.get("/fast")
     assert miss.content == hit.content == '{"a":[1,2,3],"b":"ü"}'.encode()
     assert hit.json() == {"a": [1, 2, 3], "b": "ü"}
-
-
-def test_client_cache_control_only_affects_its_own_endpoint_and_never_the_ttl(
-    make_store: MakeStore,
-) -> None:
-    store = make_store()
-    app = FastAPI()
-    inner_runs: list[int] = []
-
-    @app.get("/inner")
-    @cache(expire=60, store=store)
-    async def inner() -> dict[str, int]:
-        inner_runs.append(1)
-        return {"inner": len(inner_runs)}
-
-    @app.get("/outer")
-    @cache(expire=60, store=store)
-    async def outer(request: Request) -> dict[str, Any]:
-        return {"outer": True}
-
-    with client_for(app, store) as client:
-        client.get("/inner")
-        no_cache = client.get("/outer", headers={"Cache-Control": "no-cache"})
-        assert no_cache.json() == {"outer": True}
-        assert client.get("/inner").headers["x-fastapi-cache"] == "Hit"  # unaffected
-        short = client.get("/inner", headers={"Cache-Control": "max-age=5"})
-        fresh = client.get("/inner", headers={"Cache-Control": "no-store"})
-    assert short.headers["x-fastapi-cache"] == "Hit"
-    assert short.headers["cache-control"] == "max-age=60"  # the server's TTL, not the client's
-    assert "x-fastapi-cache" not in fresh.headers and fresh.json() == {"inner": 2}
 
 
 def test_memory_stores_never_share_entries_and_stay_bounded() -> None:
