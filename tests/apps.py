@@ -4,11 +4,13 @@ are in conftest.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from oxcache import Cache, cache
 
@@ -59,3 +61,17 @@ def stale_app(store: Cache, **options: Any) -> tuple[FastAPI, dict[str, Any]]:
 
     app.router.lifespan_context = store.lifespan
     return app, state
+
+
+# Values endpoints and @cached functions return: a pydantic model and a dataclass.
+
+
+class Item(BaseModel):
+    id: int
+    name: str
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float

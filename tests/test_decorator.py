@@ -9,10 +9,8 @@ from functools import partial, update_wrapper
 from typing import Annotated, Any, Callable, Optional
 
 import pytest
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi import BackgroundTasks, Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 
 from oxcache import (
     Cache,
@@ -26,7 +24,6 @@ from oxcache import (
     cache_one_year,
 )
 from tests.apps import MakeStore, client_for, item_app
-from tests.conftest import sync_client
 
 
 @pytest.mark.parametrize("with_params", [True, False])
@@ -163,138 +160,6 @@ def test_invalid_expire_is_refused_at_decoration(bad: Any) -> None:
 
 
 # -- bodies identical to the undecorated route ---------------------------------------------------
-
-
-class Public(BaseModel):
-    id: int
-    name: str
-    nickname: Optional[str] = None
-
-
-def _twin_routes(store: Cache) -> FastAPI:
-    """Each endpoint registered twice: at /plain/... undecorated, at /cached/... with @cache."""
-    app = FastAPI()
-    specs: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
-
-    def add(path: str, func: Callable[..., Any], **route: Any) -> None:
-        specs.append((path, route, func))
-
-    add(
-        "/model-filter",
-        lambda: {"id": 1, "name": "a", "password_hash": "s3cr3t"},
-        response_model=Public,
-    )
-    add(
-        "/exclude-none",
-        lambda: Public(id=1, name="a"),
-        response_model=Public,
-        response_model_exclude_none=True,
-    )
-    add(
-        "/exclude-unset",
-        lambda: Public(id=1, name="a"),
-        response_model=Public,
-        response_model_exclude_unset=True,
-    )
-    add(
-        "/list-models",
-        lambda: [Public(id=i, name=str(i)) for i in range(3)],
-        response_model=list[Public],
-    )
-    add("/plain-text", lambda: "héllo", response_class=PlainTextResponse)
-    add("/html", lambda: "<b>hi</b>", response_class=HTMLResponse)
-    add("/status", lambda: {"created": True}, status_code=201)
-    add("/jsonresponse", lambda: JSONResponse({"z": 1, "a": [1, 2]}))
-    add("/unicode", lambda: {"name": "Zoë ☃", "n": 1.5, "big": 10**20})
-    add("/scalar-none", lambda: None)
-    add("/scalar-int", lambda: 42)
-    add("/response-obj", lambda: Response(b"\x00\x01raw", media_type="application/octet-stream"))
-
-    import datetime as dt
-    import uuid
-
-    add(
-        "/types",
-        lambda: {
-            "dt": dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc),
-            "d": dt.date(2024, 1, 2),
-            "u": uuid.UUID(int=7),
-        },
-    )
-
-    for path, route, func in specs:
-        app.get("/plain" + path, **route)(func)
-        app.get("/cached" + path, **route)(cache(store=store)(func))
-    return app
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/model-filter",
-        "/exclude-none",
-        "/exclude-unset",
-        "/list-models",
-        "/plain-text",
-        "/html",
-        "/status",
-        "/jsonresponse",
-        "/unicode",
-        "/scalar-none",
-        "/scalar-int",
-        "/response-obj",
-        "/types",
-    ],
-)
-def test_miss_and_hit_bodies_equal_the_undecorated_route(make_store: MakeStore, path: str) -> None:
-    store = make_store()
-    app = _twin_routes(store)
-    with client_for(app, store) as client:
-        plain = client.get("/plain" + path)
-        miss = client.get("/cached" + path)
-        hit = client.get("/cached" + path)
-    assert miss.headers["x-fastapi-cache"] == "Miss"
-    assert hit.headers["x-fastapi-cache"] == "Hit"
-    for response in (miss, hit):
-        assert response.status_code == plain.status_code
-        assert response.content == plain.content
-        assert response.headers["content-type"] == plain.headers["content-type"]
-        assert response.headers["content-length"] == plain.headers["content-length"]
-    assert b"s3cr3t" not in miss.content + hit.content
-
-
-def test_response_model_secret_never_stored(make_store: MakeStore, backend_url: str | None) -> None:
-    store = make_store()
-    app = _twin_routes(store)
-    with client_for(app, store) as client:
-        client.get("/cached/model-filter")
-        assert b"s3cr3t" not in client.get("/cached/model-filter").content
-    if backend_url:
-        raw = sync_client(backend_url)
-        values = [raw.get(k) or b"" for k in raw.scan_iter(match=f"{store.prefix}:*")]
-        raw.close()
-        assert values and not any(b"s3cr3t" in v for v in values)
-
-
-def test_status_and_headers_set_on_the_response_parameter_are_replayed(
-    make_store: MakeStore,
-) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/custom")
-    @cache(store=store)
-    async def custom(response: Response) -> dict[str, int]:
-        response.status_code = 203
-        response.headers["X-Custom"] = "yes"
-        return {"n": 1}
-
-    with client_for(app, store) as client:
-        miss, hit = client.get("/custom"), client.get("/custom")
-    for response in (miss, hit):
-        assert response.status_code == 203
-        assert response.headers["x-custom"] == "yes"
-    assert hit.headers["x-fastapi-cache"] == "Hit"
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -611,20 +476,3 @@ def test_invalidate_and_clear(make_store: MakeStore) -> None:
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"
         assert client.portal.call(store.clear) == 2
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Miss"
-
-
-def test_router_included_endpoint(make_store: MakeStore) -> None:
-    store = make_store()
-    router = APIRouter(prefix="/api")
-
-    @router.get("/r", response_model=Public)
-    @cache(store=store)
-    async def r() -> Any:
-        return {"id": 1, "name": "x", "password_hash": "s3cr3t"}
-
-    app = FastAPI()
-    app.include_router(router)
-    with client_for(app, store) as client:
-        miss, hit = client.get("/api/r"), client.get("/api/r")
-    assert miss.json() == hit.json() == {"id": 1, "name": "x", "nickname": None}
-    assert hit.headers["x-fastapi-cache"] == "Hit"

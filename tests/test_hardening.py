@@ -6,21 +6,15 @@ each to the peers' probes). Parametrized over real Redis and memory.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from oxcache import Cache, MemoryBackend, cache
 from tests.apps import MakeStore, client_for
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from fastapi.responses import ORJSONResponse
 
 
 def make_list_endpoint(kind: str, store: Cache, **options: Any) -> Any:
@@ -60,46 +54,6 @@ def test_route_factory_names_can_be_pinned(make_store: MakeStore) -> None:
     b = make_list_endpoint("b", store, name="list_b")
     assert store.key_for(a, page=2) == f"{store.prefix}:tests.test_hardening.list_a(page=2)"
     assert store.key_for(b, page=2) == f"{store.prefix}:tests.test_hardening.list_b(page=2)"
-
-
-@pytest.mark.parametrize(
-    "response_class, body, media_type",
-    [
-        (PlainTextResponse, "plain text, not JSON", "text/plain; charset=utf-8"),
-        (HTMLResponse, "<h1>héllo</h1>", "text/html; charset=utf-8"),
-    ],
-)
-def test_plain_text_and_html_are_replayed_byte_for_byte(
-    make_store: MakeStore, response_class: Any, body: str, media_type: str
-) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/page")
-    @cache(expire=60, store=store)
-    async def page() -> Any:
-        return response_class(body)
-
-    with client_for(app, store) as client:
-        miss, hit = client.get("/page"), client.get("/page")
-    assert hit.headers["x-fastapi-cache"] == "Hit"
-    assert miss.content == hit.content == body.encode()
-    assert miss.headers["content-type"] == hit.headers["content-type"] == media_type
-
-
-def test_orjson_response_is_not_encoded_twice(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/fast")
-    @cache(expire=60, store=store)
-    async def fast() -> Any:
-        return ORJSONResponse({"a": [1, 2, 3], "b": "ü"})
-
-    with client_for(app, store) as client:
-        miss, hit = client.get("/fast"), client.get("/fast")
-    assert miss.content == hit.content == '{"a":[1,2,3],"b":"ü"}'.encode()
-    assert hit.json() == {"a": [1, 2, 3], "b": "ü"}
 
 
 def test_memory_stores_never_share_entries_and_stay_bounded() -> None:

@@ -4,39 +4,24 @@ real Redis and in memory."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import enum
 import logging
 import shutil
 import subprocess
 import tempfile
 import time
-import uuid
-import warnings
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import pytest
 import redis
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import (
-    HTMLResponse,
-    JSONResponse,
-    PlainTextResponse,
-)
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from oxcache import Cache, cache, cached
-from tests.apps import MakeStore, client_for
+from tests.apps import Item, MakeStore, Point, client_for
 from tests.conftest import free_port
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from fastapi.responses import ORJSONResponse
 
 
 class Session:
@@ -45,69 +30,6 @@ class Session:
 
 def get_session() -> Session:
     return Session()
-
-
-class Item(BaseModel):
-    id: int
-    name: str
-
-
-@dataclasses.dataclass
-class Point:
-    x: int
-    y: float
-
-
-class Color(enum.Enum):
-    RED = "red"
-
-
-RETURNS: dict[str, Callable[[], Any]] = {
-    "model": lambda: Item(id=1, name="a"),
-    "list of models": lambda: [Item(id=1, name="a"), Item(id=2, name="b")],
-    "dataclass": lambda: Point(1, 2.5),
-    "uuid": lambda: uuid.UUID("12345678-1234-5678-1234-567812345678"),
-    "enum": lambda: Color.RED,
-    "datetime": lambda: dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
-    "date": lambda: dt.date(2024, 1, 2),
-    "decimal": lambda: Decimal("1.10"),
-    "JSONResponse": lambda: JSONResponse({"a": 1}, headers={"x-extra": "kept"}),
-    "PlainTextResponse": lambda: PlainTextResponse("hello"),
-    "HTMLResponse": lambda: HTMLResponse("<b>hi</b>"),
-    "ORJSONResponse": lambda: ORJSONResponse({"o": [1, 2]}),
-    "None": lambda: None,
-}
-
-
-@pytest.mark.parametrize("kind", list(RETURNS))
-def test_any_return_type_fastapi_serializes_is_cached_as_fastapi_sends_it(
-    make_store: MakeStore, kind: str
-) -> None:
-    store = make_store()
-    app = FastAPI()
-    make = RETURNS[kind]
-    runs: list[int] = []
-
-    @app.get("/plain")
-    async def plain() -> Any:
-        return make()
-
-    @app.get("/cached")
-    @cache(expire=60, store=store)
-    async def cached_endpoint() -> Any:
-        runs.append(1)
-        return make()
-
-    with client_for(app, store) as client, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        expected = client.get("/plain")
-        miss, hit = client.get("/cached"), client.get("/cached")
-    assert hit.headers["x-fastapi-cache"] == "Hit" and len(runs) == 1
-    assert miss.content == hit.content == expected.content
-    assert miss.headers["content-type"] == hit.headers["content-type"]
-    assert hit.headers["content-type"] == expected.headers["content-type"]
-    if kind == "JSONResponse":
-        assert hit.headers["x-extra"] == "kept"
 
 
 def test_plain_functions_are_cached_with_the_same_keys_and_invalidation(
