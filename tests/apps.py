@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from oxcache import Cache, cache
+from oxcache import Cache, MemoryBackend, RedisBackend, cache
+from tests.conftest import sync_client
 
 #: The `make_store` fixture: a store on the parametrized backend (memory, Redis, cluster).
 MakeStore = Callable[..., Cache]
@@ -75,3 +76,16 @@ class Item(BaseModel):
 class Point:
     x: int
     y: float
+
+
+def stored_keys(store: Cache) -> list[str]:
+    """Every key the store holds under its prefix (entries and indexes)."""
+    backend = store.backend
+    if isinstance(backend, MemoryBackend):
+        return sorted(backend._data)
+    assert isinstance(backend, RedisBackend) and store.url
+    client = sync_client(store.url)
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
+    finally:
+        client.close()

@@ -5,55 +5,14 @@ each to the peers' probes). Parametrized over real Redis and memory.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import anyio
-import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from oxcache import Cache, MemoryBackend, cache
-from tests.apps import MakeStore, client_for
-
-
-def make_list_endpoint(kind: str, store: Cache, **options: Any) -> Any:
-    """A route factory: every endpoint it builds is `list_items` in this module."""
-
-    @cache(expire=60, store=store, **options)
-    async def list_items(page: int = 1) -> dict[str, Any]:
-        return {"kind": kind, "page": page}
-
-    return list_items
-
-
-def test_route_factory_endpoints_never_share_a_key(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = make_store()
-    app = FastAPI()
-    with caplog.at_level(logging.WARNING, "oxcache"):
-        users = make_list_endpoint("users", store)
-        orders = make_list_endpoint("orders", store)
-    app.get("/users")(users)
-    app.get("/orders")(orders)
-    with client_for(app, store) as client:
-        for _ in range(2):  # miss, then hit
-            assert client.get("/users").json() == {"kind": "users", "page": 1}
-            assert client.get("/orders").json() == {"kind": "orders", "page": 1}
-        assert client.get("/orders").headers["x-fastapi-cache"] == "Hit"
-    assert store.key_for(users) != store.key_for(orders)
-    assert store.key_for(users) == f"{store.prefix}:tests.test_hardening.list_items(page=1)"
-    assert store.key_for(orders) == f"{store.prefix}:tests.test_hardening.list_items#2(page=1)"
-    assert any("name=" in r.getMessage() for r in caplog.records)
-
-
-def test_route_factory_names_can_be_pinned(make_store: MakeStore) -> None:
-    store = make_store()
-    a = make_list_endpoint("a", store, name="list_a")
-    b = make_list_endpoint("b", store, name="list_b")
-    assert store.key_for(a, page=2) == f"{store.prefix}:tests.test_hardening.list_a(page=2)"
-    assert store.key_for(b, page=2) == f"{store.prefix}:tests.test_hardening.list_b(page=2)"
+from tests.apps import client_for
 
 
 def test_memory_stores_never_share_entries_and_stay_bounded() -> None:
