@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -89,3 +89,10 @@ def stored_keys(store: Cache) -> list[str]:
         return sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
     finally:
         client.close()
+
+
+def current_user_id(x_user: str | None = Header(default=None)) -> str:
+    """The test's authentication: the user id is in `X-User`; no header means 401."""
+    if x_user is None:
+        raise HTTPException(status_code=401, detail="not authenticated")
+    return x_user

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 from functools import partial, update_wrapper
 from typing import Any, Callable
 
@@ -13,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from oxcache import (
     Cache,
-    ConfigError,
     cache,
     cache_one_day,
     cache_one_hour,
@@ -105,20 +103,6 @@ def test_partial_with_update_wrapper_as_the_seed_documents(make_store: MakeStore
         assert client.get("/cache_two_hours").headers["cache-control"] == "max-age=7200"
 
 
-@pytest.mark.parametrize("expire", [45, timedelta(seconds=45)])
-def test_expire_int_or_timedelta(make_store: MakeStore, expire: Any) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/e")
-    @cache(expire=expire, store=store)
-    async def e() -> int:
-        return 1
-
-    with client_for(app, store) as client:
-        assert client.get("/e").headers["cache-control"] == "max-age=45"
-
-
 def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> None:
     import anyio
 
@@ -138,12 +122,6 @@ def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> N
         client.get("/bare")
         assert client.get("/bare").headers["x-fastapi-cache"] == "Hit"
     assert len(calls) == 1
-
-
-@pytest.mark.parametrize("bad", [-1, timedelta(seconds=-5), "60", 1.5, True])
-def test_invalid_expire_is_refused_at_decoration(bad: Any) -> None:
-    with pytest.raises(ConfigError):
-        cache(expire=bad)
 
 
 # -- conditional requests ----------------------------------------------------------------------

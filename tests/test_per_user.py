@@ -16,20 +16,13 @@ import anyio
 import httpx
 import pytest
 import redis
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.testclient import TestClient
 
-from oxcache import Cache, ConfigError, MemoryBackend, RedisBackend, cache
+from oxcache import Cache, MemoryBackend, RedisBackend, cache
 from oxcache.backends.base import Backend
-from tests.apps import MakeStore, client_for, stored_keys
+from tests.apps import MakeStore, client_for, current_user_id, stored_keys
 from tests.conftest import sync_client
-
-
-def current_user_id(x_user: str | None = Header(default=None)) -> str:
-    """The test's authentication: the user id is in `X-User`; no header means 401."""
-    if x_user is None:
-        raise HTTPException(status_code=401, detail="not authenticated")
-    return x_user
 
 
 def per_user_app(store: Cache, calls: Counter[str]) -> FastAPI:
@@ -364,23 +357,6 @@ def test_credentials_bypass_unshared_endpoints_once_warned(
     assert runs == ["profile", "profile", "profile", "profile", "public"]
     warnings = [r for r in caplog.records if "Authorization or Cookie" in r.getMessage()]
     assert len(warnings) == 1 and "per_user" in warnings[0].getMessage()
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"vary": "accept-language"}, "list of strings"),
-        ({"vary": ["bad header"]}, "not a header name"),
-        ({"tags": ["item:{nope}"]}, "not one of its parameters"),
-        ({"per_user": current_user_id, "shared": True}, "contradict"),
-        ({"per_user": "user"}, "dependency"),
-    ],
-)
-def test_configuration_errors_are_clear(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-
-        @cache(expire=60, **kwargs)
-        async def endpoint(id: int) -> None: ...
 
 
 class FlakyBackend(MemoryBackend):

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from oxcache import Cache, CacheUnavailable, ConfigError, cache
+from oxcache import Cache, CacheUnavailable, cache
 from tests.apps import MakeStore, item_app
 from tests.conftest import RedisServer, free_port
 
@@ -150,8 +150,3 @@ def test_stats_count_what_happened(make_store: MakeStore) -> None:
     assert stats["misses"] == 1 and stats["hits"] == 3 and stats["bypasses"] == 1
     assert stats["bytes_written"] > 0 and stats["bytes_read"] >= 2 * stats["bytes_written"]
     assert stats["errors"] == 0
-
-
-def test_early_recompute_must_be_a_non_negative_number() -> None:
-    with pytest.raises(ConfigError):
-        cache(expire=60, early_recompute=-1)(lambda: None)
