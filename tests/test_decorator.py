@@ -11,7 +11,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
 from oxcache import (
-    Cache,
     cache,
     cache_one_day,
     cache_one_hour,
@@ -20,7 +19,7 @@ from oxcache import (
     cache_one_week,
     cache_one_year,
 )
-from tests.apps import MakeStore, client_for, item_app
+from tests.apps import MakeStore, client_for
 
 
 @pytest.mark.parametrize("with_params", [True, False])
@@ -194,57 +193,3 @@ def test_decorated_function_called_directly_behaves_like_the_original() -> None:
 
 
 # -- store behaviour -----------------------------------------------------------------------------
-
-
-def test_two_memory_stores_never_share_entries() -> None:
-    first, second = Cache(), Cache()
-    app = FastAPI()
-
-    @app.get("/a")
-    @cache(store=first)
-    async def a() -> int:
-        return 1
-
-    @app.get("/b")
-    @cache(store=second)
-    async def b() -> int:
-        return 2
-
-    with client_for(app, first) as client:
-        client.get("/a")
-    assert len(first.backend) == 1  # type: ignore[arg-type]
-    assert len(second.backend) == 0  # type: ignore[arg-type]
-
-
-def test_corrupted_value_is_a_miss_then_overwritten(make_store: MakeStore) -> None:
-    store = make_store()
-    app, calls = item_app(store)
-    key = store.key_for(_find(app, "/item/{id}"), id=9)
-    with client_for(app, store) as client:
-        for garbage in (b"not ours", b"OXC\x07" + b"\x00" * 60, b""):
-            # On the app's event loop: redis.asyncio connections belong to one loop.
-            client.portal.call(store.backend.set, key, garbage, 60_000)
-            assert client.get("/item/9").headers["x-fastapi-cache"] == "Miss"
-            assert client.get("/item/9").headers["x-fastapi-cache"] == "Hit"
-    assert calls == [9, 9, 9]
-
-
-def _find(app: FastAPI, path: str) -> Any:
-    for route in app.routes:
-        if getattr(route, "path", None) == path:
-            return route.endpoint  # type: ignore[attr-defined]
-    raise LookupError(path)
-
-
-def test_invalidate_and_clear(make_store: MakeStore) -> None:
-    store = make_store()
-    app, _ = item_app(store)
-    endpoint = _find(app, "/item/{id}")
-    with client_for(app, store) as client:
-        client.get("/item/1")
-        client.get("/item/2")
-        assert client.portal.call(partial(store.invalidate, endpoint, id=1)) == 1
-        assert client.get("/item/1").headers["x-fastapi-cache"] == "Miss"
-        assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"
-        assert client.portal.call(store.clear) == 2
-        assert client.get("/item/2").headers["x-fastapi-cache"] == "Miss"

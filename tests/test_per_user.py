@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -15,14 +14,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import redis
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.testclient import TestClient
 
-from oxcache import Cache, MemoryBackend, RedisBackend, cache
+from oxcache import Cache, MemoryBackend, cache
 from oxcache.backends.base import Backend
 from tests.apps import MakeStore, client_for, current_user_id, stored_keys
-from tests.conftest import sync_client
 
 
 def per_user_app(store: Cache, calls: Counter[str]) -> FastAPI:
@@ -216,109 +212,6 @@ def test_put_invalidates_get_for_every_user_and_variant(make_store: MakeStore) -
     for (user, _), response in zip(variants, after, strict=True):
         assert response.json() == {"id": 1, "name": "new", "user": user}
         assert response.headers["x-fastapi-cache"] == "Miss"
-
-
-def test_tags_are_formatted_from_arguments_and_invalidated(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/items/{id}")
-    @cache(expire=60, tags=["items", "item:{id}"], store=store)
-    async def item(id: int) -> dict[str, int]:
-        return {"id": id}
-
-    @app.get("/items")
-    @cache(expire=60, tags=["items"], store=store)
-    async def items() -> list[int]:
-        return [1, 2]
-
-    def state(client: TestClient) -> list[str]:
-        paths = ("/items/1", "/items/2", "/items")
-        return [client.get(path).headers["x-fastapi-cache"] for path in paths]
-
-    with client_for(app, store) as client:
-        assert state(client) == ["Miss", "Miss", "Miss"]
-        assert client.portal.call(store.invalidate_tag, "item:1") == 1
-        assert state(client) == ["Miss", "Hit", "Hit"]
-        assert client.portal.call(store.invalidate_tag, "items") == 3
-        assert state(client) == ["Miss", "Miss", "Miss"]
-        assert client.portal.call(store.invalidate_tag, "no-such-tag") == 0
-
-
-def test_indexes_expire_with_their_entries_and_stay_bounded(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/n/{n}")
-    @cache(expire=1, tags=["all"], store=store)
-    async def n(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    index = store.tag_index("all")
-    with client_for(app, store) as client:
-        for i in range(20):
-            client.get(f"/n/{i}")
-        if isinstance(store.backend, RedisBackend):
-            assert store.url
-            sync = sync_client(store.url)
-            assert sync.zcard(index) == 20
-            assert 1000 < sync.pttl(index) <= 2000  # the longest entry's TTL plus 1 s margin
-            time.sleep(1.1)
-            client.get("/n/100")  # a write prunes members whose entries have expired
-            assert sync.zcard(index) == 1
-            time.sleep(2.2)
-            assert not sync.exists(index)  # and the index dies after its last entry
-            sync.close()
-        else:
-            backend = store.backend
-            assert isinstance(backend, MemoryBackend)
-            assert backend.index_size(index) == 20
-            time.sleep(1.1)
-            for i in range(20):
-                client.get(f"/n/{i}")  # expired entries are dropped and re-stored
-            assert backend.index_size(index) == 20
-
-
-def test_memory_indexes_follow_evictions() -> None:
-    store = Cache(max_entries=5)
-    app = FastAPI()
-
-    @app.get("/n/{n}")
-    @cache(expire=60, tags=["all"], store=store)
-    async def n(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    with client_for(app, store) as client:
-        for i in range(50):
-            client.get(f"/n/{i}")
-        backend = store.backend
-        assert isinstance(backend, MemoryBackend)
-        assert len(backend) == 5 and backend.index_size(store.tag_index("all")) == 5
-        assert client.portal.call(store.invalidate_tag, "all") == 5
-        assert len(backend) == 0 and backend.index_size(store.tag_index("all")) == 0
-
-
-def test_clear_leaves_foreign_keys_alone(redis_url: str, redis_client: redis.Redis) -> None:
-    store = Cache(redis_url, prefix="clear-test")
-    app = FastAPI()
-
-    @app.get("/u")
-    @cache(expire=60, per_user=current_user_id, tags=["t"], store=store)
-    async def u() -> dict[str, int]:
-        return {"ok": 1}
-
-    redis_client.set("clear-test-foreign", b"keep")
-    redis_client.set("foreign:clear-test:x", b"keep")
-    try:
-        with client_for(app, store) as client:
-            client.get("/u", headers={"X-User": "1"})
-            assert redis_client.exists(store.user_index("1"))
-            assert client.portal.call(store.clear) == 4  # entry, user, tag, variants
-        assert list(redis_client.scan_iter(match="clear-test:*")) == []
-        assert redis_client.get("clear-test-foreign") == b"keep"
-        assert redis_client.get("foreign:clear-test:x") == b"keep"
-    finally:
-        redis_client.delete("clear-test-foreign", "foreign:clear-test:x")
 
 
 def test_credentials_bypass_unshared_endpoints_once_warned(
