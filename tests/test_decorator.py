@@ -1,7 +1,13 @@
-"""@cache: fastapi-redis-cache parity and HTTP caching, on Redis and in memory (parametrized)."""
+"""decorator.py and endpoint.py: `@cache` itself. Bare, with arguments, the shortcuts and a
+partial as the seed documents; the wrapper FastAPI calls (the body is right whether or not
+the endpoint takes Request and Response, sync endpoints run in the threadpool, a direct
+call behaves like the undecorated function); and `@cache` written above `@app.get`, which
+is found at startup. What happens to a request is in test_serve.py (hits) and test_fill.py
+(misses)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import partial, update_wrapper
 from typing import Any, Callable
@@ -21,32 +27,28 @@ from oxcache import (
 )
 from tests.apps import MakeStore, client_for
 
+# -- forms of the decorator --------------------------------------------------------------------
 
-@pytest.mark.parametrize("with_params", [True, False])
-def test_body_without_request_or_response_params(make_store: MakeStore, with_params: bool) -> None:
-    """The seed sent empty bodies when the endpoint had no `response` parameter (its #70)."""
-    store = make_store()
+
+def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> None:
+    import anyio
+
+    from oxcache import default_store
+
+    anyio.run(default_store().clear)
     app = FastAPI()
+    calls = []
 
-    if with_params:
+    @app.get("/bare")
+    @cache
+    async def bare() -> dict[str, int]:
+        calls.append(1)
+        return {"n": 1}
 
-        @app.get("/x")
-        @cache(store=store)
-        async def x(request: Request, response: Response) -> dict[str, int]:
-            return {"a": 1}
-    else:
-
-        @app.get("/x")
-        @cache(store=store)
-        async def x() -> dict[str, int]:  # type: ignore[misc]
-            return {"a": 1}
-
-    with client_for(app, store) as client:
-        for expected in ("Miss", "Hit"):
-            response = client.get("/x")
-            assert response.headers["x-fastapi-cache"] == expected
-            assert response.content == b'{"a":1}'
-            assert response.headers["content-length"] == "7"
+    with TestClient(app) as client:
+        client.get("/bare")
+        assert client.get("/bare").headers["x-fastapi-cache"] == "Hit"
+    assert len(calls) == 1
 
 
 def test_default_expiry_is_one_year(make_store: MakeStore) -> None:
@@ -102,46 +104,34 @@ def test_partial_with_update_wrapper_as_the_seed_documents(make_store: MakeStore
         assert client.get("/cache_two_hours").headers["cache-control"] == "max-age=7200"
 
 
-def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> None:
-    import anyio
+# -- the wrapper FastAPI calls (endpoint.py) ---------------------------------------------------
 
-    from oxcache import default_store
 
-    anyio.run(default_store().clear)
+@pytest.mark.parametrize("with_params", [True, False])
+def test_body_without_request_or_response_params(make_store: MakeStore, with_params: bool) -> None:
+    """The seed sent empty bodies when the endpoint had no `response` parameter (its #70)."""
+    store = make_store()
     app = FastAPI()
-    calls = []
 
-    @app.get("/bare")
-    @cache
-    async def bare() -> dict[str, int]:
-        calls.append(1)
-        return {"n": 1}
+    if with_params:
 
-    with TestClient(app) as client:
-        client.get("/bare")
-        assert client.get("/bare").headers["x-fastapi-cache"] == "Hit"
-    assert len(calls) == 1
+        @app.get("/x")
+        @cache(store=store)
+        async def x(request: Request, response: Response) -> dict[str, int]:
+            return {"a": 1}
+    else:
 
+        @app.get("/x")
+        @cache(store=store)
+        async def x() -> dict[str, int]:  # type: ignore[misc]
+            return {"a": 1}
 
-# -- conditional requests ----------------------------------------------------------------------
-
-
-# -- request directives ------------------------------------------------------------------------
-
-
-# -- methods -----------------------------------------------------------------------------------
-
-
-# -- what is not cached ------------------------------------------------------------------------
-
-
-# -- bodies identical to the undecorated route ---------------------------------------------------
-
-
-# -- keys ----------------------------------------------------------------------------------------
-
-
-# -- sync endpoints ------------------------------------------------------------------------------
+    with client_for(app, store) as client:
+        for expected in ("Miss", "Hit"):
+            response = client.get("/x")
+            assert response.headers["x-fastapi-cache"] == expected
+            assert response.content == b'{"a":1}'
+            assert response.headers["content-length"] == "7"
 
 
 def test_sync_endpoints_run_in_the_threadpool_concurrently(make_store: MakeStore) -> None:
@@ -192,4 +182,27 @@ def test_decorated_function_called_directly_behaves_like_the_original() -> None:
     assert anyio.run(plain, 4) == 8  # type: ignore[arg-type]
 
 
-# -- store behaviour -----------------------------------------------------------------------------
+# -- @cache above the route decorator ----------------------------------------------------------
+
+
+def test_decorator_above_the_route_is_detected_at_startup(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#33, #77: `@cache` above `@app.get` silently caches nothing in every peer."""
+    store = make_store()
+    app = FastAPI()
+
+    @cache(expire=60, store=store)
+    @app.get("/wrong")
+    async def wrong_order() -> dict[str, int]:
+        return {"a": 1}
+
+    @app.get("/right")
+    @cache(expire=60, store=store)
+    async def right_order() -> dict[str, int]:
+        return {"a": 1}
+
+    with caplog.at_level(logging.WARNING, "oxcache"), client_for(app, store):
+        pass
+    messages = [r.getMessage() for r in caplog.records if "never cached" in r.getMessage()]
+    assert len(messages) == 1 and "wrong_order" in messages[0] and "below" in messages[0]

@@ -17,7 +17,6 @@ import pytest
 from fastapi import Depends, FastAPI, Header, Request
 
 from oxcache import Cache, MemoryBackend, cache
-from oxcache.backends.base import Backend
 from tests.apps import MakeStore, client_for, current_user_id, stored_keys
 
 
@@ -284,8 +283,3 @@ def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:
         backend.down = False
         again = client.get("/me/prefs", headers={"X-User": "alice"})
     assert again.headers["x-fastapi-cache"] == "Miss" and calls["alice"] == 2
-
-
-def test_backend_protocol_has_index_operations() -> None:
-    for name in ("set", "invalidate", "clear", "get", "get_head", "delete", "ping"):
-        assert getattr(Backend, name).__isabstractmethod__
