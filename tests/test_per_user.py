@@ -1,4 +1,7 @@
-"""Per-user caching, Vary, tags and invalidation, on Redis and in memory (parametrized).
+"""Per-user caching end to end: `per_user=` puts the user in the key (serve.py, keys.py),
+`invalidate_user` drops one user's entries and leaves the others', an invalidation reaches
+every user and variant, and without per_user or shared=True a request with credentials
+bypasses the cache. On memory, Redis and Redis Cluster (parametrized through make_store).
 
 The promise under test: no response ever reaches the wrong user.
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -16,21 +18,8 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Header, Request
 
-from oxcache import Cache, MemoryBackend, cache
-from tests.apps import MakeStore, client_for, current_user_id, stored_keys
-
-
-def per_user_app(store: Cache, calls: Counter[str]) -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/me/prefs")
-    @cache(expire=300, per_user=current_user_id, store=store)
-    async def prefs(user: str = Depends(current_user_id)) -> dict[str, Any]:
-        calls[user] += 1
-        await asyncio.sleep(0)
-        return {"user": user, "theme": f"theme-of-{user}"}
-
-    return app
+from oxcache import MemoryBackend, cache
+from tests.apps import MakeStore, client_for, current_user_id, per_user_app, stored_keys
 
 
 def test_many_users_concurrently_each_get_their_own_body(make_store: MakeStore) -> None:
@@ -74,7 +63,7 @@ def test_per_user_keys_hold_the_user_and_404_401_store_nothing(make_store: MakeS
         assert stored_keys(store) == []
         assert client.get("/me/prefs", headers={"X-User": "alice"}).status_code == 200
     keys = stored_keys(store)
-    entry = f'{store.prefix}:tests.test_per_user.prefs(user="alice",@user="alice")'
+    entry = f'{store.prefix}:tests.apps.prefs(user="alice",@user="alice")'
     assert entry in keys
     assert f"{store.prefix}:@user:alice" in keys or isinstance(store.backend, MemoryBackend)
 
@@ -249,37 +238,3 @@ def test_credentials_bypass_unshared_endpoints_once_warned(
     assert runs == ["profile", "profile", "profile", "profile", "public"]
     warnings = [r for r in caplog.records if "Authorization or Cookie" in r.getMessage()]
     assert len(warnings) == 1 and "per_user" in warnings[0].getMessage()
-
-
-class FlakyBackend(MemoryBackend):
-    """A memory backend whose storage calls fail while `down` is set (fault injection)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def check(self) -> None:
-        if self.down:
-            raise ConnectionError("storage unreachable")
-
-    async def get(self, key: str) -> bytes | None:
-        self.check()
-        return await super().get(key)
-
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        self.check()
-        return await super().invalidate(indexes, keys)
-
-
-def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:
-    backend = FlakyBackend()
-    store = Cache(backend=backend, retry_after=0)
-    calls: Counter[str] = Counter()
-    app = per_user_app(store, calls)
-    with client_for(app, store) as client:
-        client.get("/me/prefs", headers={"X-User": "alice"})
-        backend.down = True
-        assert client.portal.call(store.invalidate_user, "alice") == 0  # queued
-        backend.down = False
-        again = client.get("/me/prefs", headers={"X-User": "alice"})
-    assert again.headers["x-fastapi-cache"] == "Miss" and calls["alice"] == 2

@@ -1,5 +1,8 @@
-"""Resilience: Redis killed, stuck or restarted; garbage values; single flight; stale
-entries (RFC 5861). Every loop is bounded in count and time; servers run on loopback."""
+"""Resilience: a Redis that fails as a whole (killed, stuck, down at startup, restarted)
+costs no error and at most a timeout, the outage is logged once and caching resumes by
+itself (health.py's circuit breaker), on_error="raise" surfaces it, and an invalidation the
+backend did not take is replayed before anything is served (invalidation.py). Every loop
+is bounded in count and time; servers run on loopback."""
 
 from __future__ import annotations
 
@@ -7,13 +10,15 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from oxcache import Cache, CacheUnavailable, cache
-from tests.apps import item_app
+from oxcache import Cache, CacheUnavailable, MemoryBackend, cache
+from tests.apps import client_for, item_app, per_user_app
 from tests.conftest import RedisServer, free_port
 
 
@@ -116,3 +121,37 @@ def test_on_error_raise_surfaces_the_outage() -> None:
 
     with TestClient(bare) as client, pytest.raises(CacheUnavailable):
         client.get("/x")
+
+
+class FlakyBackend(MemoryBackend):
+    """A memory backend whose storage calls fail while `down` is set (fault injection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def check(self) -> None:
+        if self.down:
+            raise ConnectionError("storage unreachable")
+
+    async def get(self, key: str) -> bytes | None:
+        self.check()
+        return await super().get(key)
+
+    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+        self.check()
+        return await super().invalidate(indexes, keys)
+
+
+def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:
+    backend = FlakyBackend()
+    store = Cache(backend=backend, retry_after=0)
+    calls: Counter[str] = Counter()
+    app = per_user_app(store, calls)
+    with client_for(app, store) as client:
+        client.get("/me/prefs", headers={"X-User": "alice"})
+        backend.down = True
+        assert client.portal.call(store.invalidate_user, "alice") == 0  # queued
+        backend.down = False
+        again = client.get("/me/prefs", headers={"X-User": "alice"})
+    assert again.headers["x-fastapi-cache"] == "Miss" and calls["alice"] == 2
