@@ -1,6 +1,8 @@
-"""`CachedRoute`: hits answered before FastAPI solves the parameters, with the same responses
-as the plain route, and never for a route that has something else to run (dependencies,
-security, per-user). On memory, Redis and Redis Cluster (parametrized through make_store)."""
+"""route.py, early.py and serve.answer_early: `CachedRoute`. Hits answered before FastAPI
+solves the parameters, with the same responses as the plain route, and never for a route
+that has something else to run (dependencies, security, per-user); what it remembers is
+bounded, and secret vary values are remembered hashed. On memory, Redis and Redis Cluster
+(parametrized through make_store)."""
 
 from __future__ import annotations
 
