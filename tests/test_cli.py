@@ -432,6 +432,9 @@ def test_cluster_url_reads_and_purges_every_primary(
     assert result["tags"]["items"] == 12
     assert sorted(run_json(capsys, site.cli("keys", "--tag", "items", "--json"))) == sorted(items)
     assert len(run_json(capsys, site.cli("keys", "--endpoint", "item", "--json"))) == 12
+    assert run_json(capsys, site.cli("show", items[5], "--json"))["status"] == 200
+    assert main(site.cli("stats")) == 0
+    assert "entries: 14" in capsys.readouterr().out
 
     assert main(site.cli("purge", "--endpoint", "item", "--dry-run")) == 0
     assert "would delete 12 entries\n" in capsys.readouterr().out
@@ -467,6 +470,8 @@ def test_a_plain_url_of_one_cluster_node_reads_the_whole_cluster_and_says_so(
     assert "is a node of a Redis Cluster: reading every primary" in captured.err
     assert main([*argv, "keys", "--tag", "items"]) == 0  # no MovedError
     assert len(capsys.readouterr().out.split()) == 12
+    assert main([*argv, "purge", "--all", "--dry-run"]) == 0
+    assert "would delete 14 entries and " in capsys.readouterr().out  # not one node's share
 
 
 def test_sentinel_url_reads_the_masters_cache(
