@@ -26,6 +26,7 @@ from oxcache.responses import CachedResponse
 from oxcache.status import (
     BYPASS,
     CREDENTIALS,
+    DISABLED,
     EXPIRE,
     KEY,
     METHOD,
@@ -152,10 +153,14 @@ async def handle(
     (a fresh hit, a 304, a stale copy within stale-while-revalidate), else by a miss."""
     store = endpoint.store or default_store()
     scope = request.scope
+    name = store.status_name
     if scope["method"] not in CACHED_METHODS:
-        name = store.status_name
         result = await endpoint.call(kwargs)
         return mark(result, sub_response, None if name is None else forwarded(name, METHOD))
+    if not store.enabled:
+        result = await endpoint.call(kwargs)
+        status = None if name is None else forwarded(name, BYPASS, detail=DISABLED)
+        return mark(result, sub_response, status)
     if endpoint.ttl_ms <= 0:
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, EXPIRE)
     names = endpoint.vary_names
@@ -276,6 +281,8 @@ async def answer_early(
     it read in the scope for `handle`)."""
     if scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
         return None
+    if not (endpoint.store or default_store()).enabled:
+        return None  # `handle` runs the endpoint
     names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied, host = scan_request(scope, names)
     if cache_control is not None or pragma is not None:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 __all__ = [
     "BYPASS",
     "CREDENTIALS",
+    "DISABLED",
     "EXPIRE",
     "HEADER",
     "KEY",
@@ -48,6 +49,7 @@ CREDENTIALS = "credentials"  # Authorization or Cookie, and neither per_user nor
 USER = "user"  # the per_user dependency returned no usable id
 KEY = "key"  # an argument cannot be keyed
 EXPIRE = "expire"  # the endpoint says expire=0
+DISABLED = "disabled"  # the store is turned off (`Cache(enabled=False)`, `store.disabled()`)
 STREAMING = "streaming"  # the body is not known in advance
 TAGS = "tags"  # a tag could not be formatted from the arguments
 UNAVAILABLE = "unavailable"  # storage did not answer
