@@ -16,18 +16,10 @@ from starlette.requests import Request
 
 from oxcache.errors import ConfigError
 from oxcache.http import CACHED_METHODS
-from oxcache.keys import (
-    EndpointKeys,
-    KeySpace,
-    annotation_types,
-    call_parts,
-    is_ignored_annotation,
-    origin_part,
-    resolved_hints,
-    undeclared_query,
-)
+from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
 from oxcache.options import Options
 from oxcache.registry import registered_name
+from oxcache.signature import annotation_types, is_ignored_annotation, resolved_hints
 from oxcache.store import Cache, default_store
 
 __all__ = ["REQUEST_PARAM", "RESPONSE_PARAM", "USER_PARAM", "CachedEndpoint"]

@@ -22,9 +22,10 @@ from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
 from oxcache.errors import ConfigError
-from oxcache.keys import KeySpace, resolved_hints
+from oxcache.keys import KeySpace
 from oxcache.options import ONE_YEAR, ttl_ms
 from oxcache.registry import registered_name
+from oxcache.signature import resolved_hints
 from oxcache.store import Cache, default_store
 
 __all__ = ["CachedFunction", "cached"]

@@ -5,15 +5,12 @@ the names of a store's indexes and locks. The key text itself is written by the 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import re
 import string
-import typing
 import uuid
 from collections.abc import Collection, MutableMapping
-from types import UnionType
-from typing import Any, Callable, Union
+from typing import Any, Union
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import BackgroundTasks, Response
@@ -24,6 +21,7 @@ from starlette.requests import HTTPConnection
 
 from oxcache._core import cache_key, secret_digest, secret_digest_bytes
 from oxcache.errors import ConfigError
+from oxcache.signature import annotated_metadata, annotation_types, is_ignored_annotation
 
 __all__ = [
     "ALWAYS_IGNORED",
@@ -32,14 +30,11 @@ __all__ = [
     "KeySpace",
     "Secret",
     "UserId",
-    "annotation_types",
     "call_parts",
-    "is_ignored_annotation",
     "is_secret_name",
     "normalize_user_id",
     "origin_part",
     "request_origin",
-    "resolved_hints",
     "secret",
     "undeclared_query",
 ]
@@ -56,7 +51,6 @@ _SECRET_NAME = re.compile(
     r"authorization|cookie|session_?id|private_key)(?:_|$)",
     re.IGNORECASE,
 )
-_UNION_TYPES: tuple[Any, ...] = (Union, UnionType)
 
 UserId = Union[str, int, uuid.UUID]
 """What a `per_user` dependency may return: a stable id of the user."""
@@ -240,56 +234,6 @@ class KeySpace:
         return self.local(key).partition("(")[0]
 
 
-def resolved_hints(func: Callable[..., Any]) -> dict[str, Any]:
-    """The endpoint's annotations with string annotations (`from __future__ import
-    annotations`) evaluated; falls back to the raw annotations if evaluation fails."""
-    try:
-        return typing.get_type_hints(func, include_extras=True)
-    except Exception:
-        pass
-    # One annotation could not be evaluated: evaluate the others one by one, so a single
-    # unresolvable name does not hide `request: Request` from us.
-    namespace = dict(getattr(func, "__globals__", {}))
-    hints: dict[str, Any] = {}
-    for name, param in inspect.signature(func).parameters.items():
-        annotation = param.annotation
-        if annotation is inspect.Parameter.empty:
-            continue
-        if isinstance(annotation, str):
-            with contextlib.suppress(Exception):  # left as the string FastAPI will see
-                annotation = eval(annotation, namespace)
-        hints[name] = annotation
-    return hints
-
-
-def annotation_types(annotation: Any) -> list[type[Any]]:
-    """The classes an annotation names, through `Annotated`, `Optional` and unions."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return annotation_types(typing.get_args(annotation)[0])
-    if origin in _UNION_TYPES:
-        found: list[type[Any]] = []
-        for arg in typing.get_args(annotation):
-            found.extend(annotation_types(arg))
-        return found
-    if isinstance(annotation, type):
-        return [annotation]
-    return []
-
-
-def is_ignored_annotation(annotation: Any, ignored: tuple[type[Any], ...]) -> bool:
-    """True when any class the annotation names (other than None) is one of `ignored`."""
-    return any(
-        issubclass(cls, ignored) for cls in annotation_types(annotation) if cls is not type(None)
-    )
-
-
-def _annotated_metadata(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) is typing.Annotated:
-        return tuple(typing.get_args(annotation)[1:])
-    return ()
-
-
 class EndpointKeys:
     """How the calls of one endpoint become keys: `prefix:module.name(arg=value,...)` over
     the parameters its annotations do not leave out, secrets as a hash, then the request's
@@ -324,7 +268,7 @@ class EndpointKeys:
             p.name
             for p in params
             if isinstance(p.default, DependsParam)
-            or any(isinstance(m, DependsParam) for m in _annotated_metadata(hints.get(p.name)))
+            or any(isinstance(m, DependsParam) for m in annotated_metadata(hints.get(p.name)))
         )
         self.secret_params = frozenset(
             p.name

@@ -299,15 +299,10 @@ class Cache:
     def key_for(
         self, endpoint: Callable[..., Any], origin: str | None = None, /, **args: Any
     ) -> str:
-        """The key `@cache` gives `endpoint` called with `args` (defaults filled in).
-
-        Without `origin`: the call's base key, its arguments alone. That is the key of
-        its entry on a store with `per_host=False` (as `FastApiRedisCache().init(...)`
-        makes) when the request adds nothing else (no user, varying header or undeclared
-        query parameter); otherwise its entries are listed under it, in
-        `variants_index(base key)`, and `invalidate` finds them there. With `origin`
-        (`"https://example.com"`, as `scheme://Host` reads, plus the root path if any):
-        the key of a request from that origin on a `per_host` store."""
+        """The key `@cache` gives `endpoint` called with `args` (defaults filled in): from
+        `origin` (`"https://example.com"`: scheme, Host, root path) on a `per_host` store;
+        without one, the base key (the arguments alone: the key on a `per_host=False`
+        store, and the name its variants are listed under, see docs/http.md)."""
         return keyed(endpoint).key_for_call(self.keyspace, args, origin)
 
     def user_index(self, user_id: UserId) -> str:
