@@ -6,6 +6,7 @@ first; its test guards it)."""
 from __future__ import annotations
 
 import contextvars
+from functools import partial
 from typing import Any
 
 from fastapi import Depends, Header, Request, Response
@@ -200,3 +201,29 @@ def test_case7_the_scheme_behind_proxy_headers_is_part_of_the_key(
             )
             assert response.json() == {"self": f"{proto}://shop.example.com/items/1"}
         assert response.headers["x-fastapi-cache"] == "Hit"
+
+
+def test_invalidate_reaches_the_entries_of_every_origin(store: Cache, make_app: MakeApp) -> None:
+    """Host and scheme are keyed, and `store.invalidate(endpoint, **args)` still deletes
+    the call's entries for every one of them (they are listed under the base key)."""
+    app = make_app()
+    runs: list[str] = []
+
+    @app.get("/items/{id}")
+    @cache(expire=600, store=store)
+    async def item(id: int, request: Request) -> dict[str, Any]:
+        runs.append(str(request.base_url))
+        return {"id": id, "base": str(request.base_url)}
+
+    origins = ["http://a.example.com", "https://a.example.com", "http://b.example.com"]
+    with TestClient(app) as client:
+        for origin in origins:
+            client.get(f"{origin}/items/1")
+            client.get(f"{origin}/items/2")
+        assert len(runs) == 6
+        for origin in origins:
+            assert client.get(f"{origin}/items/1").headers["x-fastapi-cache"] == "Hit"
+        assert client.portal.call(partial(store.invalidate, item, id=1)) == 3
+        for origin in origins:
+            assert client.get(f"{origin}/items/1").headers["x-fastapi-cache"] == "Miss"
+            assert client.get(f"{origin}/items/2").headers["x-fastapi-cache"] == "Hit"
