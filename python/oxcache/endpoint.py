@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from oxcache.errors import ConfigError
-from oxcache.http import CACHED_METHODS
+from oxcache.http import CACHED_METHODS, NOT_MODIFIED_HEADERS
 from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
 from oxcache.options import Options
 from oxcache.registry import registered_name
@@ -78,11 +78,11 @@ class CachedEndpoint:
         #: The varying request headers a key holds: the `vary=` names, then (sorted) the
         #: ones this process learned from the `Vary` of the endpoint's responses.
         self.vary_names = options.vary_names
-        #: Whether this process has seen a stored response of this endpoint with its own
-        #: Cache-Control (None: no stored response seen yet). Until it knows there is none,
-        #: a conditional request reads the whole entry, not only its head, so its 304
-        #: repeats the endpoint's own Cache-Control.
-        self.own_control: bool | None = None
+        #: Whether this process has seen a stored response of this endpoint with headers
+        #: a 304 must repeat (its own Cache-Control, Expires, Vary or Content-Location;
+        #: None: no stored response seen yet). Until it knows there are none, a conditional
+        #: request reads the whole entry, not only its head, so its 304 repeats them.
+        self.own_headers: bool | None = None
         self._query_names: dict[int, tuple[Any, frozenset[str]]] = {}
         #: `serve.replay_for`'s last marking of unconditional requests: (store, private,
         #: varying headers, Replay), reused while they stay the same.
@@ -185,9 +185,9 @@ class CachedEndpoint:
         return True
 
     def saw_entry(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        """Note whether a stored response of this endpoint carries its own Cache-Control."""
-        if self.own_control is not True:
-            self.own_control = any(name == b"cache-control" for name, _ in headers)
+        """Note whether a stored response of this endpoint carries headers a 304 repeats."""
+        if self.own_headers is not True:
+            self.own_headers = any(name in NOT_MODIFIED_HEADERS for name, _ in headers)
 
     # -- keys (the interface `Cache.key_for` and `Cache.invalidate` use) -------------------
 

@@ -21,6 +21,7 @@ __all__ = [
     "CACHED_METHODS",
     "COMPUTED_HEADERS",
     "FRESHNESS_HEADERS",
+    "NOT_MODIFIED_HEADERS",
     "Replay",
     "cache_headers",
     "http_date",
@@ -42,7 +43,7 @@ COMPUTED_HEADERS = frozenset(
 FRESHNESS_HEADERS = frozenset({b"cache-control", b"expires"})
 
 #: Stored headers a 304 repeats (with the ones oxcache computes: ETag, Age, ...).
-_NOT_MODIFIED_HEADERS = frozenset({b"cache-control", b"expires", b"vary", b"content-location"})
+NOT_MODIFIED_HEADERS = frozenset({b"cache-control", b"expires", b"vary", b"content-location"})
 
 _date_memo: tuple[int, bytes] = (-1, b"")
 
@@ -299,7 +300,7 @@ class Replay:
                     return None
         if self.condition is not None and if_none_match(self.condition, entry.etag):
             # RFC 9110 15.4.5: the fields a 200 would carry that describe the resource.
-            kept = [(n, v) for n, v in headers if n in _NOT_MODIFIED_HEADERS]
+            kept = [(n, v) for n, v in headers if n in NOT_MODIFIED_HEADERS]
             return CachedResponse(304, kept + self.headers(entry, now_ms, hit, own, status), b"")
         body = entry.body
         raw = [(b"content-length", str(len(body)).encode("ascii")), *headers]

@@ -95,7 +95,7 @@ async def lookup(
 ) -> CachedResponse | Entry | None:
     """The 304 for a request whose `If-None-Match` matches the entry's ETag (read from the
     entry's head only, when `heads`: the endpoint's stored responses are known to carry no
-    Cache-Control of their own), else the entry under `key` (None when there is none)."""
+    header a 304 must repeat), else the entry under `key` (None when there is none)."""
     if replay.condition is not None and heads:
         head: EntryHead | Entry | None = await store.entries.read_head(key)
         if (
@@ -129,7 +129,7 @@ def _usable(
 ) -> CachedResponse | None:
     """`entry` as this request's hit, or None when its own `Vary` names a header the key
     did not hold: then the endpoint learns it, and the request is a miss."""
-    if endpoint.own_control is None:
+    if endpoint.own_headers is None:
         endpoint.saw_entry(entry.headers)
     response = replay.replay(entry, now_ms)
     if response is None:
@@ -224,7 +224,7 @@ async def handle(
         entry, read_at, refresh_due = early.entry, early.read_at, early.refresh_due
     else:
         read_at = time.monotonic()
-        found = await lookup(store, key, replay, now_ms, max_age_ms, endpoint.own_control is False)
+        found = await lookup(store, key, replay, now_ms, max_age_ms, endpoint.own_headers is False)
         if isinstance(found, CachedResponse):
             return found
         entry = found
@@ -232,7 +232,7 @@ async def handle(
         if entry.expires_ms > now_ms and (
             max_age_ms is None or now_ms - entry.created_ms <= max_age_ms
         ):
-            if endpoint.own_control is None:
+            if endpoint.own_headers is None:
                 endpoint.saw_entry(entry.headers)
             response = replay.replay(entry, now_ms)
             if response is None:
@@ -323,13 +323,13 @@ async def answer_early(
     now_ms = time.time_ns() // 1_000_000
     replay = replay_for(endpoint, store, condition, False, names)
     read_at = time.monotonic()
-    found = await lookup(store, key, replay, now_ms, None, endpoint.own_control is False)
+    found = await lookup(store, key, replay, now_ms, None, endpoint.own_headers is False)
     if isinstance(found, CachedResponse):
         return found
     if found is not None and found.expires_ms > now_ms:
         beta = endpoint.options.beta
         if not (beta and xfetch(now_ms, found.expires_ms, endpoint.run_s, beta)):
-            if endpoint.own_control is None:
+            if endpoint.own_headers is None:
                 endpoint.saw_entry(found.headers)
             response = replay.replay(found, now_ms)
             if response is not None:

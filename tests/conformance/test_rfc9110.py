@@ -172,9 +172,32 @@ def test_15_4_5_a_304_repeats_the_endpoints_own_cache_control(
         tag = full.headers["etag"]
         hit_304 = client.get("/report", headers={"If-None-Match": tag})
         endpoint = report.__oxcache__  # type: ignore[attr-defined]
-        endpoint.own_control = None  # as a worker that only ever read the entry
+        endpoint.own_headers = None  # as a worker that only ever read the entry
         fresh_worker_304 = client.get("/report", headers={"If-None-Match": tag})
     control = "public, max-age=60, must-revalidate"
     assert full.headers["cache-control"] == control
     assert hit_304.status_code == fresh_worker_304.status_code == 304
     assert hit_304.headers["cache-control"] == fresh_worker_304.headers["cache-control"] == control
+
+
+def test_15_4_5_a_304_repeats_the_endpoints_own_vary_and_content_location(
+    store: Cache, make_app: MakeApp
+) -> None:
+    """Section 15.4.5: Vary and Content-Location are among the fields a 304 repeats."""
+    app = make_app()
+
+    @app.get("/doc")
+    @cache(expire=600, store=store)
+    async def doc(response: Response) -> dict[str, int]:
+        response.headers["Vary"] = "X-Tenant"
+        response.headers["Content-Location"] = "/doc.json"
+        return {"doc": 1}
+
+    with TestClient(app) as client:
+        tag = client.get("/doc", headers={"x-tenant": "a"}).headers["etag"]
+        for _ in range(2):  # from the miss's knowledge, then as a worker that only read it
+            response = client.get("/doc", headers={"x-tenant": "a", "If-None-Match": tag})
+            assert response.status_code == 304
+            assert response.headers["vary"] == "X-Tenant"
+            assert response.headers["content-location"] == "/doc.json"
+            doc.__oxcache__.own_headers = None  # type: ignore[attr-defined]
