@@ -227,7 +227,7 @@ def check_answers(client: TestClient, key: str, runs: list[int], value: bytes) -
 
 def fuzz_through(store: Cache, put: Any, get: Any, examples: int) -> None:
     app, runs = counting_app(store)
-    key = store.key_for(app.routes[-1].endpoint, id=1)  # type: ignore[attr-defined]
+    key = store.key_for(app.routes[-1].endpoint, "http://testserver", id=1)  # type: ignore[attr-defined]
     with TestClient(app) as client:
         assert client.get("/item/1").json() == {"id": 1, "run": 1}
         original = get(client, key)

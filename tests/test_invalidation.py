@@ -79,7 +79,7 @@ def invalidation(kind: str, how: str, store: Cache, endpoint: Any) -> Awaitable[
     if how == "clear":
         return store.clear()
     if how == "delete":
-        return store.delete([store.key_for(endpoint)])
+        return store.delete([store.key_for(endpoint, "http://t")])
     if kind == "per_user":
         return store.invalidate_user("alice")
     return store.invalidate_tag("things")
@@ -274,7 +274,7 @@ def test_a_lease_under_the_key_is_a_miss_never_an_error(redis_url: str) -> None:
             async with client(app) as http:
                 first = asyncio.ensure_future(http.get("/v"))
                 await data.held.wait()
-                leased = raw.get(store.key_for(endpoint))
+                leased = raw.get(store.key_for(endpoint, "http://t"))
                 assert leased is not None and leased.startswith(b"OXL\x01")
                 other = asyncio.ensure_future(http.get("/v", headers={"if-none-match": '"x"'}))
                 await asyncio.sleep(0.05)

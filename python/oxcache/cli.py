@@ -3,15 +3,17 @@
     oxcache [--url URL] [--prefix PREFIX] stats
     oxcache keys [--endpoint NAME | --user ID | --tag TAG]
     oxcache show KEY
-    oxcache purge (--key KEY ... | --user ID | --tag TAG | --all) [--dry-run]
+    oxcache purge (--key KEY ... | --endpoint NAME | --user ID | --tag TAG | --all) [--dry-run]
 
 It reads the layout the store writes (see `Cache.user_index`, `Cache.tag_index` and
 docs/formats.md): entries under `prefix:module.function(args)`, indexes under
 `prefix:@user:<id>`, `prefix:@tag:<tag>` and `prefix:@variants:<key>`, miss locks under
-`prefix:@lock:<key>`. It only ever uses SCAN, never KEYS, and deletes through the same
-scripts as `store.invalidate_user`, `store.invalidate_tag`, `store.delete` and `store.clear`.
-Errors (a wrong URL, an unreachable server, a missing key) are one line on stderr and a
-non-zero exit status, never a traceback.
+`prefix:@lock:<key>`, on one Redis, a Sentinel service's master or every primary of a
+cluster (`oxcache.inspector`, `oxcache.backends.inspect`). It only ever uses SCAN, never
+KEYS; a purge deletes exactly the keys its `--dry-run` lists, through the store's own
+invalidation script. Errors (a wrong URL, an unreachable server, a missing key) are one line
+on stderr and a non-zero exit status, never a traceback; notes (a cluster behind a plain
+URL, caches under another prefix) go to stderr too.
 """
 
 from __future__ import annotations
@@ -21,30 +23,17 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError
-
-from oxcache._core import (
-    ENTRY_HEAD_SIZE,
-    ENTRY_VERSION,
-    EntryError,
-    decode_entry,
-    peek_entry,
-)
 from oxcache.backends.connect import redact
-from oxcache.backends.redis import RedisBackend
-from oxcache.errors import CacheUnavailable
-from oxcache.store import Cache
+from oxcache.backends.inspect import CredentialsRefused, RedisDatabase, RedisUnavailable
+from oxcache.errors import ConfigError
+from oxcache.inspector import InspectError, Inspector, Plan
+
+__all__ = ["DEFAULT_URL", "EXIT_ERROR", "EXIT_USAGE", "CliError", "main"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-_GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
-_BATCH = 500
 
 #: Exit statuses: 0 success, 1 an operational error, 2 a usage error (argparse's too).
 EXIT_ERROR = 1
@@ -59,248 +48,6 @@ class CliError(Exception):
         self.status = status
 
 
-def _glob(text: str) -> str:
-    """`text` as a literal inside a SCAN MATCH pattern."""
-    return text.translate(_GLOB_SPECIALS)
-
-
-def _text(raw: bytes | str) -> str:
-    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-class Inspector:
-    """The store's key layout on one Redis database, read with SCAN and small batches."""
-
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        # Builds index names exactly as the store does; never connects by itself.
-        self.store = Cache(client=client, prefix=prefix, on_error="raise")
-        self.key_prefix = f"{prefix}:" if prefix else ""
-
-    def kind(self, key: str) -> str:
-        """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key under the
-        prefix: index names start with `@`, which no module name does."""
-        local = key[len(self.key_prefix) :]
-        if local.startswith("@"):
-            return local[1:].partition(":")[0] or "other"
-        return "entry"
-
-    def endpoint(self, key: str) -> str:
-        """The `module.function` part of an entry key."""
-        return key[len(self.key_prefix) :].partition("(")[0]
-
-    async def scan(self, match: str | None = None) -> AsyncIterator[str]:
-        """Every key under the prefix (or matching `match`), by SCAN."""
-        pattern = match if match is not None else _glob(self.key_prefix) + "*"
-        async for raw in self.client.scan_iter(match=pattern, count=1000):
-            yield _text(raw)
-
-    async def entry_keys(self, endpoint: str | None = None) -> list[str]:
-        """Entry keys under the prefix, of one endpoint (`module.function`, or just the
-        function's name) when given."""
-        match = None
-        if endpoint:
-            match = _glob(self.key_prefix) + "*" + _glob(endpoint) + "(*"
-        found = []
-        async for key in self.scan(match):
-            if self.kind(key) != "entry":
-                continue
-            name = self.endpoint(key)
-            if endpoint and name != endpoint and not name.endswith("." + endpoint):
-                continue
-            found.append(key)
-        return sorted(found)
-
-    async def index_members(self, index: str) -> list[str]:
-        """The entries an index lists that still exist (an index may list a few entries
-        that expired since its last write)."""
-        members = [_text(m) for m in await self.client.zrange(index, 0, -1)]
-        alive: list[str] = []
-        for start in range(0, len(members), _BATCH):
-            batch = members[start : start + _BATCH]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.exists(key)
-                flags = await pipe.execute()
-            alive.extend(key for key, flag in zip(batch, flags, strict=True) if flag)
-        return sorted(alive)
-
-    async def user_keys(self, user: str) -> list[str]:
-        """Entries cached for one user (as the `per_user` dependency returned the id)."""
-        return await self.index_members(self.store.user_index(user))
-
-    async def tag_keys(self, tag: str) -> list[str]:
-        """Entries cached with one tag."""
-        return await self.index_members(self.store.tag_index(tag))
-
-    async def stats(self) -> dict[str, Any]:
-        """Counts and sizes of everything under the prefix."""
-        entries = foreign = entry_bytes = index_bytes = 0
-        endpoints: Counter[str] = Counter()
-        endpoint_bytes: Counter[str] = Counter()
-        kinds: Counter[str] = Counter()
-        users: dict[str, int] = {}
-        tags: dict[str, int] = {}
-        batch: list[str] = []
-
-        async def flush() -> None:
-            nonlocal entries, foreign, entry_bytes, index_bytes
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.memory_usage(key)
-                    if self.kind(key) == "entry":
-                        pipe.getrange(key, 0, ENTRY_HEAD_SIZE - 1)
-                    else:
-                        pipe.zcount(key, time.time_ns() // 1_000_000, "+inf")
-                replies = iter(await pipe.execute(raise_on_error=False))
-            for key in batch:
-                size_reply, extra = next(replies), next(replies)
-                size = size_reply if isinstance(size_reply, int) else 0
-                kind = self.kind(key)
-                if kind != "entry":
-                    kinds[kind] += 1
-                    index_bytes += size
-                    name = key[len(self.key_prefix) + len(kind) + 2 :]
-                    live = extra if isinstance(extra, int) else 0
-                    if kind == "user":
-                        users[name] = live
-                    elif kind == "tag":
-                        tags[name] = live
-                    continue
-                try:
-                    if not isinstance(extra, bytes):
-                        raise TypeError("not a string")
-                    peek_entry(extra)
-                except (EntryError, TypeError):
-                    foreign += 1  # another library's value, or an older envelope: a miss
-                    continue
-                entries += 1
-                entry_bytes += size
-                endpoints[self.endpoint(key)] += 1
-                endpoint_bytes[self.endpoint(key)] += size
-            batch.clear()
-
-        async for key in self.scan():
-            batch.append(key)
-            if len(batch) >= _BATCH:
-                await flush()
-        if batch:
-            await flush()
-        info = await self.client.info("stats")
-        hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
-        return {
-            "prefix": self.prefix,
-            "entries": entries,
-            "entry_bytes": entry_bytes,
-            "unreadable": foreign,
-            "indexes": dict(sorted(kinds.items())),
-            "index_bytes": index_bytes,
-            "endpoints": {
-                name: {"entries": endpoints[name], "bytes": endpoint_bytes[name]}
-                for name in sorted(endpoints)
-            },
-            "users": dict(sorted(users.items())),
-            "tags": dict(sorted(tags.items())),
-            "server_keyspace_hits": hits,
-            "server_keyspace_misses": misses,
-            "server_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
-        }
-
-    async def show(self, key: str) -> dict[str, Any]:
-        """The decoded entry under `key` (tried as given, then under the prefix)."""
-        candidates = [key]
-        if self.key_prefix and not key.startswith(self.key_prefix):
-            candidates.append(self.key_prefix + key)
-        for name in candidates:
-            kind = _text(await self.client.type(name))
-            if kind != "none":
-                break
-        else:
-            raise CliError(f"no such key: {key}")
-        if kind != "string":
-            what = self.kind(name)
-            note = f"an oxcache {what} index" if what != "entry" else "not an oxcache entry"
-            raise CliError(f"{name} is a Redis {kind} ({note}); `oxcache keys` lists entries")
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(name)
-            pipe.pttl(name)
-            data, pttl = await pipe.execute()
-        data = bytes(data or b"")
-        try:
-            entry = decode_entry(data)
-        except EntryError as exc:
-            version = data[3] if len(data) > 3 and data[:3] == b"OXC" else None
-            if version is not None and version != ENTRY_VERSION:
-                reason = (
-                    f"an entry of envelope version {version} (this oxcache reads {ENTRY_VERSION})"
-                )
-            else:
-                reason = f"not an oxcache entry ({exc})"
-            raise CliError(
-                f"{name}: {reason}; {len(data)} bytes, starting {data[:24]!r}. "
-                "The cache reads it as a miss and overwrites it."
-            ) from None
-        now_ms = time.time_ns() // 1_000_000
-        return {
-            "key": name,
-            "status": entry.status,
-            "etag": entry.etag,
-            "created": _iso(entry.created_ms),
-            "expires": _iso(entry.expires_ms),
-            "age_s": max(now_ms - entry.created_ms, 0) // 1000,
-            "fresh_for_s": (entry.expires_ms - now_ms) // 1000,
-            "redis_ttl_ms": int(pttl),
-            "headers": [[_text(n), _text(v)] for n, v in entry.headers],
-            "body_bytes": len(entry.body),
-            "body": entry.body,
-        }
-
-    async def purge_plan(
-        self, keys: Sequence[str], user: str | None, tag: str | None, everything: bool
-    ) -> tuple[list[str], list[str]]:
-        """The entries a purge deletes and the index keys deleted with them."""
-        if everything:
-            found = [key async for key in self.scan()]
-            return sorted(k for k in found if self.kind(k) == "entry"), sorted(
-                k for k in found if self.kind(k) != "entry"
-            )
-        doomed: set[str] = set()
-        indexes: list[str] = []
-        for key in keys:
-            for name in (key, self.key_prefix + key) if self.key_prefix else (key,):
-                if await self.client.exists(name):
-                    doomed.add(name)
-                    break
-        if user is not None:
-            indexes.append(self.store.user_index(user))
-            doomed.update(await self.user_keys(user))
-        if tag is not None:
-            indexes.append(self.store.tag_index(tag))
-            doomed.update(await self.tag_keys(tag))
-        return sorted(doomed), indexes
-
-    async def purge(
-        self, keys: Sequence[str], user: str | None, tag: str | None, everything: bool
-    ) -> int:
-        """Delete as the store does; returns how many entries were deleted."""
-        if everything:
-            return await self.store.clear()
-        backend = self.store.backend
-        assert isinstance(backend, RedisBackend)
-        indexes: list[str] = []
-        if user is not None:
-            indexes.append(self.store.user_index(user))
-        if tag is not None:
-            indexes.append(self.store.tag_index(tag))
-        existing, _ = await self.purge_plan(keys, None, None, False)
-        return await backend.invalidate(indexes, existing)
-
-
 def _parser() -> argparse.ArgumentParser:
     from oxcache import __version__
 
@@ -313,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url",
         default=None,
-        help="Redis URL (redis://, rediss://, unix://); default $REDIS_URL or " + DEFAULT_URL,
+        help="the URL Cache(url=...) was given: redis://, rediss://, unix://, "
+        "redis+cluster://node:port (every primary is read), "
+        "redis+sentinel://host:port/service[/db]; default $REDIS_URL or " + DEFAULT_URL,
     )
     parser.add_argument(
         "--prefix",
@@ -342,15 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--json", action="store_true", help="print JSON (body as text)")
 
-    purge = sub.add_parser("purge", help="delete entries by key, user, tag, or all of the prefix")
+    purge = sub.add_parser(
+        "purge", help="delete entries by key, endpoint, user, tag, or all of the prefix"
+    )
     purge.add_argument("--key", action="append", default=[], help="an entry key (repeatable)")
+    purge.add_argument(
+        "--endpoint", help="every entry of module.function (or only the function's name)"
+    )
     purge.add_argument("--user", help="every entry of this user")
     purge.add_argument("--tag", help="every entry with this tag")
     purge.add_argument(
         "--all", action="store_true", help="everything under --prefix (entries and indexes)"
     )
     purge.add_argument(
-        "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
+        "--dry-run",
+        action="store_true",
+        help="list the keys the same command would delete, and delete nothing",
     )
     return parser
 
@@ -363,27 +119,29 @@ def _print_stats(result: dict[str, Any]) -> None:
         print(f"unreadable values under the prefix (read as misses): {result['unreadable']}")
     indexes = ", ".join(f"{kind} {n}" for kind, n in result["indexes"].items()) or "none"
     print(f"indexes: {indexes} ({result['index_bytes']} bytes)")
+    endpoints = {k: f"{v['entries']} ({v['bytes']} bytes)" for k, v in result["endpoints"].items()}
+    others = {
+        repr(name): f"{v['entries']} entries, {v['indexes']} index keys"
+        for name, v in result["other_prefixes"].items()
+    }
     for title, rows in (
-        (
-            "endpoints",
-            {k: f"{v['entries']} ({v['bytes']} bytes)" for k, v in result["endpoints"].items()},
-        ),
+        ("endpoints", endpoints),
         ("users", result["users"]),
         ("tags", result["tags"]),
+        ("caches under other prefixes (not counted above; pass --prefix)", others),
     ):
         if rows:
             print(f"{title}:")
             for name, value in rows.items():
                 print(f"  {name}: {value}")
+    if result["foreign"]:
+        print(f"other programs' keys (not oxcache's): {result['foreign']}")
     rate = result["server_hit_rate"]
+    hits, misses = result["server_keyspace_hits"], result["server_keyspace_misses"]
+    reads = f"{rate:.1%} ({hits} hits, {misses} misses)" if rate is not None else "no reads yet"
     print(
-        "hit rate: per process in store.stats(); Redis server keyspace (all clients): "
-        + (
-            f"{rate:.1%} ({result['server_keyspace_hits']} hits, "
-            f"{result['server_keyspace_misses']} misses)"
-            if rate is not None
-            else "no reads yet"
-        )
+        f"hit rate: the Redis server's keyspace, all its clients (not only this cache): "
+        f"{reads}; this cache's own, per process: store.stats()"
     )
 
 
@@ -411,28 +169,51 @@ def _print_entry(entry: dict[str, Any], limit: int) -> None:
         print(_preview(entry["body"], limit))
 
 
+def _counts(entries: int, indexes: int) -> str:
+    text = f"{entries} {'entry' if entries == 1 else 'entries'}"
+    if indexes:
+        text += f" and {indexes} index {'key' if indexes == 1 else 'keys'}"
+    return text
+
+
+def _note(message: str) -> None:
+    print(f"oxcache: note: {message}", file=sys.stderr)
+
+
 async def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
     shown = redact(url)
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}", 2)
     try:
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout
-        )
-    except (ValueError, TypeError) as exc:
+        db = RedisDatabase(url, timeout=args.timeout)
+    except ConfigError as exc:
         raise CliError(f"invalid Redis URL {shown}: {exc}", EXIT_USAGE) from None
     try:
         try:
-            await client.ping()
-        except AuthenticationError as exc:
+            await db.ping()
+        except CredentialsRefused as exc:
             raise CliError(f"Redis at {shown} refused the credentials: {exc}") from None
-        except (RedisError, OSError) as exc:
+        except RedisUnavailable as exc:
             raise CliError(f"cannot reach Redis at {shown}: {exc}") from None
-        inspector = Inspector(client, args.prefix)
-        return await _command(inspector, args)
-    except (RedisError, CacheUnavailable) as exc:
-        raise CliError(f"Redis at {shown} failed: {type(exc).__name__}: {exc}") from None
+        if db.note is not None:
+            _note(f"{shown} is {db.note}")
+        inspector = Inspector(db, args.prefix)
+        status = await _command(inspector, args)
+        if inspector.others:
+            found = ", ".join(f"{p!r} ({n} keys)" for p, n in sorted(inspector.others.items()))
+            first = min(inspector.others)
+            _note(
+                f"no --prefix given; keys of oxcache caches under other prefixes were left "
+                f"out: {found}. Pass --prefix {first} to read that cache."
+            )
+        return status
+    except InspectError as exc:
+        raise CliError(str(exc)) from None
+    except RedisUnavailable as exc:
+        raise CliError(f"Redis at {shown} failed: {exc.reason}: {exc}") from None
     finally:
-        await client.aclose()
+        await db.close()
 
 
 async def _command(inspector: Inspector, args: argparse.Namespace) -> int:
@@ -464,28 +245,32 @@ async def _command(inspector: Inspector, args: argparse.Namespace) -> int:
         else:
             _print_entry(entry, args.body)
         return 0
-    # purge
-    if not (args.key or args.user is not None or args.tag is not None or args.all):
-        raise CliError("purge needs --key, --user, --tag or --all", EXIT_USAGE)
-    if args.all and (args.key or args.user is not None or args.tag is not None):
+    return await _purge(inspector, args)
+
+
+async def _purge(inspector: Inspector, args: argparse.Namespace) -> int:
+    """The same checks and the same plan with and without `--dry-run`: the dry run lists
+    the keys the purge would delete, and the purge deletes those."""
+    chosen = args.key or args.endpoint is not None or args.user is not None
+    chosen = chosen or args.tag is not None
+    if not (chosen or args.all):
+        raise CliError("purge needs --key, --endpoint, --user, --tag or --all", EXIT_USAGE)
+    if args.all and chosen:
         raise CliError("purge --all deletes everything under the prefix: give it alone", EXIT_USAGE)
-    if args.all and not inspector.prefix and not args.dry_run:
+    if args.all and not inspector.prefix:
         raise CliError(
             "purge --all without --prefix would delete every key of the database; "
             "give --prefix (or use redis-cli FLUSHDB if that is really what you want)",
             EXIT_USAGE,
         )
-    entries, indexes = await inspector.purge_plan(args.key, args.user, args.tag, args.all)
+    plan: Plan = await inspector.plan(args.key, args.user, args.tag, args.endpoint, args.all)
     if args.dry_run:
-        for key in entries:
+        for key in plan.entries + plan.indexes:
             print(key)
-        print(
-            f"dry run: would delete {len(entries)} entries"
-            + (f" and {len(indexes)} index keys" if indexes else "")
-        )
+        print(f"dry run: would delete {_counts(len(plan.entries), len(plan.indexes))}")
         return 0
-    deleted = await inspector.purge(args.key, args.user, args.tag, args.all)
-    print(f"deleted {deleted} {'keys' if args.all else 'entries'}")
+    entries, indexes = await inspector.execute(plan)
+    print(f"deleted {_counts(entries, indexes)}")
     return 0
 
 
@@ -499,6 +284,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         return 130
-
-
-__all__ = ["CliError", "Inspector", "main"]

@@ -120,9 +120,13 @@ class Entries:
             health.succeeded()
         return data
 
-    async def read(self, key: str, generations: tuple[str, ...] = ()) -> Entry | None:
+    async def read(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
         """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
-        not built under the current tokens of `generations` (those of its indexes)."""
+        not built under the current tokens of `generations` (those of its indexes). None
+        for `generations`: whatever it was built under (to look at an entry; the request
+        path never reads so), kept in the near cache only if it belongs to no index."""
+        unchecked = generations is None
+        names: tuple[str, ...] = () if generations is None else generations
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
@@ -130,22 +134,23 @@ class Entries:
             if held is not None:
                 self.health.counters.l1_hits += 1
                 return held
-            token = near.begin(key, generations)
+            token = near.begin(key, names)
         tokens: Sequence[bytes | None] = ()
-        if generations:
-            found = await self._fetch(self.backend.read, key, generations)
+        if names:
+            found = await self._fetch(self.backend.read, key, names)
             data, tokens = found if found is not None else (None, ())
         else:
             data = await self._fetch(self.backend.get, key)
         entry = None if data is None else self._decode(key, data)
-        if entry is not None and entry.generations != (_stamp(tokens) if generations else 0):
-            entry = None  # built under tokens an invalidation replaced (or that are gone)
+        current = entry is not None and entry.generations == (_stamp(tokens) if names else 0)
+        if not current and not unchecked:
+            entry = None  # built under tokens an invalidation deleted (or that are gone)
         if near is not None and token is not None:
-            if entry is None:
-                near.end(key, token, generations)
+            if not current:
+                near.end(key, token, names)
             else:
-                assert data is not None
-                read_under = tuple(zip(generations, cast("list[bytes]", tokens), strict=True))
+                assert data is not None and entry is not None
+                read_under = tuple(zip(names, cast("list[bytes]", tokens), strict=True))
                 near.put(key, entry, len(data), token, read_under)
         return entry
 
@@ -165,12 +170,12 @@ class Entries:
             return None
 
     async def read_head(
-        self, key: str, generations: tuple[str, ...] = ()
+        self, key: str, generations: tuple[str, ...] | None = ()
     ) -> EntryHead | Entry | None:
         """The fixed-size head of the entry under `key` (ETag, times), without its body,
         under the same rules as `read`. With a near cache in use, the whole entry (from the
         L1, or read into it)."""
-        if self.near is not None and self.near.ready:
+        if self.near is not None and self.near.ready and generations is not None:
             return await self.read(key, generations)
         # Enough bytes for the head of either stored form (plain, or compressed).
         tokens: Sequence[bytes | None] = ()
@@ -185,7 +190,7 @@ class Entries:
             head = peek_stored(data)
         except EntryError:
             return None
-        if head.generations != (_stamp(tokens) if generations else 0):
+        if generations is not None and head.generations != (_stamp(tokens) if generations else 0):
             return None
         return head
 

@@ -1,5 +1,6 @@
 """The near cache: an in-process L1 of decoded entries in front of Redis, kept coherent
-across workers by Redis's own client-side caching machinery.
+across workers by Redis's own client-side caching machinery (its Redis side is
+`backends/tracking.py`, reached through `RedisBackend.track()`).
 
 A `NearCache` holds decoded entries keyed by their Redis key, bounded by entry count, by
 bytes (the sum of the entries' encoded sizes) and by `max_ttl`, how long an entry may be
@@ -14,23 +15,25 @@ is subscribed again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING
 
 from oxcache._core import Entry
+from oxcache.backends.cluster import ClusterBackend
+from oxcache.backends.redis import RedisBackend
 from oxcache.errors import ConfigError
+
+if TYPE_CHECKING:
+    from oxcache.backends.tracking import Tracker
+
+__all__ = ["NearCache"]
 
 logger = logging.getLogger("oxcache")
 
-_CHANNEL = b"__redis__:invalidate"
 _MAX_READING = 4096
-_RECONNECT_MIN_S = 0.05
-_RECONNECT_MAX_S = 1.0
 
 
 class NearCache:
@@ -87,11 +90,7 @@ class NearCache:
         self.flushes = 0
         self.notifications = 0
         self._owner: object | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: Any = None
-        self._pongs: dict[bytes, asyncio.Future[None]] = {}
-        self._subscribed: asyncio.Event | None = None
+        self._tracker: Tracker | None = None
         self._down_logged = False
 
     def __repr__(self) -> str:
@@ -203,187 +202,89 @@ class NearCache:
         self._bytes = 0
         self.flushes += 1
 
-    # -- the listener --------------------------------------------------------------------
+    # -- the listener (backends/tracking.py) ----------------------------------------------
 
-    def attach(self, owner: object) -> None:
-        """Bind this near cache to the store that owns it (one store per near cache)."""
+    def attach(self, owner: object, backend: object) -> None:
+        """Bind this near cache to the store that owns it (one store per near cache), whose
+        backend must be a single Redis or Sentinel (`ConfigError` otherwise)."""
+        if not isinstance(backend, RedisBackend):
+            raise ConfigError(
+                "near= needs a Redis store (url= or client=): the memory backend is "
+                "already in process"
+            )
+        if isinstance(backend, ClusterBackend):
+            # Broadcast tracking is per node; a cluster would need one listener per primary
+            # and a resubscribe on every slot move. Refused rather than half-done.
+            raise ConfigError(
+                "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
+            )
         if self._owner is not None and self._owner is not owner:
             raise ConfigError("a NearCache belongs to one Cache; make one per store")
         self._owner = owner
 
-    def start(self, pool: Any, prefix: str, connect_timeout: float) -> None:
-        """Start the listener task on the running loop (no-op if it runs already)."""
-        loop = asyncio.get_running_loop()
-        old = self._task
-        if old is not None and not old.done():
-            if self._loop is loop:
-                return
-            # Entered again from another event loop: one listener, on the newest loop.
-            with contextlib.suppress(RuntimeError):
-                old.get_loop().call_soon_threadsafe(old.cancel)
-        self._loop = loop
-        self._subscribed = asyncio.Event()
-        self._task = loop.create_task(self._listen(pool, prefix, connect_timeout))
+    def start(self, backend: RedisBackend, prefix: str) -> None:
+        """Start listening, on the running loop, for every change `backend`'s Redis makes to
+        a key starting with `prefix` (no-op if it listens there already)."""
+        if self._tracker is None:
+            self._tracker = backend.track(
+                prefix,
+                heartbeat=self.heartbeat,
+                on_subscribed=self._subscribed,
+                on_changed=self._changed,
+                on_lost=self._lost,
+            )
+        self._tracker.start()
 
     async def stop(self) -> None:
         """Stop the listener and empty the L1."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            if task.get_loop() is asyncio.get_running_loop():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:  # started on another loop: cancel it there, if that loop still runs
-                with contextlib.suppress(RuntimeError):
-                    task.get_loop().call_soon_threadsafe(task.cancel)
-        self._down()
+        if self._tracker is not None:
+            await self._tracker.stop()  # which ends in `_lost(None)`
+        else:
+            self._lost(None)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until the listener is subscribed (at most `timeout` seconds)."""
         deadline = time.monotonic() + timeout
         while not self.ready and time.monotonic() < deadline:
-            event = self._subscribed
-            if event is None or self._loop is not asyncio.get_running_loop():
-                await asyncio.sleep(0.01)
-                continue
-            try:
-                await asyncio.wait_for(event.wait(), max(deadline - time.monotonic(), 0.001))
-            except asyncio.TimeoutError:
-                break
+            if self._tracker is None:
+                await asyncio.sleep(0.01)  # not started yet
+            else:
+                await self._tracker.wait(deadline - time.monotonic())
         return self.ready
 
     async def sync(self, timeout: float) -> None:
         """Return once every notification Redis sent before now has been applied, so this
         worker never reads what it just invalidated. Flushes the L1 when that cannot be
         shown within `timeout` seconds (or from another event loop)."""
-        conn = self._conn
-        if not self.ready or conn is None or not conn.is_connected:
+        tracker = self._tracker
+        if not self.ready or tracker is None:
             return  # not in use: nothing is held
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if not await tracker.sync(timeout):
             self.flush()
-            return
-        # Redis queues a change's notifications on the tracking connection before the
-        # change's reply is sent, so the answer to a PING sent now comes after them.
-        token = uuid.uuid4().hex.encode()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pongs[token] = done
-        try:
-            await conn.send_packed_command(conn.pack_command("PING", token), check_health=False)
-            await asyncio.wait_for(done, timeout)
-        except Exception:
-            self.flush()
-        finally:
-            self._pongs.pop(token, None)
 
-    def _down(self) -> None:
-        self.ready = False
-        self._conn = None
+    def _subscribed(self) -> None:
         self.flush()
-        for waiter in self._pongs.values():
-            if not waiter.done():
-                waiter.set_exception(ConnectionError("near cache listener stopped"))
-        self._pongs.clear()
-        if self._subscribed is not None:
-            self._subscribed.clear()
+        self.ready = True
+        if self._down_logged:
+            self._down_logged = False
+            logger.info("NEAR_CACHE_SUBSCRIBED: invalidations flow again; L1 in use.")
 
-    async def _listen(self, pool: Any, prefix: str, connect_timeout: float) -> None:
-        delay = _RECONNECT_MIN_S
-        while True:
-            conn = None
-            try:
-                kwargs = {
-                    name: value
-                    for name, value in pool.connection_kwargs.items()
-                    # redis-py's maintenance notifications need RESP3, which this avoids.
-                    if not name.startswith(("maint_notifications", "orig_"))
-                }
-                # RESP2 with a redirect to itself: the notifications arrive as pub/sub
-                # messages on this very connection, which redis-py reads like any reply.
-                kwargs.update(
-                    protocol=2,
-                    decode_responses=False,  # keys and message kinds as bytes, whatever the client
-                    socket_timeout=max(connect_timeout, self.heartbeat),
-                    socket_connect_timeout=max(connect_timeout, 1.0),
-                    retry=None,
-                )
-                conn = pool.connection_class(**kwargs)
-                await conn.connect()
-                wait = max(connect_timeout, self.heartbeat)
-                await conn.send_command("CLIENT", "ID")
-                client_id = await conn.read_response(timeout=wait)
-                if client_id is None:
-                    raise ConnectionError("no answer to CLIENT ID")
-                tracking: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
-                if prefix:
-                    tracking += ["PREFIX", prefix]
-                await conn.send_command(*tracking)
-                if await conn.read_response(timeout=wait) is None:
-                    raise ConnectionError("no answer to CLIENT TRACKING")
-                await conn.send_command("SUBSCRIBE", _CHANNEL)
-                if await conn.read_response(timeout=wait) is None:
-                    raise ConnectionError("no answer to SUBSCRIBE")
-                if not self._current():
-                    return  # replaced by a listener on another loop
-                self.flush()
-                self._conn = conn
-                self.ready = True
-                assert self._subscribed is not None
-                self._subscribed.set()
-                delay = _RECONNECT_MIN_S
-                if self._down_logged:
-                    self._down_logged = False
-                    logger.info("NEAR_CACHE_SUBSCRIBED: invalidations flow again; L1 in use.")
-                await self._read_loop(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self._down_logged:
-                    self._down_logged = True
-                    logger.warning(
-                        "NEAR_CACHE_UNSUBSCRIBED: the invalidation connection failed (%s: %s); "
-                        "the L1 is flushed and bypassed until it is back.",
-                        type(exc).__name__,
-                        exc,
-                    )
-            finally:
-                if self._current():
-                    self._down()
-                if conn is not None:
-                    await conn.disconnect(nowait=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
-
-    def _current(self) -> bool:
-        """Whether the running task is this near cache's listener (or it is stopping)."""
-        return self._task is None or self._task is asyncio.current_task()
-
-    async def _read_loop(self, conn: Any) -> None:
-        pinged = False
-        while True:
-            message = await conn.read_response(timeout=self.heartbeat)
-            if message is None:
-                if pinged:
-                    raise ConnectionError(f"no answer to PING within {self.heartbeat} s")
-                await conn.send_command("PING", b"", check_health=False)
-                pinged = True
-                continue
-            pinged = False
-            self._apply(message)
-
-    def _apply(self, message: Any) -> None:
-        if not isinstance(message, list) or not message:
+    def _changed(self, keys: list[str] | None) -> None:
+        self.notifications += 1
+        if keys is None:  # FLUSHDB, FLUSHALL: everything changed
+            self.flush()
             return
-        kind = message[0]
-        if kind == b"message" and len(message) == 3:
-            keys = message[2]
-            self.notifications += 1
-            if keys is None:  # FLUSHDB, FLUSHALL: everything changed
-                self.flush()
-                return
-            for raw in keys:
-                self.discard(raw.decode("utf-8", "surrogateescape"))
-        elif kind == b"pong" and len(message) == 2:
-            waiter = self._pongs.pop(message[1], None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        for key in keys:
+            self.discard(key)
+
+    def _lost(self, error: Exception | None) -> None:
+        if error is not None and not self._down_logged:
+            self._down_logged = True
+            logger.warning(
+                "NEAR_CACHE_UNSUBSCRIBED: the invalidation connection failed (%s: %s); "
+                "the L1 is flushed and bypassed until it is back.",
+                type(error).__name__,
+                error,
+            )
+        self.ready = False
+        self.flush()

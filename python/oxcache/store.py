@@ -5,40 +5,32 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from types import TracebackType
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
-from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for, describe
-from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
-from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidated, Invalidations
 from oxcache.keys import KeySpace, UserId
+from oxcache.lifecycle import Lifecycle, current_default
+from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
-from oxcache.registry import keyed, misplaced_endpoints
+from oxcache.registry import keyed
 
-__all__ = [
-    "DEFAULT_RESPONSE_HEADER",
-    "Cache",
-    "default_store",
-    "set_default",
-]
+__all__ = ["DEFAULT_RESPONSE_HEADER", "Cache", "default_store"]
 
-logger = logging.getLogger("oxcache")
-logger.addHandler(logging.NullHandler())
+# Warnings reach the console unless the application configured logging: see `oxcache.logs`.
+logger = logging.getLogger(LOGGER_NAME)
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 
 
-class Cache:
+class Cache(Lifecycle):
     """A cache store: where entries live and how responses are keyed and marked.
 
     `Cache()` runs on an in-process `MemoryBackend`; `Cache(url="redis://...")` on Redis
@@ -61,7 +53,8 @@ class Cache:
         cluster: `url` is a node of a Redis Cluster (as the `redis+cluster://` scheme says).
         sentinel: `(host, port)` of the Sentinels that watch `service_name`'s master.
         service_name: The master's name in the Sentinels' configuration.
-        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it.
+        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it
+            (on Redis, a store without a prefix refuses to `clear()`).
         response_header: The header saying `Hit` or `Miss`.
         ignore_arg_types: Types of endpoint arguments left out of keys (subclasses too, and
             through `Optional[...]` and `Annotated[...]`), such as `sqlalchemy.orm.Session`.
@@ -90,6 +83,15 @@ class Cache:
             (when that makes them smaller); None (the default) stores every entry as is.
             Reading compressed entries needs no setting (an oxcache without compression
             reads them as misses).
+        per_host: Whether every key holds the request's origin: its scheme, Host header and
+            root path, from the ASGI scope after proxy middleware (True, the default: a
+            response is never served to a request made to another host or scheme). False
+            shares entries between the names an app is served under, for apps that answer
+            the same under all of them and never read the host or scheme.
+        cache_status: The cache's name in the `Cache-Status` header (RFC 9211) sent with
+            every response of a cached endpoint ("oxcache"); None sends no such header.
+        enabled: False turns caching off (tests, development): see `disabled()`; entering
+            such a store does not check the backend. `store.enabled` may change any time.
     """
 
     def __init__(
@@ -114,6 +116,9 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
         compress_over: int | None = None,
+        per_host: bool = True,
+        cache_status: str | None = "oxcache",
+        enabled: bool = True,
     ) -> None:
         check_store_options(
             sources=(url, backend, client, sentinel),
@@ -126,6 +131,7 @@ class Cache:
             lock_timeout=lock_timeout,
             on_error=on_error,
             compress_over=compress_over,
+            cache_status=cache_status,
         )
         if backend is None:
             backend = backend_for(
@@ -139,33 +145,27 @@ class Cache:
                 max_bytes=max_bytes,
             )
         if near is not None:
-            if not isinstance(backend, RedisBackend):
-                raise ConfigError(
-                    "near= needs a Redis store (url= or client=): the memory backend is "
-                    "already in process"
-                )
-            if isinstance(backend, ClusterBackend):
-                # Broadcast tracking is per node; a cluster would need one listener per
-                # primary and a resubscribe on every slot move. Refused rather than half-done.
-                raise ConfigError(
-                    "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
-                )
-            near.attach(self)
+            near.attach(self, backend)
         self.near = near
         self.backend = backend
         self.url = url
         self.prefix = prefix or ""
         self.response_header = response_header or DEFAULT_RESPONSE_HEADER
         self.hit_header = self.response_header.lower().encode("latin-1")
+        #: The cache's name in Cache-Status headers, or None to send none.
+        self.status_name = None if cache_status is None else cache_status.encode("ascii")
         self.ignore_arg_types: tuple[type[Any], ...] = tuple(ignore_arg_types or ())
+        self.per_host = per_host
         #: Where this store's keys, indexes and locks are (`KeySpace`).
-        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types)
+        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types, per_host)
         self.strong_etag = strong_etag
         self.retry_after = retry_after
         self.on_error = on_error
         self.lock_ms = int(lock_timeout * 1000)
         self.refresh_on_no_cache = refresh_on_no_cache
         self.compress_over = compress_over
+        #: Whether requests and `@cached` calls use the cache (see `disabled()`).
+        self.enabled = enabled
         self.counters = Stats()
         self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
         self.invalidations = Invalidations(backend, self.health, near, self.keyspace)
@@ -173,71 +173,9 @@ class Cache:
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
         #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
         self.flights = Flights(backend, self.health, self.keyspace, self.lock_ms)
-        self._previous_default: Cache | None = None
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def connect(self) -> bool:
-        """Check the backend once, logging CONNECT_BEGIN and then CONNECT_SUCCESS or
-        CONNECT_FAIL. Never raises: an unreachable Redis means uncached responses until it
-        answers, not a failed startup."""
-        logger.info("CONNECT_BEGIN: Attempting to connect to %s...", self.health.name)
-        try:
-            await self.backend.ping()
-        except Exception as exc:
-            self.health.failed(exc)
-            return False
-        self.health.connected()
-        logger.info("CONNECT_SUCCESS: %s is connected.", self.health.name)
-        return True
-
-    async def close(self) -> None:
-        """Release the backend's connections (never a client that was passed in)."""
-        self.invalidations.stop()
-        if self.near is not None:
-            await self.near.stop()
-        if self.backend.owns_connection:
-            await self.backend.close()
-
-    async def __aenter__(self) -> Cache:
-        await self.connect()
-        if self.near is not None:
-            assert isinstance(self.backend, RedisBackend)
-            self.near.start(
-                self.backend.client.connection_pool, self.keyspace.start, self.backend.timeout
-            )
-        self._previous_default = set_default(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _default_store is self:
-            set_default(self._previous_default)
-        self._previous_default = None
-        await self.close()
-
-    @asynccontextmanager
-    async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
-        closes on shutdown."""
-        for func in misplaced_endpoints(app):
-            self.warn_once(
-                "order:" + str(id(func)),
-                "%s.%s is never cached: @cache is above the route decorator, so the route "
-                "calls the undecorated function. Put @cache below @app.get(...), directly "
-                "above the def.",
-                getattr(func, "__module__", "?"),
-                getattr(func, "__qualname__", func),
-            )
-        async with self:
-            yield
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -256,19 +194,20 @@ class Cache:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
         return found
 
-    def warn_once(self, tag: str, message: str, *args: Any) -> None:
-        """Log a warning once per `tag` for the life of this store."""
-        self.health.warn_once(tag, message, *args)
+    def warn_once(self, tag: str, message: str, *args: Any) -> bool:
+        """Log a warning once per `tag` for the life of this store; True when it logged."""
+        return self.health.warn_once(tag, message, *args)
 
     # -- entries (the request path uses `store.entries` directly) ------------------------
 
-    async def read(self, key: str, generations: tuple[str, ...] = ()) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
-        not built under the current tokens of `generations` (see `Entries.read`)."""
+    async def read(self, key: str, generations: tuple[str, ...] | None = None) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable or unreachable;
+        with `generations`, also when not built under their current tokens (as a request
+        reads it; see `Entries.read`)."""
         return await self.entries.read(key, generations)
 
     async def read_head(
-        self, key: str, generations: tuple[str, ...] = ()
+        self, key: str, generations: tuple[str, ...] | None = None
     ) -> EntryHead | Entry | None:
         """The head of the entry under `key` (ETag, times), without its body."""
         return await self.entries.read_head(key, generations)
@@ -290,9 +229,14 @@ class Cache:
 
     # -- keys and invalidation -----------------------------------------------------------
 
-    def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
-        """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
-        return keyed(endpoint).key_for_call(self.keyspace, args)
+    def key_for(
+        self, endpoint: Callable[..., Any], origin: str | None = None, /, **args: Any
+    ) -> str:
+        """The key `@cache` gives `endpoint` called with `args` (defaults filled in): from
+        `origin` (`"https://example.com"`: scheme, Host, root path) on a `per_host` store;
+        without one, the base key (the arguments alone: the key on a `per_host=False`
+        store, and the name its variants are listed under, see docs/http.md)."""
+        return keyed(endpoint).key_for_call(self.keyspace, args, origin)
 
     def user_index(self, user_id: UserId) -> str:
         """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
@@ -303,16 +247,17 @@ class Cache:
         return self.keyspace.tag_index(tag)
 
     def variants_index(self, key: str) -> str:
-        """The index listing the per-user and `vary` variants of the entry `key`."""
+        """The index listing the variants of the base key `key` (`key_for` without origin):
+        its entries for each origin, user, varying header value and undeclared query."""
         return self.keyspace.variants_index(key)
 
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> Invalidated:
-        """Delete the entry that `endpoint` called with `args` produced, for every user,
-        every `vary` variant and every value of its dependency parameters (defaults are
-        filled in as FastAPI would; dependencies need not be given). Returns how many
-        entries were deleted, an `Invalidated` whose `landed` is False when storage could
-        not be reached (the invalidation is then retried in the background until it lands;
-        see `wait_invalidations`)."""
+        """Delete the entries that `endpoint` called with `args` produced, for every origin
+        (host and scheme), every user, every varying header value, every undeclared query
+        and every value of its dependency parameters (defaults are filled in as FastAPI
+        would; dependencies need not be given). Returns how many entries were deleted, an
+        `Invalidated` whose `landed` is False when storage could not be reached (it is then
+        retried in the background until it lands; see `wait_invalidations`)."""
         indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
         return await self.invalidations.run(indexes, keys)
 
@@ -330,8 +275,10 @@ class Cache:
         return await self.invalidations.run([], list(keys))
 
     async def clear(self) -> Invalidated:
-        """Delete every entry under this store's prefix (with an empty prefix: every key of
-        the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
+        """Delete every key under this store's prefix (entries and indexes); returns how
+        many were deleted. Uses SCAN and UNLINK on Redis, never KEYS. On Redis, a store
+        without a prefix refuses (`ConfigError`): clearing would delete other programs'
+        keys in the same database too. The in-memory store holds only its own entries."""
         return await self.invalidations.clear()
 
     async def wait_invalidations(self, timeout: float | None = None) -> bool:
@@ -341,25 +288,16 @@ class Cache:
         return await self.invalidations.wait(timeout)
 
 
-_default_store: Cache | None = None
 _fallback_store: Cache | None = None
-
-
-def set_default(store: Cache | None) -> Cache | None:
-    """Make `store` the default store of `@cache` endpoints that name none (None: back to
-    the process-wide in-memory store); returns the previous default."""
-    global _default_store
-    previous = _default_store
-    _default_store = store
-    return previous
 
 
 def default_store() -> Cache:
     """The store `@cache` uses when given none: the one configured by
     `FastApiRedisCache().init(...)` or last entered, else a process-wide in-memory store."""
     global _fallback_store
-    if _default_store is not None:
-        return _default_store
+    configured: Cache | None = current_default()
+    if configured is not None:
+        return configured
     if _fallback_store is None:
         _fallback_store = Cache()
     return _fallback_store

@@ -22,6 +22,7 @@ from redis.retry import Retry
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
 from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, SET_IF_SCRIPT, RedisBackend
+from oxcache.backends.tracking import Tracker
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
 
@@ -322,6 +323,19 @@ class ClusterBackend(RedisBackend):
         # load is not.
         await self.client.initialize()
         await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+
+    def track(
+        self,
+        prefix: str,
+        *,
+        heartbeat: float,
+        on_subscribed: Callable[[], None],
+        on_changed: Callable[[list[str] | None], None],
+        on_lost: Callable[[Exception | None], None],
+    ) -> Tracker:
+        # Broadcast tracking is per node: a cluster needs one tracker per primary, and a
+        # new subscription whenever slots move.
+        raise NotImplementedError("client tracking is not supported on Redis Cluster yet")
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

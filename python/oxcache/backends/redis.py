@@ -7,7 +7,7 @@ import os
 import time
 import weakref
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio import connection as _connection
@@ -15,6 +15,7 @@ from redis.asyncio import connection as _connection
 from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
 from oxcache.backends.base import Backend
+from oxcache.backends.tracking import Tracker
 
 __all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "SET_IF_SCRIPT", "RedisBackend"]
 
@@ -322,6 +323,28 @@ class RedisBackend(Backend):
 
     async def ping(self) -> None:
         await self._limit(self.client.ping())
+
+    def track(
+        self,
+        prefix: str,
+        *,
+        heartbeat: float,
+        on_subscribed: Callable[[], None],
+        on_changed: Callable[[list[str] | None], None],
+        on_lost: Callable[[Exception | None], None],
+    ) -> Tracker:
+        """A `Tracker`, not yet started, that hears of every change Redis makes to a key
+        starting with `prefix`, on a connection of its own made like the pool's, within
+        this backend's `timeout` to connect (see `backends/tracking.py` for the callbacks)."""
+        return Tracker(
+            self.client.connection_pool,
+            prefix,
+            timeout=self.timeout,
+            heartbeat=heartbeat,
+            on_subscribed=on_subscribed,
+            on_changed=on_changed,
+            on_lost=on_lost,
+        )
 
     async def close(self) -> None:
         for pipe in list(self._pipes.values()):

@@ -1,4 +1,5 @@
-"""`FastApiRedisCache().init(...)` as fastapi-redis-cache documents it, and its log events."""
+"""compat.py: `FastApiRedisCache().init(...)` as fastapi-redis-cache (the seed) documents it,
+its log events, and importing oxcache configuring no logging, unlike the seed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
-import oxcache.store
+import oxcache.lifecycle
 from oxcache import FastApiRedisCache, cache
 from tests.conftest import free_port
 
@@ -17,7 +18,7 @@ from tests.conftest import free_port
 @pytest.fixture(autouse=True)
 def _reset_default_store():
     yield
-    oxcache.store.set_default(None)
+    oxcache.lifecycle.set_default(None)
     FastApiRedisCache.store = None
 
 
