@@ -208,7 +208,7 @@ async def handle(
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, KEY)
 
     try:
-        generations = endpoint.generations(store.keyspace, kwargs, uid)
+        generations = endpoint.generations(store.keyspace, kwargs, uid, key)
     except Exception:  # a tag that cannot be formatted: never stored, `fill` says why
         generations = ()
     early: EarlyState | None = scope.get(EARLY_SCOPE_KEY)
