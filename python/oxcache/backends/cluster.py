@@ -17,6 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
@@ -140,6 +141,33 @@ class ClusterBackend(RedisBackend):
             self._reloading.add_done_callback(_retrieve)
         raise RedisConnectionError("Redis Cluster: reloading the slot map")
 
+    def _reload_later(self) -> None:
+        """A node did not answer: have redis-py reload the slot map (in `_ready`). redis-py
+        asks for a reload itself on the errors it sees, but a command that `_bounded`
+        cancelled on a node that hangs (stopped, partitioned) never gets to see one: without
+        this, every command would go on to the dead primary after its replica took over."""
+        request = getattr(self.client, "_request_refresh", None)
+        if request is not None:
+            request()
+        else:  # redis-py without it: the flag its own error paths set
+            self.client._initialize = True
+
+    @asynccontextmanager
+    async def _guarded(self, first_load: bool = False) -> AsyncIterator[None]:
+        """Any cluster operation: on a loaded slot map (see `_ready`), under a permit, and
+        a failure to reach a node asks for a reload of the slot map. With `first_load` (an
+        invalidation, called by the application rather than on a request), a client that
+        never loaded the slot map (a store used without `async with`) loads it first."""
+        if first_load and self.client.nodes_manager.default_node is None:
+            await self.client.initialize()
+        self._ready()
+        async with self._permit():
+            try:
+                yield
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self._reload_later()
+                raise
+
     @asynccontextmanager
     async def _permit(self) -> AsyncIterator[None]:
         if self._permits.locked():
@@ -154,8 +182,7 @@ class ClusterBackend(RedisBackend):
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """One request-path call: on a loaded slot map, under a permit and bounded by
         `timeout` in total."""
-        self._ready()
-        async with self._permit():
+        async with self._guarded():
             return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -251,7 +278,7 @@ class ClusterBackend(RedisBackend):
     ) -> int:
         if not indexes and not keys and not generations:
             return 0
-        async with self._permit():
+        async with self._guarded(first_load=True):
             # The generations first: once they are gone, every entry built under them is a
             # miss, whatever happens to the rest (an evicted index, a failure below).
             await self._unlink([name.encode() for name in generations])
@@ -290,13 +317,13 @@ class ClusterBackend(RedisBackend):
         return sum(int(n) for n in await _bounded(pipe.execute(), self.timeout))
 
     async def delete(self, keys: Sequence[str]) -> int:
-        async with self._permit():
+        async with self._guarded(first_load=True):
             return await self._unlink([k.encode() for k in keys])
 
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(GLOB_SPECIALS) + "*"
         deleted = 0
-        async with self._permit():
+        async with self._guarded(first_load=True):
             # SCAN every primary (as redis-py's scan_iter does), each round trip bounded.
             cursors, keys = await _bounded(
                 self.client.scan(match=pattern, count=1000), self.timeout
