@@ -31,7 +31,7 @@ _MAX_PENDING = 1000
 #: each time, up to `_RETRY_MAX_S` (so one lands at most that long after Redis takes writes
 #: again, plus one command's timeout).
 _RETRY_FIRST_S = 0.05
-_RETRY_MAX_S = 1.0
+_RETRY_MAX_S = 0.25
 
 
 class Invalidated(int):
