@@ -34,6 +34,7 @@ from oxcache.errors import (
 )
 from oxcache.functions import cached
 from oxcache.near import NearCache
+from oxcache.observe import CacheEvent, Observer
 from oxcache.route import CachedRoute
 from oxcache.store import Cache, default_store
 
@@ -48,6 +49,7 @@ except _PackageNotFoundError:  # pragma: no cover - imported from a source tree,
 __all__ = [
     "Backend",
     "Cache",
+    "CacheEvent",
     "CacheUnavailable",
     "CachedRoute",
     "ClusterBackend",
@@ -57,6 +59,7 @@ __all__ = [
     "KeyBuildError",
     "MemoryBackend",
     "NearCache",
+    "Observer",
     "OxcacheError",
     "RedisBackend",
     "SentinelBackend",

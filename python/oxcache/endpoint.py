@@ -14,6 +14,7 @@ from starlette.requests import Request
 from oxcache.errors import ConfigError
 from oxcache.http import CACHED_METHODS
 from oxcache.keys import EndpointKeys, KeySpace, is_ignored_annotation, resolved_hints
+from oxcache.observe import BYPASS, note
 from oxcache.options import Options
 from oxcache.registry import registered_name
 from oxcache.store import Cache, default_store
@@ -136,9 +137,11 @@ class CachedEndpoint:
             self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
         return result
 
-    async def bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
-        """Serve a cacheable request without the cache (counted in `stats()`)."""
+    async def bypass(self, store: Cache, kwargs: dict[str, Any], reason: str) -> Any:
+        """Serve a cacheable request without the cache (counted in `stats()`, and reported
+        to the store's observers with `reason`)."""
         store.counters.bypasses += 1
+        note(BYPASS, reason)
         return await self.call(kwargs)
 
     def warn_once(self, store: Cache, what: str, message: str, *args: Any) -> None:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from oxcache._core import encode_entry, etag, if_none_match
 from oxcache.endpoint import CachedEndpoint
 from oxcache.http import OWN_HEADERS, Replay, forbids_store
+from oxcache.observe import COALESCED, HIT, MISS, NOT_STORED, STALE, STALE_IF_ERROR, note
 from oxcache.responses import CachedResponse, render
 from oxcache.store import Cache
 
@@ -54,6 +55,7 @@ class Stored:
 def _shared_hit(store: Cache, replay: Replay, entry: Any) -> CachedResponse:
     store.counters.hits += 1
     store.counters.coalesced += 1
+    note(HIT, COALESCED)
     return replay.replay(entry, _now_ms())
 
 
@@ -135,11 +137,13 @@ async def run(
     """Run the endpoint, store a cacheable result; serve `stale` if it fails and
     stale-if-error allows. Returns the response and what was stored (or None)."""
     store.counters.misses += 1
+    note(MISS)
     try:
         result = await endpoint.call(kwargs)
     except Exception as exc:
         if _stale_if_error(endpoint, stale, exc):
             store.counters.stale += 1
+            note(STALE, STALE_IF_ERROR)
             logger.warning(
                 "%s failed (%s); serving the stale entry %s (stale-if-error)",
                 endpoint.name,
@@ -156,9 +160,11 @@ async def run(
         raise
     if response.status_code >= 500 and _stale_if_error(endpoint, stale, None):
         store.counters.stale += 1
+        note(STALE, STALE_IF_ERROR)
         return replay.replay(stale, _now_ms()), None
     stored = await store_response(endpoint, store, response, kwargs, key, uid)
     if stored is None:
+        note(MISS, NOT_STORED)
         return response, None
     if replay.condition is not None and if_none_match(replay.condition, stored.etag):
         return CachedResponse(

@@ -21,6 +21,7 @@ from oxcache.endpoint import CachedEndpoint
 from oxcache.fill import miss, refresh_later
 from oxcache.http import CACHED_METHODS, Replay, request_directives, scan_request
 from oxcache.keys import SECRET_HEADERS, call_parts, normalize_user_id
+from oxcache.observe import STALE, STALE_WHILE_REVALIDATE, note, observe, observing
 from oxcache.responses import CachedResponse
 from oxcache.store import Cache, default_store
 
@@ -86,6 +87,11 @@ async def handle(
     store = endpoint.store or default_store()
     if request.scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0 or not store.enabled:
         return await endpoint.call(kwargs)
+    if store.observers and not observing():
+        # Observed: this request again, timed and reported (one truth test when not).
+        return await observe(
+            store.observers, endpoint, handle(endpoint, request, sub_response, kwargs, user)
+        )
     cache_control, pragma, condition, credentials, varied = scan_request(
         request.scope, endpoint.vary_names
     )
@@ -96,7 +102,9 @@ async def handle(
         if refresh is None:
             refresh = store.refresh_on_no_cache
         if directives.no_store or not refresh:
-            return await endpoint.bypass(store, kwargs)  # the seed's behaviour: no caching
+            # The seed's behaviour: no caching at all.
+            reason = "no-store" if directives.no_store else "no-cache"
+            return await endpoint.bypass(store, kwargs, reason)
         force = True  # run the endpoint and store its fresh result (opt-in)
 
     uid: str | None = None
@@ -105,7 +113,7 @@ async def handle(
             uid = normalize_user_id(user)
         except TypeError as exc:
             endpoint.warn_once(store, "user", "%s is served uncached: %s", endpoint.name, exc)
-            return await endpoint.bypass(store, kwargs)
+            return await endpoint.bypass(store, kwargs, "user")
     elif credentials is not None and not endpoint.shared:
         endpoint.warn_once(
             store,
@@ -115,7 +123,7 @@ async def handle(
             "id>) to cache it per user, or @cache(shared=True) if it is the same for everyone.",
             endpoint.name,
         )
-        return await endpoint.bypass(store, kwargs)
+        return await endpoint.bypass(store, kwargs, "credentials")
 
     try:
         key = endpoint.keys.key(
@@ -123,7 +131,7 @@ async def handle(
         )
     except KeyBuildError as exc:
         endpoint.warn_once(store, "key", "%s is served uncached: %s", endpoint.name, exc)
-        return await endpoint.bypass(store, kwargs)
+        return await endpoint.bypass(store, kwargs, "key")
 
     early: EarlyState | None = request.scope.get(EARLY_SCOPE_KEY)
     if early is not None and (early.memo.endpoint is not endpoint or uid is not None):
@@ -167,6 +175,7 @@ async def handle(
             # RFC 5861 stale-while-revalidate: serve at once, refresh after the response
             # (as a background task, while the request's dependencies are still open).
             store.counters.stale += 1
+            note(STALE, STALE_WHILE_REVALIDATE)
             logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
             response = replay.replay(entry, now_ms)
             refresh_later(endpoint, store, request, kwargs, key, uid, response)
@@ -184,8 +193,11 @@ async def answer_early(
     it read in the scope for `handle`)."""
     if scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
         return None
-    if not (endpoint.store or default_store()).enabled:
+    own = endpoint.store or default_store()
+    if not own.enabled:
         return None  # `handle` runs the endpoint
+    if own.observers and not observing():
+        return await observe(own.observers, endpoint, answer_early(endpoint, scope, memo))
     vary_names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied = scan_request(scope, vary_names)
     if cache_control is not None or pragma is not None:
