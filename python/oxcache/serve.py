@@ -228,7 +228,7 @@ async def answer_early(
     if known is None:
         return None
     store, key = known
-    if store is not (endpoint.store or default_store()):
+    if store is not own:
         return None  # the store was replaced since: learn again
     now_ms = time.time_ns() // 1_000_000
     replay = replay_for(endpoint, store, condition, False)
