@@ -30,7 +30,10 @@ def test_quickstart_app_answers_as_the_page_shows() -> None:
     assert "expires" in miss.headers
     assert hit.headers["x-fastapi-cache"] == "Hit" and "age" in hit.headers
     assert not_modified.status_code == 304 and not_modified.content == b""
-    assert module.store.key_for(module.item, id=1) == "app.item(id=1)"  # as `oxcache show` uses
+    shown_key = re.search(r"show '(.*?)'", PAGE)
+    assert shown_key is not None  # the key the page shows is GET /items/1's, as served
+    assert module.store.key_for(module.item, "http://127.0.0.1:8000", id=1) == shown_key.group(1)
+    assert module.store.key_for(module.item, id=1) == "app.item(id=1)"  # the base key
 
 
 def test_the_architecture_map_names_what_exists() -> None:
@@ -55,7 +58,7 @@ def test_the_architecture_map_names_what_exists() -> None:
             break
     for module in set(re.findall(r"\b([a-z_]+\.py)\b", page)) - {"include.py"}:
         found_files = list((root / "python" / "oxcache").rglob(module)) + list(
-            (root / "tests").glob(module)
+            (root / "tests").rglob(module)  # tests/conformance/ too
         )
         assert found_files, f"{module} is named in docs/architecture.md but does not exist"
     for test_file in set(re.findall(r"`(tests/[\w/]+\.py)`", page)):

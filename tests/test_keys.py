@@ -36,7 +36,7 @@ class SubSession(Session):
 def test_seed_key_format_and_ignore_arg_types(
     make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session])
+    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session], per_host=False)
     app = FastAPI()
 
     @app.get("/get_user")

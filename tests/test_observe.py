@@ -21,9 +21,9 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-import oxcache.serve
+import oxcache.observe
 from oxcache import Cache, CachedRoute, cache
-from oxcache.observe import CacheEvent, Observer, Observers, observing
+from oxcache.observe import CacheEvent, Observer, Observers, active
 from tests.apps import stale_app
 from tests.conftest import free_port
 
@@ -80,6 +80,16 @@ def outcome_app(store: Cache, route_class: Any = None) -> FastAPI:
     async def teapot() -> JSONResponse:
         return JSONResponse({"short": "stout"}, status_code=418)
 
+    @app.get("/private")
+    @cache(expire=60, store=store)
+    async def own_no_store() -> JSONResponse:
+        return JSONResponse({"n": 3}, headers={"Cache-Control": "no-store"})
+
+    @app.get("/never")
+    @cache(expire=0, store=store)
+    async def never() -> dict[str, int]:
+        return {"n": 4}
+
     @app.get("/missing")
     @cache(expire=60, store=store)
     async def missing() -> dict[str, int]:
@@ -119,6 +129,8 @@ def test_each_request_is_reported_once_with_its_outcome_and_reason(
         client.get("/items/1", headers={"Cache-Control": "no-store"})
         client.get("/items/1", headers={"Authorization": "Bearer x"})
         assert client.get("/teapot").status_code == 418
+        client.get("/private")
+        client.get("/never")
         assert client.get("/missing").status_code == 404
         assert client.get("/broken").status_code == 500
         client.get("/opaque")
@@ -131,8 +143,10 @@ def test_each_request_is_reported_once_with_its_outcome_and_reason(
         ("item", "bypass", "no-cache"),
         ("item", "bypass", "no-store"),
         ("item", "bypass", "credentials"),
-        ("teapot", "miss", "not-stored"),
-        ("missing", "miss", "not-stored"),
+        ("teapot", "miss", "status"),
+        ("own_no_store", "miss", "no-store"),
+        ("never", "bypass", "expire"),
+        ("missing", "miss", "status"),
         ("broken", "error", "RuntimeError"),
         ("unkeyable", "bypass", "key"),
         ("mine", "bypass", "user"),
@@ -144,7 +158,7 @@ def test_each_request_is_reported_once_with_its_outcome_and_reason(
     assert all(e.seconds >= 0 for e in recorder.events)
     assert recorder.storage_errors == []
     stats = store.stats()
-    assert stats["hits"] == 2 and stats["bypasses"] == 5
+    assert stats["hits"] == 2 and stats["bypasses"] == 6
 
 
 @BACKENDS
@@ -276,9 +290,9 @@ def test_a_store_nobody_observes_never_enters_the_observing_path(
     context variable set, no event made."""
 
     async def forbidden(*args: Any) -> Any:
-        raise AssertionError("observe() called for a store without observers")
+        raise AssertionError("observe.run() called for a store without observers")
 
-    monkeypatch.setattr(oxcache.serve, "observe", forbidden)
+    monkeypatch.setattr(oxcache.observe, "run", forbidden)
     store = Cache()
     app = outcome_app(store, route_class)
     with TestClient(app) as client:
@@ -287,7 +301,7 @@ def test_a_store_nobody_observes_never_enters_the_observing_path(
             "Hit",
             "Hit",
         ]
-    assert not observing()
+    assert not active()
 
 
 def test_a_disabled_store_reports_nothing() -> None:

@@ -2,7 +2,7 @@
 whoever asked (metrics, traces, a custom counter).
 
 A store's `observers` list is empty by default, and then the request path pays one truth
-test for it. When it holds observers, `serve` runs each request under `observe`, which
+test for it. When it holds observers, `serve` runs each request under `run`, which
 times it and reports one `CacheEvent` to every observer: the endpoint, the outcome (`hit`,
 `stale`, `miss`, `bypass`, `error`), the reason when there is one, and the seconds the
 request took. The outcome is noted (`note`) where the request path decides it, on every
@@ -31,7 +31,6 @@ __all__ = [
     "HIT",
     "MISS",
     "NOT_MODIFIED",
-    "NOT_STORED",
     "OUTCOMES",
     "STALE",
     "STALE_IF_ERROR",
@@ -40,9 +39,9 @@ __all__ = [
     "Named",
     "Observer",
     "Observers",
+    "active",
     "note",
-    "observe",
-    "observing",
+    "run",
 ]
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -57,11 +56,11 @@ BYPASS = "bypass"  # the cache stayed out of a request it could have served
 ERROR = "error"  # the request raised (the endpoint, or storage with on_error="raise")
 OUTCOMES = (HIT, STALE, MISS, BYPASS, ERROR)
 
-# Reasons besides a bypass's (`no-store`, `no-cache`, `credentials`, `user`, `key`) and an
-# error's (the exception's class name).
+# Reasons besides a bypass's and a miss's that was not stored (the `detail` of its
+# Cache-Status: `credentials`, `no-store`, `status`, ...) and an error's (the exception's
+# class name).
 NOT_MODIFIED = "not-modified"  # a hit answered 304
 COALESCED = "coalesced"  # a hit that waited for a concurrent miss's run
-NOT_STORED = "not-stored"  # a miss whose response may not be stored (status, Set-Cookie, ...)
 STALE_WHILE_REVALIDATE = "stale-while-revalidate"
 STALE_IF_ERROR = "stale-if-error"
 
@@ -73,9 +72,11 @@ class CacheEvent:
         endpoint: `module.function`, as keys and the CLI name the endpoint.
         outcome: `hit`, `stale`, `miss`, `bypass` or `error`.
         reason: Why, when it says more than the outcome (see docs/observability.md): a
-            bypass's `no-store`, `no-cache`, `credentials`, `user` or `key`; a hit's
-            `not-modified` or `coalesced`; a miss's `not-stored`; a stale copy's
-            `stale-while-revalidate` or `stale-if-error`; an error's exception class.
+            bypass's `no-store`, `no-cache`, `credentials`, `user`, `key` or `expire`; a
+            hit's `not-modified` or `coalesced`; why a miss's response was not stored
+            (`status`, `no-store`, `private`, `set-cookie`, ...: its Cache-Status `detail`);
+            a stale copy's `stale-while-revalidate` or `stale-if-error`; an error's
+            exception class.
         seconds: How long oxcache took to answer (a miss's endpoint run included).
     """
 
@@ -168,8 +169,8 @@ class _Noted:
 _noted: ContextVar[_Noted | None] = ContextVar("oxcache_observed", default=None)
 
 
-def observing() -> bool:
-    """Whether the current request is being observed already (`observe` is running)."""
+def active() -> bool:
+    """Whether the current request is being observed already (`run` is running)."""
     return _noted.get() is not None
 
 
@@ -182,7 +183,7 @@ def note(outcome: str, reason: str | None = None) -> None:
         noted.reason = reason
 
 
-async def observe(observers: Observers, endpoint: Named, answer: Awaitable[T]) -> T:
+async def run(observers: Observers, endpoint: Named, answer: Awaitable[T]) -> T:
     """Await `answer` (the request path for one request) and report the request to
     `observers`. A request nothing noted is a hit when it got a response (a 304 says
     `not-modified`) and is not reported when it got None (`CachedRoute` left it to
@@ -199,7 +200,7 @@ async def observe(observers: Observers, endpoint: Named, answer: Awaitable[T]) -
         if noted.outcome is None or not isinstance(status, int) or status >= 500:
             noted.outcome, noted.reason = ERROR, type(exc).__name__
         elif noted.outcome == MISS:
-            noted.reason = NOT_STORED  # an answer such as a 404, which is never stored
+            noted.reason = "status"  # an answer such as a 404, which is never stored
         _noted.reset(token)
         observers.request(endpoint, noted.outcome, noted.reason, time.perf_counter() - began)
         raise

@@ -10,7 +10,7 @@ Instruments (meter `oxcache`), each with the attributes `oxcache.endpoint` and
 `oxcache.outcome` (`hit`, `stale`, `miss`, `bypass`, `error`):
 
 - `oxcache.requests` (counter, `{request}`): one per request, with `oxcache.reason` when
-  there is one (a bypass's `credentials`, a miss's `not-stored`, ...).
+  there is one (a bypass's `credentials`, a miss's `status`, ...).
 - `oxcache.request.duration` (histogram, seconds): how long oxcache took to answer.
 - `oxcache.storage.errors` (counter, `{error}`): failed backend calls, by `oxcache.store`
   and `error.type`.

@@ -10,7 +10,7 @@ Expose the registry as usual (`prometheus_client.make_asgi_app()` mounted on the
 (`hit`, `stale`, `miss`, `bypass`, `error`):
 
 - `oxcache_requests_total{endpoint, outcome, reason}`: requests (`reason` is empty when
-  there is none, else a bypass's `credentials`, a miss's `not-stored`, ...).
+  there is none, else a bypass's `credentials`, a miss's `status`, ...).
 - `oxcache_request_duration_seconds{endpoint, outcome}`: a histogram of how long oxcache
   took to answer.
 - `oxcache_storage_errors_total{store}`: failed calls to a store's backend.

@@ -91,6 +91,13 @@ class Cache:
             (when that makes them smaller); None (the default) stores every entry as is.
             Reading compressed entries needs no setting (an oxcache without compression
             reads them as misses).
+        per_host: Whether every key holds the request's origin: its scheme, Host header and
+            root path, from the ASGI scope after proxy middleware (True, the default: a
+            response is never served to a request made to another host or scheme). False
+            shares entries between the names an app is served under, for apps that answer
+            the same under all of them and never read the host or scheme.
+        cache_status: The cache's name in the `Cache-Status` header (RFC 9211) sent with
+            every response of a cached endpoint ("oxcache"); None sends no such header.
         enabled: False turns caching off (tests, development): see `disabled()`; entering
             such a store does not check the backend. `store.enabled` may change any time.
         observers: `Observer`s told of every request of its endpoints and every storage
@@ -119,6 +126,8 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
         compress_over: int | None = None,
+        per_host: bool = True,
+        cache_status: str | None = "oxcache",
         enabled: bool = True,
         observers: Iterable[Observer] = (),
     ) -> None:
@@ -133,6 +142,7 @@ class Cache:
             lock_timeout=lock_timeout,
             on_error=on_error,
             compress_over=compress_over,
+            cache_status=cache_status,
         )
         if backend is None:
             backend = backend_for(
@@ -153,9 +163,12 @@ class Cache:
         self.prefix = prefix or ""
         self.response_header = response_header or DEFAULT_RESPONSE_HEADER
         self.hit_header = self.response_header.lower().encode("latin-1")
+        #: The cache's name in Cache-Status headers, or None to send none.
+        self.status_name = None if cache_status is None else cache_status.encode("ascii")
         self.ignore_arg_types: tuple[type[Any], ...] = tuple(ignore_arg_types or ())
+        self.per_host = per_host
         #: Where this store's keys, indexes and locks are (`KeySpace`).
-        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types)
+        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types, per_host)
         self.strong_etag = strong_etag
         self.retry_after = retry_after
         self.on_error = on_error
@@ -291,9 +304,14 @@ class Cache:
 
     # -- keys and invalidation -----------------------------------------------------------
 
-    def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
-        """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
-        return keyed(endpoint).key_for_call(self.keyspace, args)
+    def key_for(
+        self, endpoint: Callable[..., Any], origin: str | None = None, /, **args: Any
+    ) -> str:
+        """The key `@cache` gives `endpoint` called with `args` (defaults filled in): from
+        `origin` (`"https://example.com"`: scheme, Host, root path) on a `per_host` store;
+        without one, the base key (the arguments alone: the key on a `per_host=False`
+        store, and the name its variants are listed under, see docs/http.md)."""
+        return keyed(endpoint).key_for_call(self.keyspace, args, origin)
 
     def user_index(self, user_id: UserId) -> str:
         """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
@@ -304,14 +322,15 @@ class Cache:
         return self.keyspace.tag_index(tag)
 
     def variants_index(self, key: str) -> str:
-        """The index listing the per-user and `vary` variants of the entry `key`."""
+        """The index listing the variants of the base key `key` (`key_for` without origin):
+        its entries for each origin, user, varying header value and undeclared query."""
         return self.keyspace.variants_index(key)
 
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
-        """Delete the entry that `endpoint` called with `args` produced, for every user,
-        every `vary` variant and every value of its dependency parameters (defaults are
-        filled in as FastAPI would; dependencies need not be given). Returns how many
-        entries were deleted."""
+        """Delete the entries that `endpoint` called with `args` produced, for every origin
+        (host and scheme), every user, every varying header value, every undeclared query
+        and every value of its dependency parameters (defaults are filled in as FastAPI
+        would; dependencies need not be given). Returns how many entries were deleted."""
         indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
         return await self.invalidations.run(indexes, keys)
 
