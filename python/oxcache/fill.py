@@ -270,7 +270,7 @@ async def store_response(
         key = endpoint.request_key(space, kwargs, uid, names, scan[4], request.scope, scan[5])
     try:
         variant = space.per_host or per_user or bool(endpoint.vary_names)
-        variant = variant or endpoint.request_param is not None
+        variant = variant or endpoint.request_param is not None or endpoint.keys_body
         indexes = endpoint.keys.indexes(space, kwargs, uid, variant)
     except Exception as exc:  # a tag that cannot be formatted from these arguments
         logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Response
 from starlette.requests import Request
 
-from oxcache import observe
+from oxcache import body, observe
 from oxcache._core import Entry, EntryHead, KeyBuildError, if_none_match, secret_digest_bytes
 from oxcache.directives import own_control, stale_windows, uncovered
 from oxcache.early import EARLY_SCOPE_KEY, MEMO_MAX_REQUEST, EarlyState, RouteMemo
@@ -155,7 +155,7 @@ async def handle(
     store = endpoint.store or default_store()
     scope = request.scope
     name = store.status_name
-    if scope["method"] not in CACHED_METHODS:
+    if scope["method"] not in endpoint.methods:
         result = await endpoint.call(kwargs)
         return mark(result, sub_response, None if name is None else forwarded(name, METHOD))
     if not store.enabled:
@@ -204,6 +204,17 @@ async def handle(
             endpoint.name,
         )
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, CREDENTIALS)
+    if endpoint.keys_body and scope["method"] == "POST":  # opted in: keyed by its body
+        if not await body.read(request):
+            endpoint.warn_once(
+                store,
+                "body",
+                "%s is served uncached to POST requests whose body FastAPI parsed as a form "
+                "(it cannot be read again to key the request)",
+                endpoint.name,
+            )
+            return await bypass(endpoint, store, kwargs, sub_response, BYPASS, body.UNREADABLE)
+        condition = None  # FastAPI ignores If-None-Match on a POST: no 304 from the cache
 
     try:
         key = endpoint.request_key(store.keyspace, kwargs, uid, names, varied, scope, host)
