@@ -63,8 +63,8 @@ class OpenTelemetryObserver(Observer):
     Args:
         meter_provider: Where the instruments come from; the global one by default.
         tracer_provider: Where spans come from; the global one by default.
-        spans: False records metrics only (a span per request costs a few microseconds
-            with the SDK).
+        spans: False records metrics only (a span per request costs tens of microseconds
+            with the SDK: docs/observability.md).
     """
 
     def __init__(
