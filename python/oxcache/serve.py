@@ -199,6 +199,9 @@ async def handle(
         )
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, CREDENTIALS)
 
+    deferred = endpoint.deferred
+    if deferred is not None and deferred.keyed(store.keyspace.ignored):
+        kwargs = await endpoint.solve(kwargs)  # this store keys their values
     try:
         key = endpoint.request_key(store.keyspace, kwargs, uid, names, varied, scope, host)
     except KeyBuildError as exc:
