@@ -125,19 +125,36 @@ def always_run(dependency: F) -> F:
     store's `ignore_arg_types`) runs only when the endpoint runs. Returns `dependency`."""
     try:
         setattr(dependency, ALWAYS_RUN, True)
-    except (AttributeError, TypeError):
-        raise ConfigError(
-            f"always_run cannot mark {dependency!r}: wrap it in a function and mark that"
-        ) from None
+    except (AttributeError, TypeError):  # a bound method: marked by equality, as FastAPI
+        try:  # shares a dependency's value between equal callables
+            _MARKED.add(dependency)
+        except TypeError:
+            raise ConfigError(
+                f"always_run cannot mark {dependency!r}: wrap it in a function and mark that"
+            ) from None
     return dependency
+
+
+#: Marked dependencies that take no attribute (bound methods).
+_MARKED: set[Any] = set()
 
 
 def _marked(call: Any) -> bool:
     while call is not None:
-        if getattr(call, ALWAYS_RUN, False) is True:
+        if getattr(call, ALWAYS_RUN, False) is True or _identity(call) in _MARKED:
             return True
         call = getattr(call, "func", None)  # functools.partial
     return False
+
+
+def _identity(call: Any) -> Any:
+    """What FastAPI's dependency cache compares a callable by: equality (two `obj.method`
+    are one dependency), or identity for a callable that cannot be hashed."""
+    try:
+        hash(call)
+    except TypeError:
+        return id(call)
+    return call
 
 
 def _depends(param: inspect.Parameter, hint: Any) -> params.Depends | None:
@@ -177,8 +194,8 @@ def _walk(dependant: Any) -> Iterator[Any]:
         stack.extend(getattr(node, "dependencies", ()) or ())
 
 
-def _calls(dependant: Any) -> set[int]:
-    return {id(node.call) for node in _walk(dependant)}
+def _calls(dependant: Any) -> set[Any]:
+    return {_identity(node.call) for node in _walk(dependant)}
 
 
 def _self_contained(sub: Any) -> bool:
@@ -241,7 +258,7 @@ class Deferred:
             shared = sorted(
                 getattr(node.call, "__name__", repr(node.call))
                 for node in _walk(dependant)
-                if id(node.call) in self.calls
+                if _identity(node.call) in self.calls
             )
             if shared:
                 logger.warning(
@@ -315,8 +332,8 @@ def defer(
     return Deferred(tuple(candidates), dependant, hints)
 
 
-def _calls_of(sub: Any) -> set[int]:
-    return {id(sub.call)} | _calls(sub)
+def _calls_of(sub: Any) -> set[Any]:
+    return {_identity(sub.call)} | _calls(sub)
 
 
 class Pending:
