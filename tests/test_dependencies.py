@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from fastapi.testclient import TestClient
+from pydantic import AfterValidator
 
 from oxcache import Cache, CachedRoute, always_run, cache
 from tests.apps import MakeStore, client_for, stored_keys
@@ -535,3 +536,65 @@ def test_the_request_is_still_a_request(make_store: MakeStore) -> None:
         assert get(client, "/item?q=2")[1:] == ("Miss", {"q": "2"})
         assert get(client, "/item?q=1")[1:] == ("Hit", {"q": "1"})
     assert len(pool.opened) == 2
+
+
+# -- CachedRoute answers guarded and per-user hits early ----------------------------------------
+
+#: The values FastAPI validated for `CountedInt` parameters (only in its own handler).
+VALIDATED: list[int] = []
+
+
+def counted(value: int) -> int:
+    VALIDATED.append(value)
+    return value
+
+
+CountedInt = Annotated[int, AfterValidator(counted)]
+
+
+def test_cached_route_answers_guarded_per_user_hits_before_fastapi_solves_parameters(
+    make_store: MakeStore, route_class: type[APIRoute]
+) -> None:
+    """The guards and the user run on every request (once); the route's own parameters are
+    validated by FastAPI only when the request is not answered early."""
+    store = make_store(ignore_arg_types=[Session])
+    pool = Pool()
+    validated = VALIDATED
+    validated.clear()
+    users: list[str] = []
+
+    def user(authorization: str | None = Header(default=None)) -> str:
+        users.append(str(authorization))
+        return user_from_token(authorization)
+
+    app = app_for(store, route_class, dependencies=[Depends(check_key)])
+
+    @app.get("/orders/{id}")
+    @cache(expire=60, store=store, per_user=user)
+    async def orders(
+        id: CountedInt,
+        page: int = 1,
+        db: Session = Depends(pool.get_db),
+    ) -> dict[str, Any]:
+        return {"id": id, "page": page}
+
+    a = {"authorization": "Bearer user-a", "X-Key": "secret"}
+    b = {"authorization": "Bearer user-b", "X-Key": "secret"}
+    with client_for(app, store) as client:
+        for _round in range(3):
+            assert get(client, "/orders/1?page=2", **a)[1:] == (
+                "Miss" if _round == 0 else "Hit",
+                {"id": 1, "page": 2},
+            )
+            assert get(client, "/orders/1?page=2", **b)[1] == ("Miss" if _round == 0 else "Hit")
+            assert client.get("/orders/1?page=2", headers={"X-Key": "secret"}).status_code == 401
+            assert (
+                client.get(
+                    "/orders/1?page=2", headers={"authorization": "Bearer user-a"}
+                ).status_code
+                == 403
+            )
+    assert len(pool.opened) == 2
+    assert len(users) == 3 * 3  # once a request that passed check_key, hits included
+    early = route_class is CachedRoute
+    assert len(validated) == (2 if early else 6)
