@@ -106,8 +106,9 @@ class CachedRoute(APIRoute):
         router = APIRouter(route_class=CachedRoute)
 
     Routes whose endpoint is not cached, or that have header, cookie or body parameters,
-    behave exactly like `APIRoute`; the dependencies of the others run on every request. Responses, headers, 304s, logs and
-    `stats()` are the same as without it; only the work before a hit is saved.
+    behave exactly like `APIRoute`; the dependencies of the others run on every request.
+    Responses, headers, 304s, logs and `stats()` are the same as without it; only the work
+    before a hit is saved.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
