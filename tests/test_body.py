@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Header, HTTPException, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
@@ -233,3 +233,32 @@ def test_the_startup_warning_names_the_opt_in_and_spares_endpoints_that_took_it(
         pass
     warned = [r.getMessage() for r in caplog.records if "is never cached" in r.getMessage()]
     assert len(warned) == 1 and "plain" in warned[0] and 'methods=["POST"]' in warned[0]
+
+
+@ROUTES
+def test_a_guarded_post_is_refused_and_cached_as_its_route_says(route_class: Any) -> None:
+    """A route dependency (a guard) still runs for every POST, and refuses as it would
+    without the cache; `CachedRoute` leaves POSTs to FastAPI's path, guards included."""
+
+    def guard(x_key: str | None = Header(default=None)) -> None:
+        if x_key != "ok":
+            raise HTTPException(status_code=401)
+
+    store = Cache()
+    app = FastAPI(lifespan=store.lifespan)
+    if route_class is not None:
+        app.router.route_class = route_class
+    runs: list[str] = []
+
+    @app.post("/search", dependencies=[Depends(guard)])
+    @cache(expire=60, store=store, methods=["POST"])
+    async def search(query: Search) -> dict[str, Any]:
+        runs.append(query.q)
+        return {"q": query.q}
+
+    ok = {"X-Key": "ok"}
+    with TestClient(app) as client:
+        assert client.post("/search", json={"q": "ox"}).status_code == 401
+        answers = [client.post("/search", json={"q": "ox"}, headers=ok) for _ in range(2)]
+        assert client.post("/search", json={"q": "ox"}).status_code == 401
+    assert [status(a) for a in answers] == ["Miss", "Hit"] and runs == ["ox"]

@@ -222,7 +222,7 @@ def test_the_compatibility_store_keeps_the_seeds_keys(redis_url: str) -> None:
     """`FastApiRedisCache().init(...)`: `myapi-cache:api.get_user(id=1)`, whatever the host;
     `init(..., per_host=True)` keys the origin too."""
     from oxcache import FastApiRedisCache
-    from oxcache.store import set_default
+    from oxcache.lifecycle import set_default
 
     async def get_user(id: int) -> dict[str, int]:
         return {"id": id}

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
@@ -324,3 +324,31 @@ def test_the_observability_pages_own_counter_counts_as_it_says() -> None:
             client.get("/items/8")
     assert counter.requests == {(f"{HERE}.item", "miss"): 1, (f"{HERE}.item", "hit"): 2}
     assert not counter.failures
+
+
+@ROUTES
+def test_a_request_a_guard_refuses_is_not_reported(route_class: Any) -> None:
+    """A route dependency's 401 is FastAPI's answer, before the cache takes part (with
+    `CachedRoute` the guard runs inside its early answer)."""
+
+    def guard(x_key: str | None = Header(default=None)) -> None:
+        if x_key != "ok":
+            raise HTTPException(status_code=401)
+
+    recorder = Recorder()
+    store = Cache(observers=[recorder])
+    app = FastAPI(lifespan=store.lifespan)
+    if route_class is not None:
+        app.router.route_class = route_class
+
+    @app.get("/guarded", dependencies=[Depends(guard)])
+    @cache(expire=60, store=store)
+    async def guarded() -> dict[str, int]:
+        return {"n": 1}
+
+    with TestClient(app) as client:
+        assert client.get("/guarded").status_code == 401
+        assert client.get("/guarded", headers={"X-Key": "ok"}).status_code == 200
+        assert client.get("/guarded").status_code == 401
+        assert client.get("/guarded", headers={"X-Key": "ok"}).status_code == 200
+    assert recorder.seen() == [("guarded", "miss", None), ("guarded", "hit", None)]

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from oxcache.store import Cache, set_default
+from oxcache.lifecycle import set_default
+from oxcache.store import Cache
 
 __all__ = ["FastApiRedisCache"]
 

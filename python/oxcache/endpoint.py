@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Iterable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any, Callable
 
 from fastapi import Depends, Response
@@ -15,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from oxcache.body import body_part
+from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer
 from oxcache.errors import ConfigError
 from oxcache.http import NOT_MODIFIED_HEADERS
 from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
@@ -105,6 +107,10 @@ class CachedEndpoint:
         self.deps = self.keys.deps
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
+        #: The dependency parameters a hit does not solve (a database session), if any.
+        self.deferred: Deferred | None = defer(
+            self.params, hints, () if self.per_user is None else (self.per_user,)
+        )
         self.signature = self._wrapper_signature(signature, hints)
 
     def _wrapper_signature(
@@ -125,6 +131,8 @@ class CachedEndpoint:
                 )
             )
         params = list(self.params)
+        if self.deferred is not None:  # solved by `call`, when the endpoint runs
+            params = [p for p in params if p.name not in self.deferred.names]
         var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
         params = [p for p in params if p.kind is not p.VAR_KEYWORD] + extra + var_kw
         # FastAPI reads the wrapper's signature; evaluated hints keep string annotations working.
@@ -208,9 +216,28 @@ class CachedEndpoint:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def call(self, kwargs: dict[str, Any]) -> Any:
+    def pending(self, request: Request, response: Response | None) -> Pending | None:
+        """The deferred dependencies of one request, for `call` to solve (None: none)."""
+        if self.deferred is None:
+            return None
+        return Pending(self.deferred, request, response, f"{self.module}.{self.name}")
+
+    async def solve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with the deferred dependencies solved (itself when there are none)."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        return kwargs if pending is None else await pending.solve(kwargs)
+
+    async def call(self, kwargs: dict[str, Any], after: Response | None = None) -> Any:
         """Run the endpoint (a sync one in the threadpool, as FastAPI does), timing it for
-        XFetch when `early_recompute` is on."""
+        XFetch when `early_recompute` is on. The dependencies a hit did not need are solved
+        first; for a run `after` the request's response (a refresh, given its own
+        `Response`), they are closed when the run ends."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        if pending is not None:
+            if after is not None:
+                async with AsyncExitStack() as stack:
+                    return await self.call(await pending.solve(kwargs, stack, after))
+            kwargs = await pending.solve(kwargs)
         began = time.monotonic()
         if self.is_async:
             result = await self.func(**kwargs)

@@ -329,7 +329,7 @@ async def refresh(
         sub_response.status_code = None  # type: ignore[assignment]
         if endpoint.response_param is not None:
             fresh[endpoint.response_param] = sub_response
-        result = await endpoint.call(fresh)
+        result = await endpoint.call(fresh, after=sub_response)
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
         await store_response(endpoint, store, response, fresh, key, uid, request)
     except Exception as exc:  # the stale copy stays until it runs out

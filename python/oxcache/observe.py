@@ -188,20 +188,23 @@ async def run(observers: Observers, endpoint: Named, answer: Awaitable[T]) -> T:
     `observers`. A request nothing noted is a hit when it got a response (a 304 says
     `not-modified`) and is not reported when it got None (`CachedRoute` left it to
     FastAPI's path, which reports it). One that raises is an error, unless it raised an
-    HTTP error below 500 after an outcome was noted (an endpoint's 404: a miss whose
-    response was not stored, or a bypass)."""
+    HTTP error below 500: after an outcome was noted, that outcome (an endpoint's 404: a
+    miss whose response was not stored, or a bypass), and before, nothing (a guard of
+    `CachedRoute` refused the request, as FastAPI would have without the cache)."""
     noted = _Noted()
     token = _noted.set(noted)
     began = time.perf_counter()
     try:
         result = await answer
     except Exception as exc:
+        _noted.reset(token)
         status = getattr(exc, "status_code", 500)
-        if noted.outcome is None or not isinstance(status, int) or status >= 500:
+        if not isinstance(status, int) or status >= 500:
             noted.outcome, noted.reason = ERROR, type(exc).__name__
+        elif noted.outcome is None:
+            raise  # refused before the cache took part (`CachedRoute`'s guards): not reported
         elif noted.outcome == MISS:
             noted.reason = "status"  # an answer such as a 404, which is never stored
-        _noted.reset(token)
         observers.request(endpoint, noted.outcome, noted.reason, time.perf_counter() - began)
         raise
     _noted.reset(token)

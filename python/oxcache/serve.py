@@ -9,7 +9,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import Response
@@ -216,6 +216,9 @@ async def handle(
             return await bypass(endpoint, store, kwargs, sub_response, BYPASS, body.UNREADABLE)
         condition = None  # FastAPI ignores If-None-Match on a POST: no 304 from the cache
 
+    deferred = endpoint.deferred
+    if deferred is not None and deferred.keyed(store.keyspace.ignored):
+        kwargs = await endpoint.solve(kwargs)  # this store keys their values
     try:
         key = endpoint.request_key(store.keyspace, kwargs, uid, names, varied, scope, host)
     except KeyBuildError as exc:
@@ -223,8 +226,8 @@ async def handle(
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, KEY)
 
     early: EarlyState | None = scope.get(EARLY_SCOPE_KEY)
-    if early is not None and (early.memo.endpoint is not endpoint or uid is not None):
-        early = None
+    if early is not None and (early.memo.endpoint is not endpoint or uid != early.user):
+        early = None  # the raw request's signature does not hold this key's user
     if early is not None:
         early.learn(store, key, names)
     now_ms = time.time_ns() // 1_000_000
@@ -292,24 +295,36 @@ async def handle(
 
 
 async def answer_early(
-    endpoint: CachedEndpoint, scope: MutableMapping[str, Any], memo: RouteMemo
+    endpoint: CachedEndpoint,
+    scope: MutableMapping[str, Any],
+    memo: RouteMemo,
+    solve: Callable[[Cache], Awaitable[tuple[str | None, tuple[Any, ...]] | None]] | None = None,
 ) -> Response | None:
     """`CachedRoute`'s hit before FastAPI solves the parameters: the response when this raw
     request's key is known and its entry is fresh (or a 304), else None (after leaving what
-    it read in the scope for `handle`)."""
+    it read in the scope for `handle`). For a route with dependencies, `solve` runs them
+    once the request may be answered early: the user id and the values the key holds, which
+    the raw request's signature adds (None: not answered early)."""
     if scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
         return None
     own = endpoint.store or default_store()
     if not own.enabled:
         return None  # `handle` runs the endpoint
     if own.observers and not observe.active():
-        return await observe.run(own.observers, endpoint, answer_early(endpoint, scope, memo))
+        answer = answer_early(endpoint, scope, memo, solve)
+        return await observe.run(own.observers, endpoint, answer)
     names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied, host = scan_request(scope, names)
     if cache_control is not None or pragma is not None:
         return None  # request directives: `handle` applies them
-    if credentials is not None and not endpoint.shared:
+    if credentials is not None and not endpoint.shared and endpoint.per_user is None:
         return None  # `handle` decides (served uncached, with a warning)
+    user = None
+    if solve is not None:
+        solved = await solve(own)  # the guards: a refusal raises here, as in FastAPI
+        if solved is None:
+            return None
+        user, parts = solved
     # Everything such a route's key can depend on: the origin (scheme, Host, root path),
     # the path (FastAPI takes path parameters from it), the whole query string, and the
     # varying headers (credential headers only as their hash, as in keys).
@@ -320,20 +335,22 @@ async def answer_early(
     if varied is None:
         signature = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
     else:
-        parts: list[bytes | str | None] = []
+        varying: list[bytes | str | None] = []
         for name in names:
             raw = varied.get(name)
             if raw is not None:
                 size += len(raw)
                 if name in SECRET_HEADERS:
-                    parts.append(secret_digest_bytes(raw))
+                    varying.append(secret_digest_bytes(raw))
                     continue
-            parts.append(raw)
+            varying.append(raw)
         base = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
-        signature = (*base, *parts)
+        signature = (*base, *varying)
+    if solve is not None:
+        signature = (*signature, parts)
     if names is not memo.names:
         memo.check(names)  # keys learned under other varying headers are forgotten
-    state = EarlyState(memo, signature, names, learn=size <= MEMO_MAX_REQUEST)
+    state = EarlyState(memo, signature, names, learn=size <= MEMO_MAX_REQUEST, user=user)
     scope[EARLY_SCOPE_KEY] = state
     known = memo.keys.get(signature)
     if known is None:
@@ -342,7 +359,7 @@ async def answer_early(
     if store is not own:
         return None  # the store was replaced since: learn again
     now_ms = time.time_ns() // 1_000_000
-    replay = replay_for(endpoint, store, condition, False, names)
+    replay = replay_for(endpoint, store, condition, user is not None, names)
     read_at = time.monotonic()
     found = await lookup(store, key, replay, now_ms, None, endpoint.own_headers is False)
     if isinstance(found, CachedResponse):

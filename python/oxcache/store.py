@@ -5,32 +5,25 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from types import TracebackType
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
 from oxcache.backends.connect import backend_for, describe
-from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace, UserId
+from oxcache.lifecycle import Lifecycle, current_default
 from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.observe import Observer, Observers
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
-from oxcache.registry import keyed, warn_misplaced
+from oxcache.registry import keyed
 
-__all__ = [
-    "DEFAULT_RESPONSE_HEADER",
-    "Cache",
-    "default_store",
-    "set_default",
-]
+__all__ = ["DEFAULT_RESPONSE_HEADER", "Cache", "default_store"]
 
 # Warnings reach the console unless the application configured logging: see `oxcache.logs`.
 logger = logging.getLogger(LOGGER_NAME)
@@ -38,7 +31,7 @@ logger = logging.getLogger(LOGGER_NAME)
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 
 
-class Cache:
+class Cache(Lifecycle):
     """A cache store: where entries live and how responses are keyed and marked.
 
     `Cache()` runs on an in-process `MemoryBackend`; `Cache(url="redis://...")` on Redis
@@ -188,76 +181,9 @@ class Cache:
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
         #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
         self.flights = Flights(backend, self.health, self.keyspace, self.lock_ms)
-        self._previous_default: Cache | None = None
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def connect(self) -> bool:
-        """Check the backend once, logging CONNECT_BEGIN and then CONNECT_SUCCESS or
-        CONNECT_FAIL. Never raises: an unreachable Redis means uncached responses until it
-        answers, not a failed startup."""
-        logger.info("CONNECT_BEGIN: Attempting to connect to %s...", self.health.name)
-        try:
-            await self.backend.ping()
-        except Exception as exc:
-            self.health.failed(exc)
-            return False
-        self.health.connected()
-        logger.info("CONNECT_SUCCESS: %s is connected.", self.health.name)
-        return True
-
-    async def close(self) -> None:
-        """Release the backend's connections (never a client that was passed in)."""
-        if self.near is not None:
-            await self.near.stop()
-        if self.backend.owns_connection:
-            await self.backend.close()
-
-    async def __aenter__(self) -> Cache:
-        if self.enabled:
-            await self.connect()
-        else:
-            logger.info("CACHE_DISABLED: caching is off for %s.", self.health.name)
-        if self.near is not None:
-            assert isinstance(self.backend, RedisBackend)
-            self.near.start(self.backend, self.keyspace.start)
-        self._previous_default = set_default(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _default_store is self:
-            set_default(self._previous_default)
-        self._previous_default = None
-        await self.close()
-
-    @asynccontextmanager
-    async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
-        closes on shutdown."""
-        warn_misplaced(app, self.warn_once)
-        async with self:
-            yield
-
-    @contextmanager
-    def disabled(self) -> Iterator[None]:
-        """Turn caching off for the block, then back: endpoints and `@cached` functions
-        run on every call as if undecorated (no cache headers, nothing read, written or
-        counted), for every request the store serves meanwhile. Invalidations still
-        delete, so nothing stale comes back when caching is on again."""
-        previous = self.enabled
-        self.enabled = False
-        try:
-            yield
-        finally:
-            self.enabled = previous
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -355,25 +281,16 @@ class Cache:
         return await self.invalidations.clear()
 
 
-_default_store: Cache | None = None
 _fallback_store: Cache | None = None
-
-
-def set_default(store: Cache | None) -> Cache | None:
-    """Make `store` the default store of `@cache` endpoints that name none (None: back to
-    the process-wide in-memory store); returns the previous default."""
-    global _default_store
-    previous = _default_store
-    _default_store = store
-    return previous
 
 
 def default_store() -> Cache:
     """The store `@cache` uses when given none: the one configured by
     `FastApiRedisCache().init(...)` or last entered, else a process-wide in-memory store."""
     global _fallback_store
-    if _default_store is not None:
-        return _default_store
+    configured: Cache | None = current_default()
+    if configured is not None:
+        return configured
     if _fallback_store is None:
         _fallback_store = Cache()
     return _fallback_store
