@@ -25,6 +25,7 @@ from oxcache.decorator import (
     cache_one_week,
     cache_one_year,
 )
+from oxcache.deferred import always_run
 from oxcache.errors import (
     CacheUnavailable,
     ConfigError,
@@ -35,6 +36,7 @@ from oxcache.errors import (
 from oxcache.functions import cached
 from oxcache.invalidation import Invalidated
 from oxcache.near import NearCache
+from oxcache.observe import CacheEvent, Observer
 from oxcache.route import CachedRoute
 from oxcache.store import Cache, default_store
 
@@ -49,6 +51,7 @@ except _PackageNotFoundError:  # pragma: no cover - imported from a source tree,
 __all__ = [
     "Backend",
     "Cache",
+    "CacheEvent",
     "CacheUnavailable",
     "CachedRoute",
     "ClusterBackend",
@@ -59,10 +62,12 @@ __all__ = [
     "KeyBuildError",
     "MemoryBackend",
     "NearCache",
+    "Observer",
     "OxcacheError",
     "RedisBackend",
     "SentinelBackend",
     "__version__",
+    "always_run",
     "cache",
     "cache_one_day",
     "cache_one_hour",

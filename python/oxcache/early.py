@@ -53,6 +53,7 @@ class EarlyState:
         "refresh_due",
         "signature",
         "store",
+        "user",
     )
 
     def __init__(
@@ -61,8 +62,11 @@ class EarlyState:
         signature: tuple[Any, ...],
         names: tuple[bytes, ...] = (),
         learn: bool = True,
+        user: str | None = None,
     ) -> None:
         self.memo = memo
+        #: The user id the signature holds (a per-user endpoint's), or None.
+        self.user = user
         self.signature = signature
         self.names = names
         self.learns = learn  # False for a request too large to remember

@@ -9,6 +9,7 @@ import re
 import string
 import time
 from collections.abc import Iterable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any, Callable
 
 from fastapi import Depends, Response
@@ -16,9 +17,12 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from oxcache.body import body_part
+from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer
 from oxcache.errors import ConfigError
-from oxcache.http import CACHED_METHODS, NOT_MODIFIED_HEADERS
+from oxcache.http import NOT_MODIFIED_HEADERS
 from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
+from oxcache.observe import BYPASS, note
 from oxcache.options import Options
 from oxcache.registry import registered_name
 from oxcache.signature import annotation_types, is_ignored_annotation, resolved_hints
@@ -72,12 +76,13 @@ class CachedEndpoint:
     `Response` and the `per_user` dependency when it does not take them). `store` is the
     `Cache` it names, or None for the default store at request time."""
 
-    #: The request methods it caches (the store's lifespan warns about a route with none).
-    methods = CACHED_METHODS
-
     def __init__(self, func: Callable[..., Any], options: Options, store: Cache | None) -> None:
         self.func = func
         self.options = options
+        #: The request methods it caches (the store's lifespan warns about a route with none).
+        self.methods = options.methods
+        #: Whether its POST requests are cached, keyed by their body (`oxcache.body`).
+        self.keys_body = "POST" in self.methods
         self.ttl_ms = options.ttl_ms
         self.per_user = options.per_user
         self.shared = options.shared
@@ -117,6 +122,10 @@ class CachedEndpoint:
         self.deps = self.keys.deps
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
+        #: The dependency parameters a hit does not solve (a database session), if any.
+        self.deferred: Deferred | None = defer(
+            self.params, hints, () if self.per_user is None else (self.per_user,)
+        )
         self.signature = self._wrapper_signature(signature, hints)
 
     def _wrapper_signature(
@@ -137,6 +146,8 @@ class CachedEndpoint:
                 )
             )
         params = list(self.params)
+        if self.deferred is not None:  # solved by `call`, when the endpoint runs
+            params = [p for p in params if p.name not in self.deferred.names]
         var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
         params = [p for p in params if p.kind is not p.VAR_KEYWORD] + extra + var_kw
         # FastAPI reads the wrapper's signature; evaluated hints keep string annotations working.
@@ -175,6 +186,10 @@ class CachedEndpoint:
         if user is not None or varied is not None or query is not None:
             origin = None if extra is None else extra[0][1]
             extra = call_parts(user, names, varied, query, origin)
+        if self.keys_body:
+            part = body_part(scope)  # a POST's body, read by `serve.handle`
+            if part is not None:
+                extra = [*(extra or ()), part]
         return self.keys.key(space, kwargs, extra)
 
     def indexes(self, space: KeySpace, kwargs: dict[str, Any], user: str | None) -> list[str]:
@@ -182,7 +197,7 @@ class CachedEndpoint:
         variants of its base key when its key holds more than the arguments (a user, an
         origin, varying headers, an undeclared query)."""
         variant = space.per_host or user is not None or bool(self.vary_names)
-        variant = variant or self.request_param is not None
+        variant = variant or self.request_param is not None or self.keys_body
         return self.keys.indexes(space, kwargs, user, variant)
 
     def generations(
@@ -242,9 +257,28 @@ class CachedEndpoint:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def call(self, kwargs: dict[str, Any]) -> Any:
+    def pending(self, request: Request, response: Response | None) -> Pending | None:
+        """The deferred dependencies of one request, for `call` to solve (None: none)."""
+        if self.deferred is None:
+            return None
+        return Pending(self.deferred, request, response, f"{self.module}.{self.name}")
+
+    async def solve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with the deferred dependencies solved (itself when there are none)."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        return kwargs if pending is None else await pending.solve(kwargs)
+
+    async def call(self, kwargs: dict[str, Any], after: Response | None = None) -> Any:
         """Run the endpoint (a sync one in the threadpool, as FastAPI does), timing it for
-        XFetch when `early_recompute` is on."""
+        XFetch when `early_recompute` is on. The dependencies a hit did not need are solved
+        first; for a run `after` the request's response (a refresh, given its own
+        `Response`), they are closed when the run ends."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        if pending is not None:
+            if after is not None:
+                async with AsyncExitStack() as stack:
+                    return await self.call(await pending.solve(kwargs, stack, after))
+            kwargs = await pending.solve(kwargs)
         began = time.monotonic()
         if self.is_async:
             result = await self.func(**kwargs)
@@ -255,9 +289,11 @@ class CachedEndpoint:
             self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
         return result
 
-    async def bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
-        """Serve a cacheable request without the cache (counted in `stats()`)."""
+    async def bypass(self, store: Cache, kwargs: dict[str, Any], reason: str | None) -> Any:
+        """Serve a cacheable request without the cache (counted in `stats()`, and reported
+        to the store's observers with `reason`)."""
         store.counters.bypasses += 1
+        note(BYPASS, reason)
         return await self.call(kwargs)
 
     def warn_once(self, store: Cache, what: str, message: str, *args: Any) -> None:

@@ -35,6 +35,7 @@ from oxcache._core import (
     peek_stored,
 )
 from oxcache.backends.base import Backend
+from oxcache.coalesce import SharedReads
 from oxcache.health import Health
 from oxcache.invalidation import Invalidations
 from oxcache.near import NearCache
@@ -50,6 +51,7 @@ T = TypeVar("T")
 #: made it); it is never extended, since every change of it empties near caches of what was
 #: read under it. One that expired costs misses, never a stale hit.
 GENERATION_MIN_TTL_MS = 3_600_000
+_UNCHECKED = "\x00unchecked"
 
 
 class Lease:
@@ -87,7 +89,7 @@ class Entries:
     """The entries of one store (`store.entries`): what the request path reads and writes.
     `compress_over` is the store's own threshold (None: never compress)."""
 
-    __slots__ = ("backend", "compress_over", "health", "invalidations", "near")
+    __slots__ = ("backend", "compress_over", "health", "invalidations", "near", "shared")
 
     def __init__(
         self,
@@ -102,6 +104,8 @@ class Entries:
         self.invalidations = invalidations
         self.near = near
         self.compress_over = compress_over
+        #: The reads in progress, which concurrent reads of the same key join.
+        self.shared = SharedReads(invalidations)
 
     async def _fetch(self, get: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """Run one backend call under the store's rules: skipped while the circuit is open,
@@ -122,9 +126,21 @@ class Entries:
 
     async def read(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
         """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
-        not built under the current tokens of `generations` (those of its indexes). None
-        for `generations`: whatever it was built under (to look at an entry; the request
-        path never reads so), kept in the near cache only if it belongs to no index."""
+        not built under the current tokens of `generations` (those of its indexes);
+        concurrent reads of `key` share one (see `oxcache.coalesce`). None for
+        `generations`: whatever it was built under (to look at an entry; the request path
+        never reads so), shared only with other such reads, and kept in the near cache only
+        if it belongs to no index."""
+        if generations is None:
+            # Shared only with other such reads: `_UNCHECKED` never ends a key (a key's
+            # text holds no control character).
+            return await self.shared.read(key + _UNCHECKED, lambda _: self.read_alone(key, None))
+        # A key's generations follow from the key (`CachedEndpoint.generations`): the
+        # reads of one key that share a read ask for the same ones.
+        return await self.shared.read(key, lambda k: self.read_alone(k, generations))
+
+    async def read_alone(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
+        """`read`, not shared with concurrent reads of `key`."""
         unchecked = generations is None
         names: tuple[str, ...] = () if generations is None else generations
         near = self.near
@@ -240,6 +256,8 @@ class Entries:
             return False
         if near is not None:
             near.discard(key)  # the others hear of it from Redis
+        self.shared.forget(key)  # later reads see this write
+        self.shared.forget(key + _UNCHECKED)
         if not self.health.healthy:
             self.health.succeeded()
         if done is False:

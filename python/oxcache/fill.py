@@ -16,6 +16,7 @@ from fastapi import Response
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 
+from oxcache import observe
 from oxcache._core import encode_entry, etag, if_none_match
 from oxcache.directives import judge, own_control, stale_windows, with_private
 from oxcache.endpoint import CachedEndpoint
@@ -80,6 +81,8 @@ def _shared_hit(store: Cache, replay: Replay, entry: Any, collapsed: bool = True
     if response is not None:
         store.counters.hits += 1
         store.counters.coalesced += 1
+        if collapsed:
+            observe.note(observe.HIT, observe.COALESCED)
     return response
 
 
@@ -113,9 +116,9 @@ async def miss(
     args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
     # The lease first: a run in progress is joined only if it read under the same
     # invalidations as this request would (see `Flights`).
-    epoch = store.invalidations.epoch
+    finished = store.invalidations.finished
     lease = await _lease(endpoint, store, key, generations)
-    basis = (None if lease is None else lease.basis, epoch)
+    basis = (None if lease is None else lease.basis, finished)
     flight = flights.running(key, basis)
     if flight is not None:
         shared = await asyncio.shield(flight)
@@ -188,6 +191,7 @@ async def run(
     `stale` if it fails and stale-if-error allows. Returns the response and what was
     stored (or None)."""
     store.counters.misses += 1
+    observe.note(observe.MISS)
     per_user = uid is not None
     try:
         result = await endpoint.call(kwargs)
@@ -216,8 +220,11 @@ async def run(
     stored = await store_response(endpoint, store, response, kwargs, key, uid, request, lease)
     name = store.status_name
     if isinstance(stored, str):
+        observe.note(observe.MISS, stored)  # why it was not stored
         status = None if name is None else forwarded(name, replay.fwd, detail=stored)
         return mark(response, None, status), None
+    if not stored.written:
+        observe.note(observe.MISS, UNAVAILABLE)
     status = None
     if name is not None:
         written = stored.written
@@ -246,6 +253,7 @@ def _serve_stale(store: Cache, replay: Replay, stale: Any) -> Any:
     served = replay.replay(stale, now_ms, status)
     if served is not None:
         store.counters.stale += 1
+        observe.note(observe.STALE, observe.STALE_IF_ERROR)
     return served
 
 
@@ -375,7 +383,7 @@ async def refresh(
         sub_response.status_code = None  # type: ignore[assignment]
         if endpoint.response_param is not None:
             fresh[endpoint.response_param] = sub_response
-        result = await endpoint.call(fresh)
+        result = await endpoint.call(fresh, after=sub_response)
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
         await store_response(endpoint, store, response, fresh, key, uid, request, lease)
     except Exception as exc:  # the stale copy stays until it runs out

@@ -4,8 +4,8 @@ read raced a run that just stored the key reads the entry instead of running aga
 stale entry is refreshed by one background run at a time.
 
 A request joins a run only when both took their lease under the same invalidations (the
-same `basis`: what the key held, the generations' stamp, and this process's count of
-invalidations), so a request that starts after `invalidate*()` returned never gets the
+same `basis`: what the key held, the generations' stamp, and how many invalidations this
+process finished), so a request that starts after `invalidate*()` returned never gets the
 answer of a run that read its data before."""
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class Invalidations:
     __slots__ = (
         "_retrying",
         "backend",
-        "epoch",
+        "finished",
         "health",
         "keyspace",
         "near",
@@ -78,14 +78,20 @@ class Invalidations:
         self.prefix = keyspace.start
         #: Invalidations that failed while storage was unreachable, replayed before any read.
         self.pending: list[Item] = []
-        #: How many invalidations this process has started: a run of the endpoint that
-        #: began under another count is never joined by a request (see `Flights`).
-        self.epoch = 0
+        #: Invalidations that finished (or failed and were queued): a read that started
+        #: before one finished is never shared with a read that starts after it, and a
+        #: request never joins a run of the endpoint that started before (see `Flights`).
+        self.finished = 0
         self._retrying: asyncio.Task[None] | None = None
 
     async def run(self, indexes: list[str], keys: list[str]) -> Invalidated:
         """Delete `keys` and every entry listed in `indexes`; how many entries existed."""
-        self.epoch += 1
+        try:
+            return await self._run(indexes, keys)
+        finally:
+            self.finished += 1
+
+    async def _run(self, indexes: list[str], keys: list[str]) -> Invalidated:
         if self.pending:
             await self.replay()
         try:
@@ -107,6 +113,12 @@ class Invalidations:
     async def clear(self) -> Invalidated:
         """Delete every key under the prefix; how many were deleted. Without a prefix on
         shared storage (Redis), `ConfigError`: other programs' keys would go too."""
+        try:
+            return await self._clear()
+        finally:
+            self.finished += 1
+
+    async def _clear(self) -> Invalidated:
         if not self.prefix and self.backend.shared:
             raise ConfigError(
                 f"clear() on {self.health.name} without a prefix would delete every key of "
@@ -114,7 +126,6 @@ class Invalidations:
                 '(Cache(url=..., prefix="myapp")) so that clear() deletes only its keys, '
                 "or use FLUSHDB if emptying the whole database is really what you want"
             )
-        self.epoch += 1
         try:
             deleted = await self.backend.clear(self.prefix)
         except Exception as exc:

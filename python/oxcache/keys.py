@@ -160,6 +160,9 @@ def request_origin(scope: MutableMapping[str, Any], host: bytes | None) -> str:
     return origin + root if root else origin
 
 
+#: Argument classes a `KeySpace` remembers before it starts over.
+_LEFT_OUT_MAX = 1024
+
 _origin_parts: dict[tuple[Any, Any, Any], list[tuple[str, Any]]] = {}
 _ORIGIN_MEMO_MAX = 4096
 
@@ -186,7 +189,7 @@ class KeySpace:
     the argument types it leaves out of keys (`ignore_arg_types`), and whether a request's
     origin (scheme, host, root path) is part of every key (`per_host`)."""
 
-    __slots__ = ("ignored", "per_host", "prefix", "start")
+    __slots__ = ("ignored", "left_out", "per_host", "prefix", "start")
 
     def __init__(
         self, prefix: str = "", ignored: tuple[type[Any], ...] = (), per_host: bool = True
@@ -196,6 +199,20 @@ class KeySpace:
         self.start = f"{prefix}:" if prefix else ""
         self.ignored = ignored
         self.per_host = per_host
+        #: Argument classes -> whether their values are left out of keys (`leaves_out`).
+        self.left_out: dict[type[Any], bool] = {}
+
+    def leaves_out(self, value: Any) -> bool:
+        """Whether `value` is left out of keys by its type (`ALWAYS_IGNORED`, `ignored`),
+        answered once per class: `isinstance` against an abstract base class (`Request` is
+        a `Mapping`) costs hundreds of nanoseconds an argument."""
+        cls = type(value)
+        found = self.left_out.get(cls)
+        if found is None:
+            if len(self.left_out) >= _LEFT_OUT_MAX:
+                self.left_out.clear()
+            found = self.left_out[cls] = isinstance(value, ALWAYS_IGNORED + self.ignored)
+        return found
 
     def local(self, key: str) -> str:
         """`key` without the `prefix:`."""
@@ -272,6 +289,8 @@ class EndpointKeys:
                         f"of its parameters {sorted(known)}"
                     )
         self._names: dict[tuple[type[Any], ...], tuple[str, ...]] = {}
+        #: The last `names` asked for (a store's `ignored`, the names), checked by identity.
+        self._last: tuple[Any, tuple[str, ...]] = (None, ())
         #: Parameters FastAPI fills from dependencies: a caller of `store.invalidate` may
         #: not know their values, so every variant of a call is listed under the others.
         self.deps = frozenset(
@@ -303,6 +322,7 @@ class EndpointKeys:
                 and not is_ignored_annotation(self.hints.get(p.name), skip)
             )
             self._names[ignored] = names
+        self._last = (ignored, names)
         return names
 
     def key(
@@ -310,12 +330,18 @@ class EndpointKeys:
     ) -> str:
         """The key of a call; `extra` holds its `call_parts`."""
         ignored = space.ignored
-        skip = ALWAYS_IGNORED + ignored if ignored else ALWAYS_IGNORED
-        args = [
-            (name, values[name])
-            for name in self.names(ignored)
-            if name in values and not isinstance(values[name], skip)
-        ]
+        last = self._last
+        names = last[1] if last[0] is ignored else self.names(ignored)
+        left_out = space.left_out  # by class: `isinstance` against ABCs is slow
+        args = []
+        for name in names:
+            if name in values:
+                value = values[name]
+                out = left_out.get(type(value))
+                if out is None:
+                    out = space.leaves_out(value)
+                if not out:
+                    args.append((name, value))
         if self.secret_params:
             args = [(n, secret(v) if n in self.secret_params else v) for n, v in args]
         if extra:

@@ -9,12 +9,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import Response
 from starlette.requests import Request
 
+from oxcache import body, observe
 from oxcache._core import Entry, EntryHead, KeyBuildError, if_none_match, secret_digest_bytes
 from oxcache.directives import own_control, stale_windows, uncovered
 from oxcache.early import EARLY_SCOPE_KEY, MEMO_MAX_REQUEST, EarlyState, RouteMemo
@@ -121,7 +122,7 @@ async def bypass(
     detail: str | None = None,
 ) -> Any:
     """Serve a request without the cache, its Cache-Status saying why (`fwd`, `detail`)."""
-    result = await endpoint.bypass(store, kwargs)
+    result = await endpoint.bypass(store, kwargs, detail)
     name = store.status_name
     return mark(result, sub_response, None if name is None else forwarded(name, fwd, detail=detail))
 
@@ -156,13 +157,18 @@ async def handle(
     store = endpoint.store or default_store()
     scope = request.scope
     name = store.status_name
-    if scope["method"] not in CACHED_METHODS:
+    if scope["method"] not in endpoint.methods:
         result = await endpoint.call(kwargs)
         return mark(result, sub_response, None if name is None else forwarded(name, METHOD))
     if not store.enabled:
         result = await endpoint.call(kwargs)
         status = None if name is None else forwarded(name, BYPASS, detail=DISABLED)
         return mark(result, sub_response, status)
+    if store.observers and not observe.active():
+        # Observed: this request again, timed and reported (one truth test when not).
+        return await observe.run(
+            store.observers, endpoint, handle(endpoint, request, sub_response, kwargs, user)
+        )
     if endpoint.ttl_ms <= 0:
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, EXPIRE)
     names = endpoint.vary_names
@@ -200,7 +206,21 @@ async def handle(
             endpoint.name,
         )
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, CREDENTIALS)
+    if endpoint.keys_body and scope["method"] == "POST":  # opted in: keyed by its body
+        if not await body.read(request):
+            endpoint.warn_once(
+                store,
+                "body",
+                "%s is served uncached to POST requests whose body FastAPI parsed as a form "
+                "(it cannot be read again to key the request)",
+                endpoint.name,
+            )
+            return await bypass(endpoint, store, kwargs, sub_response, BYPASS, body.UNREADABLE)
+        condition = None  # FastAPI ignores If-None-Match on a POST: no 304 from the cache
 
+    deferred = endpoint.deferred
+    if deferred is not None and deferred.keyed(store.keyspace.ignored):
+        kwargs = await endpoint.solve(kwargs)  # this store keys their values
     try:
         key = endpoint.request_key(store.keyspace, kwargs, uid, names, varied, scope, host)
     except KeyBuildError as exc:
@@ -212,8 +232,8 @@ async def handle(
     except Exception:  # a tag that cannot be formatted: never stored, `fill` says why
         generations = ()
     early: EarlyState | None = scope.get(EARLY_SCOPE_KEY)
-    if early is not None and (early.memo.endpoint is not endpoint or uid is not None):
-        early = None
+    if early is not None and (early.memo.endpoint is not endpoint or uid != early.user):
+        early = None  # the raw request's signature does not hold this key's user
     if early is not None:
         early.learn(store, key, names, generations)
     now_ms = time.time_ns() // 1_000_000
@@ -279,6 +299,7 @@ async def handle(
                 response = _usable(endpoint, replay, entry, now_ms)
                 if response is not None:
                     store.counters.stale += 1
+                    observe.note(observe.STALE, observe.STALE_WHILE_REVALIDATE)
                     logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
                     refresh_later(endpoint, store, request, kwargs, key, uid, response)
                     return response
@@ -303,21 +324,36 @@ async def handle(
 
 
 async def answer_early(
-    endpoint: CachedEndpoint, scope: MutableMapping[str, Any], memo: RouteMemo
+    endpoint: CachedEndpoint,
+    scope: MutableMapping[str, Any],
+    memo: RouteMemo,
+    solve: Callable[[Cache], Awaitable[tuple[str | None, tuple[Any, ...]] | None]] | None = None,
 ) -> Response | None:
     """`CachedRoute`'s hit before FastAPI solves the parameters: the response when this raw
     request's key is known and its entry is fresh (or a 304), else None (after leaving what
-    it read in the scope for `handle`)."""
+    it read in the scope for `handle`). For a route with dependencies, `solve` runs them
+    once the request may be answered early: the user id and the values the key holds, which
+    the raw request's signature adds (None: not answered early)."""
     if scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
         return None
-    if not (endpoint.store or default_store()).enabled:
+    own = endpoint.store or default_store()
+    if not own.enabled:
         return None  # `handle` runs the endpoint
+    if own.observers and not observe.active():
+        answer = answer_early(endpoint, scope, memo, solve)
+        return await observe.run(own.observers, endpoint, answer)
     names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied, host = scan_request(scope, names)
     if cache_control is not None or pragma is not None:
         return None  # request directives: `handle` applies them
-    if credentials is not None and not endpoint.shared:
+    if credentials is not None and not endpoint.shared and endpoint.per_user is None:
         return None  # `handle` decides (served uncached, with a warning)
+    user = None
+    if solve is not None:
+        solved = await solve(own)  # the guards: a refusal raises here, as in FastAPI
+        if solved is None:
+            return None
+        user, parts = solved
     # Everything such a route's key can depend on: the origin (scheme, Host, root path),
     # the path (FastAPI takes path parameters from it), the whole query string, and the
     # varying headers (credential headers only as their hash, as in keys).
@@ -328,29 +364,31 @@ async def answer_early(
     if varied is None:
         signature = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
     else:
-        parts: list[bytes | str | None] = []
+        varying: list[bytes | str | None] = []
         for name in names:
             raw = varied.get(name)
             if raw is not None:
                 size += len(raw)
                 if name in SECRET_HEADERS:
-                    parts.append(secret_digest_bytes(raw))
+                    varying.append(secret_digest_bytes(raw))
                     continue
-            parts.append(raw)
+            varying.append(raw)
         base = (scope.get("scheme"), origin, scope.get("root_path", ""), path, query)
-        signature = (*base, *parts)
+        signature = (*base, *varying)
+    if solve is not None:
+        signature = (*signature, parts)
     if names is not memo.names:
         memo.check(names)  # keys learned under other varying headers are forgotten
-    state = EarlyState(memo, signature, names, learn=size <= MEMO_MAX_REQUEST)
+    state = EarlyState(memo, signature, names, learn=size <= MEMO_MAX_REQUEST, user=user)
     scope[EARLY_SCOPE_KEY] = state
     known = memo.keys.get(signature)
     if known is None:
         return None
     store, key, generations = known
-    if store is not (endpoint.store or default_store()):
+    if store is not own:
         return None  # the store was replaced since: learn again
     now_ms = time.time_ns() // 1_000_000
-    replay = replay_for(endpoint, store, condition, False, names)
+    replay = replay_for(endpoint, store, condition, user is not None, names)
     read_at = time.monotonic()
     heads = endpoint.own_headers is False
     found = await lookup(store, key, replay, now_ms, None, heads, generations)

@@ -22,7 +22,13 @@ from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
-from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, SET_IF_SCRIPT, RedisBackend
+from oxcache.backends.redis import (
+    GLOB_SPECIALS,
+    LEASE_SCRIPT,
+    RELEASE_SCRIPT,
+    SET_INDEXED_SCRIPT,
+    RedisBackend,
+)
 from oxcache.backends.tracking import Tracker
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
@@ -32,17 +38,6 @@ T = TypeVar("T")
 _BATCH = 500
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-# The lease of one entry key (see the single-Redis `_LEASE`): its first ARGV[2] bytes, or the
-# lease ARGV[3] stored there for ARGV[1] ms when it held nothing.
-_LEASE_KEY = """
-local held = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-if held == '' then
-  held = ARGV[3]
-  redis.call('SET', KEYS[1], held, 'PX', ARGV[1])
-end
-return held
-"""
 
 
 def cluster_url(url: str) -> str:
@@ -116,7 +111,8 @@ class ClusterBackend(RedisBackend):
         self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
         self._permits = asyncio.Semaphore(max_connections)
         self._release = client.register_script(RELEASE_SCRIPT)
-        self._set_if = client.register_script(SET_IF_SCRIPT)
+        # The single-Redis scripts, run on the entry's key alone (one slot).
+        self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
         self._reloading: asyncio.Task[Any] | None = None
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
@@ -224,10 +220,10 @@ class ClusterBackend(RedisBackend):
 
         async def lease() -> tuple[bytes, list[bytes]]:
             pipe = self.client.pipeline(transaction=False)
-            pipe.eval(_LEASE_KEY, 1, key, ttl, size, claim)  # one key, its own slot
+            pipe.eval(LEASE_SCRIPT, 1, key, ttl, size, claim)  # the key alone: its own slot
             for name, token in zip(generations, fresh, strict=True):
                 pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
-            held, *found = await pipe.execute()
+            (held,), *found = await pipe.execute()  # the script answers [held]
             pairs = zip(found, fresh, strict=True)
             return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
 
@@ -264,7 +260,8 @@ class ClusterBackend(RedisBackend):
             await self.client.set(key, value, px=ttl)
             return True
         # The condition and the write on the entry's key alone: one slot, atomic.
-        return bool(await self._set_if(keys=[key], args=[value, ttl, expect]))
+        now_ms = time.time_ns() // 1_000_000
+        return bool(await self._set_indexed(keys=[key], args=[value, ttl, now_ms, expect]))
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
         ttl = max(int(ttl_ms), 1)

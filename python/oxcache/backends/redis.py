@@ -17,7 +17,7 @@ from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode
 from oxcache.backends.base import Backend
 from oxcache.backends.tracking import Tracker
 
-__all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "SET_IF_SCRIPT", "RedisBackend"]
+__all__ = ["GLOB_SPECIALS", "LEASE_SCRIPT", "RELEASE_SCRIPT", "SET_INDEXED_SCRIPT", "RedisBackend"]
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 # lives exactly as long as its longest-lived member (relative TTLs, so clock skew between
 # the app and Redis cannot make an index die before its entries). 0 when the condition
 # failed (nothing written).
-_SET_INDEXED = """
+SET_INDEXED_SCRIPT = """
 local expect = ARGV[4]
 if expect ~= '' and redis.call('GETRANGE', KEYS[1], 0, #expect - 1) ~= expect then
   return 0
@@ -50,7 +50,7 @@ return 1
 # new token for each generation. Returns what the write of KEYS[1] will be conditional on
 # (its first bytes, or the lease, stored there if it held nothing) and the tokens (missing
 # ones set to the new ones).
-_LEASE = """
+LEASE_SCRIPT = """
 local held = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 if held == '' then
   held = ARGV[3]
@@ -68,42 +68,17 @@ end
 return out
 """
 
-# Write KEYS[1] (ARGV: value, ttl ms) only while it still starts with ARGV[3]: a miss's write,
-# refused once an invalidation deleted its lease. 1 when written.
-SET_IF_SCRIPT = """
-if redis.call('GETRANGE', KEYS[1], 0, #ARGV[3] - 1) ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
 # Delete the lock only if we still hold it (it may have expired and been taken by another).
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS[1..ARGV[1]]: indexes whose members are deleted with them; KEYS[ARGV[1]+1..ARGV[2]]:
-# entries; the other KEYS: generations, unlinked first (what makes the invalidation hold
-# even where an index was evicted). Returns how many entries were deleted.
-_INVALIDATE = """
-local n = 0
-local count = tonumber(ARGV[1])
-local last = tonumber(ARGV[2])
-for i = last + 1, #KEYS do
-  redis.call('UNLINK', KEYS[i])
-end
-for i = 1, count do
-  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
-  for j = 1, #members, 500 do
-    n = n + redis.call('UNLINK', unpack(members, j, math.min(j + 499, #members)))
-  end
-  redis.call('UNLINK', KEYS[i])
-end
-for i = count + 1, last do
-  n = n + redis.call('UNLINK', KEYS[i])
-end
-return n
-"""
+# Every script declares in KEYS each key it touches: Dragonfly refuses a script that touches
+# any other by default, and Redis Cluster needs them to route it (tests/test_scripts.py runs
+# every script under MONITOR and checks). So an invalidation reads its indexes first and
+# then deletes what it read in one transaction, rather than in a script that would read the
+# indexes' members and delete keys it never declared.
 
 
 _PIPELINE_POOLS = (aioredis.ConnectionPool, aioredis.BlockingConnectionPool)
@@ -173,9 +148,8 @@ class RedisBackend(Backend):
         # its own timeouts.
         self.bound: float | None = timeout if self.owns_connection else None
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
-        self._set_indexed = client.register_script(_SET_INDEXED)
-        self._invalidate = client.register_script(_INVALIDATE)
-        self._lease = client.register_script(_LEASE)
+        self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
+        self._lease = client.register_script(LEASE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         read_pool: Any = getattr(client, "connection_pool", None)
         self.auto_pipeline = bool(
@@ -288,12 +262,32 @@ class RedisBackend(Backend):
     ) -> int:
         if not indexes and not keys and not generations:
             return 0
-        last = len(indexes) + len(keys)
-        return int(
-            await self._limit(
-                self._invalidate(keys=[*indexes, *keys, *generations], args=[len(indexes), last])
-            )
-        )
+        members: list[list[bytes]] = []
+        if indexes:
+            read = self.client.pipeline(transaction=False)
+            for index in indexes:
+                read.zrange(index, 0, -1)
+            members = list(await self._limit(read.execute()))
+        targets = {key.encode() for key in keys}
+        for listed in members:
+            targets.update(listed)
+        if not targets and not generations:
+            return 0
+        # One transaction: the generations go first (what makes the invalidation hold, even
+        # where an index was evicted), then the entries, and they from the indexes they were
+        # read from; an entry listed since the read stays listed (built under the deleted
+        # tokens, it is never read again), and a failure before the write leaves everything
+        # whole for the replay.
+        delete = self.client.pipeline(transaction=True)
+        if generations:
+            delete.unlink(*generations)
+        if targets:
+            delete.unlink(*sorted(targets))
+        for index, listed in zip(indexes, members, strict=True):
+            if listed:
+                delete.zrem(index, *listed)
+        replies = await self._limit(delete.execute())
+        return int(replies[1 if generations else 0]) if targets else 0
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
