@@ -204,14 +204,19 @@ class CachedEndpoint:
         self, space: KeySpace, kwargs: dict[str, Any], user: str | None, key: str | None = None
     ) -> tuple[str, ...]:
         """The generations an entry of this call is read and written under: those of its
-        `indexes` (`KeySpace.generation`). With its `key`, remembered: the key holds every
-        input of the indexes (the arguments, the user) unless a tag is formatted from a
-        parameter the key leaves out, and a hit then costs a dictionary lookup."""
+        `indexes` (`KeySpace.generation`); none when a tag cannot be formatted from the
+        arguments (such a call is never stored: `fill` says why). With its `key`,
+        remembered: the key holds every input of the indexes (the arguments, the user)
+        unless a tag is formatted from a parameter the key leaves out, and a hit then costs
+        a dictionary lookup."""
         if key is not None:
             found = self._generations.get(key)
             if found is not None:
                 return found
-        made = space.generations(self.indexes(space, kwargs, user))
+        try:
+            made = space.generations(self.indexes(space, kwargs, user))
+        except Exception:
+            return ()
         if key is not None and self._tag_roots.issubset(self.keys.names(space.ignored)):
             if len(self._generations) >= _GENERATIONS_MEMO:
                 self._generations.clear()

@@ -227,10 +227,7 @@ async def handle(
         endpoint.warn_once(store, "key", "%s is served uncached: %s", endpoint.name, exc)
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, KEY)
 
-    try:
-        generations = endpoint.generations(store.keyspace, kwargs, uid, key)
-    except Exception:  # a tag that cannot be formatted: never stored, `fill` says why
-        generations = ()
+    generations = endpoint.generations(store.keyspace, kwargs, uid, key)
     early: EarlyState | None = scope.get(EARLY_SCOPE_KEY)
     if early is not None and (early.memo.endpoint is not endpoint or uid != early.user):
         early = None  # the raw request's signature does not hold this key's user
@@ -243,19 +240,8 @@ async def handle(
     replay = replay_for(endpoint, store, condition, uid is not None, names)
     if force:
         replay = replay.forwarded(REQUEST)
-        return await miss(
-            endpoint,
-            store,
-            request,
-            sub_response,
-            kwargs,
-            key,
-            uid,
-            replay,
-            None,
-            None,
-            generations,
-        )
+        request_args = (endpoint, store, request, sub_response, kwargs, key, uid, replay)
+        return await miss(*request_args, None, None, generations)
     refresh_due: bool | None = None  # XFetch's draw, when CachedRoute made it
     if early is not None and early.read_key == key and early.store is store:
         # `CachedRoute` read this entry already, and left the request to this path.
@@ -308,19 +294,8 @@ async def handle(
                 replay = replay.forwarded(STALE)
         else:  # too old for the request's max-age, or stale
             replay = replay.forwarded(REQUEST if entry.expires_ms > now_ms else STALE)
-    return await miss(
-        endpoint,
-        store,
-        request,
-        sub_response,
-        kwargs,
-        key,
-        uid,
-        replay,
-        entry,
-        read_at,
-        generations,
-    )
+    request_args = (endpoint, store, request, sub_response, kwargs, key, uid, replay)
+    return await miss(*request_args, entry, read_at, generations)
 
 
 async def answer_early(

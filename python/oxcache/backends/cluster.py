@@ -3,25 +3,22 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
+from oxcache.backends._slots import SlotMap
 from oxcache.backends.redis import (
     GLOB_SPECIALS,
     LEASE_SCRIPT,
@@ -109,76 +106,21 @@ class ClusterBackend(RedisBackend):
         self.client: Any = client
         self.timeout = timeout
         self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
-        self._permits = asyncio.Semaphore(max_connections)
+        #: Whether the client's slot map may be used now, and the permits of concurrent calls.
+        self.slots = SlotMap(client, timeout, max_connections)
         self._release = client.register_script(RELEASE_SCRIPT)
         # The single-Redis scripts, run on the entry's key alone (one slot).
         self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
-        self._reloading: asyncio.Task[Any] | None = None
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
         self.auto_pipeline = False
         self._pipes = weakref.WeakKeyDictionary()
         self._pipe = None
 
-    def _ready(self) -> None:
-        """Raise at once while redis-py has to reload the slot map (before the first command,
-        and after a node failed), and reload it in the background.
-
-        Reloading asks a node for the slot map and the command table and connects to every
-        primary: several round trips, more than `timeout` allows a request. A request that
-        found the map stale is served as a miss (the circuit opens for `retry_after`) while
-        the reload runs, each of its socket operations bounded by the socket timeout
-        (`backstop(timeout)`, about a second for the default 50 ms).
-        """
-        if not getattr(self.client, "_initialize", False):
-            return
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.ensure_future(self.client.initialize())
-            self._reloading.add_done_callback(_retrieve)
-        raise RedisConnectionError("Redis Cluster: reloading the slot map")
-
-    def _reload_later(self) -> None:
-        """A node did not answer: have redis-py reload the slot map (in `_ready`). redis-py
-        asks for a reload itself on the errors it sees, but a command that `_bounded`
-        cancelled on a node that hangs (stopped, partitioned) never gets to see one: without
-        this, every command would go on to the dead primary after its replica took over."""
-        request = getattr(self.client, "_request_refresh", None)
-        if request is not None:
-            request()
-        else:  # redis-py without it: the flag its own error paths set
-            self.client._initialize = True
-
-    @asynccontextmanager
-    async def _guarded(self, first_load: bool = False) -> AsyncIterator[None]:
-        """Any cluster operation: on a loaded slot map (see `_ready`), under a permit, and
-        a failure to reach a node asks for a reload of the slot map. With `first_load` (an
-        invalidation, called by the application rather than on a request), a client that
-        never loaded the slot map (a store used without `async with`) loads it first."""
-        if first_load and self.client.nodes_manager.default_node is None:
-            await self.client.initialize()
-        self._ready()
-        async with self._permit():
-            try:
-                yield
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                self._reload_later()
-                raise
-
-    @asynccontextmanager
-    async def _permit(self) -> AsyncIterator[None]:
-        if self._permits.locked():
-            await _bounded(self._permits.acquire(), self.timeout)
-        else:
-            await self._permits.acquire()
-        try:
-            yield
-        finally:
-            self._permits.release()
-
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """One request-path call: on a loaded slot map, under a permit and bounded by
         `timeout` in total."""
-        async with self._guarded():
+        async with self.slots.guarded():
             return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -275,7 +217,7 @@ class ClusterBackend(RedisBackend):
     ) -> int:
         if not indexes and not keys and not generations:
             return 0
-        async with self._guarded(first_load=True):
+        async with self.slots.guarded(first_load=True):
             # The generations first: once they are gone, every entry built under them is a
             # miss, whatever happens to the rest (an evicted index, a failure below).
             await self._unlink([name.encode() for name in generations])
@@ -314,13 +256,13 @@ class ClusterBackend(RedisBackend):
         return sum(int(n) for n in await _bounded(pipe.execute(), self.timeout))
 
     async def delete(self, keys: Sequence[str]) -> int:
-        async with self._guarded(first_load=True):
+        async with self.slots.guarded(first_load=True):
             return await self._unlink([k.encode() for k in keys])
 
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(GLOB_SPECIALS) + "*"
         deleted = 0
-        async with self._guarded(first_load=True):
+        async with self.slots.guarded(first_load=True):
             # SCAN every primary (as redis-py's scan_iter does), each round trip bounded.
             cursors, keys = await _bounded(
                 self.client.scan(match=pattern, count=1000), self.timeout
@@ -360,9 +302,3 @@ class ClusterBackend(RedisBackend):
         # Broadcast tracking is per node: a cluster needs one tracker per primary, and a
         # new subscription whenever slots move.
         raise NotImplementedError("client tracking is not supported on Redis Cluster yet")
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background reload's failure as seen; the next request tries again."""
-    if not task.cancelled():
-        task.exception()

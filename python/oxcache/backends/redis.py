@@ -211,7 +211,7 @@ class RedisBackend(Backend):
             else:  # one command: the entry and its generations, read at the same instant
                 value, *tokens = await pipe.request(encode_mget([key.encode(), *names]))
         elif head:
-            value, tokens = await self._limit(self._read_head(key, head, generations))
+            value, tokens = await self._limit(_head_and_tokens(self.client, key, head, generations))
         else:
             value, *tokens = await self._limit(self.client.mget(key, *generations))
         if head and not value:
@@ -219,15 +219,6 @@ class RedisBackend(Backend):
         return (None if value is None else bytes(value)), [
             None if t is None else bytes(t) for t in tokens
         ]
-
-    async def _read_head(
-        self, key: str, head: int, generations: Sequence[str]
-    ) -> tuple[bytes, list[bytes | None]]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.getrange(key, 0, head - 1)
-            pipe.mget(*generations)
-            value, tokens = await pipe.execute()
-        return value, tokens
 
     async def lease(
         self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
@@ -347,3 +338,15 @@ class RedisBackend(Backend):
         self._pipe = None
         if self.owns_connection:
             await self.client.aclose()
+
+
+async def _head_and_tokens(
+    client: Any, key: str, head: int, generations: Sequence[str]
+) -> tuple[bytes, list[bytes | None]]:
+    """The first `head` bytes under `key` and the tokens of `generations`, in one round trip
+    on the pool (a client passed in, whose reads are not auto-pipelined)."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.getrange(key, 0, head - 1)
+        pipe.mget(*generations)
+        value, tokens = await pipe.execute()
+    return value, tokens
