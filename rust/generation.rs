@@ -33,11 +33,15 @@ pub fn stamp(tokens: &[&[u8]]) -> u64 {
 }
 
 /// The stamp an entry built under the generation `tokens` (bytes, in the order of its
-/// indexes) records: 0 for no tokens. `TypeError` for anything but bytes.
+/// indexes) records: 0 for no tokens; None when a token is None (missing: no entry can match).
+/// `TypeError` for anything but bytes or None.
 #[pyfunction]
-pub fn generation_stamp(tokens: Vec<Bound<'_, PyAny>>) -> PyResult<u64> {
+pub fn generation_stamp(tokens: Vec<Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
     let mut held = Vec::with_capacity(tokens.len());
     for token in &tokens {
+        if token.is_none() {
+            return Ok(None);
+        }
         held.push(
             token
                 .cast::<PyBytes>()
@@ -46,7 +50,7 @@ pub fn generation_stamp(tokens: Vec<Bound<'_, PyAny>>) -> PyResult<u64> {
         );
     }
     let views: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
-    Ok(stamp(&views))
+    Ok(Some(stamp(&views)))
 }
 
 /// The first bytes of a lease value: `OXL` and version 1.

@@ -525,13 +525,17 @@ def decode_entry(data: bytes) -> Entry:
 # -- generations -------------------------------------------------------------------------------
 
 
-def generation_stamp(tokens: Iterable[bytes]) -> int:
-    """0 for no tokens; else the XXH3-64 of each token's u32 length and bytes, 0 read as 1."""
+def generation_stamp(tokens: Iterable[Optional[bytes]]) -> Optional[int]:
+    """0 for no tokens, None when one is None; else the XXH3-64 of each token's u32 length
+    and bytes, 0 read as 1."""
     parts = list(tokens)
     if not parts:
         return 0
-    if not all(isinstance(t, bytes) for t in parts):
-        raise TypeError("generation tokens must be bytes")
+    for token in parts:
+        if token is None:
+            return None
+        if not isinstance(token, bytes):
+            raise TypeError("generation tokens must be bytes")
     stamp = xxhash.xxh3_64_intdigest(b"".join(struct.pack(">I", len(t)) + t for t in parts))
     return stamp or 1
 

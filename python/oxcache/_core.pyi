@@ -315,10 +315,11 @@ def peek_stored(data: bytes) -> EntryHead:
     the head is checked.
     """
 
-def generation_stamp(tokens: Sequence[bytes]) -> int:
+def generation_stamp(tokens: Sequence[bytes | None]) -> int | None:
     """The stamp an entry built under the generation `tokens` (in the order of its indexes)
     records: 0 for none, else the XXH3-64 of each token's length (u32, big-endian) and bytes
-    (1 where that is 0). `TypeError` for anything but bytes."""
+    (1 where that is 0); None when a token is None (missing: no entry matches). `TypeError`
+    for anything but bytes or None."""
 
 def lease_value(token: bytes) -> bytes:
     """The value a miss puts under an empty key before it runs the endpoint: `b"OXL\\x01"`

@@ -42,9 +42,10 @@ class SharedReads:
         #: Reads that awaited another's instead of their own (for tests and benches).
         self.joined = 0
 
-    async def read(self, key: str, read: Callable[[str], Awaitable[T]]) -> T:
-        """`read(key)`, or the result of the same read already in progress on this event
-        loop (started after the last invalidation finished and the last write of `key`)."""
+    async def read(self, key: str, read: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`read(key, *args)`, or the result of the same read already in progress on this
+        event loop (started after the last invalidation finished and the last write of
+        `key`)."""
         loop = asyncio.get_running_loop()
         finished = self.invalidations.finished
         running = self._running.get(key)
@@ -57,11 +58,11 @@ class SharedReads:
                 if not future.cancelled():
                     raise  # this request was cancelled
             # The read it joined was cancelled (its client left): read on its own.
-            return await read(key)
+            return await read(key, *args)
         mine: _Read[T] = _Read(loop, finished)
         self._running[key] = mine
         try:
-            value = await read(key)
+            value = await read(key, *args)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 mine.future.cancel()

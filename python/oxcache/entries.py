@@ -78,18 +78,19 @@ class Lease:
         return b"%d:%s" % (self.stamp, self.held)
 
 
-def _stamp(tokens: Sequence[bytes | None]) -> int | None:
-    """The stamp of the tokens read with an entry; None when one is missing (a miss)."""
-    if None in tokens:
-        return None
-    return generation_stamp(cast("Sequence[bytes]", tokens))
-
-
 class Entries:
     """The entries of one store (`store.entries`): what the request path reads and writes.
     `compress_over` is the store's own threshold (None: never compress)."""
 
-    __slots__ = ("backend", "compress_over", "health", "invalidations", "near", "shared")
+    __slots__ = (
+        "backend",
+        "compress_over",
+        "generational",
+        "health",
+        "invalidations",
+        "near",
+        "shared",
+    )
 
     def __init__(
         self,
@@ -106,6 +107,8 @@ class Entries:
         self.compress_over = compress_over
         #: The reads in progress, which concurrent reads of the same key join.
         self.shared = SharedReads(invalidations)
+        #: Whether entries are read with (and stamped by) their generations' tokens.
+        self.generational = backend.reads_generations
 
     async def _fetch(self, get: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """Run one backend call under the store's rules: skipped while the circuit is open,
@@ -132,17 +135,18 @@ class Entries:
         never reads so), shared only with other such reads, and kept in the near cache only
         if it belongs to no index."""
         if generations is None:
-            # Shared only with other such reads: `_UNCHECKED` never ends a key (a key's
-            # text holds no control character).
-            return await self.shared.read(key + _UNCHECKED, lambda _: self.read_alone(key, None))
+            # `_UNCHECKED` never ends a key (a key's text holds no control character).
+            return await self.shared.read(key + _UNCHECKED, self._read_unchecked, key)
         # A key's generations follow from the key (`CachedEndpoint.generations`): the
         # reads of one key that share a read ask for the same ones.
-        return await self.shared.read(key, lambda k: self.read_alone(k, generations))
+        return await self.shared.read(key, self.read_alone, generations)
+
+    async def _read_unchecked(self, _: str, key: str) -> Entry | None:
+        return await self.read_alone(key, None)
 
     async def read_alone(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
         """`read`, not shared with concurrent reads of `key`."""
-        unchecked = generations is None
-        names: tuple[str, ...] = () if generations is None else generations
+        names = (generations or ()) if self.generational else ()
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
@@ -152,38 +156,37 @@ class Entries:
                 return held
             token = near.begin(key, names)
         tokens: Sequence[bytes | None] = ()
+        stamp: int | None = 0  # what the entry must record: the stamp of `tokens`
         if names:
             found = await self._fetch(self.backend.read, key, names)
             data, tokens = found if found is not None else (None, ())
+            if data is not None:
+                stamp = generation_stamp(tokens)
         else:
             data = await self._fetch(self.backend.get, key)
-        entry = None if data is None else self._decode(key, data)
-        current = entry is not None and entry.generations == (_stamp(tokens) if names else 0)
-        if not current and not unchecked:
-            entry = None  # built under tokens an invalidation deleted (or that are gone)
-        if near is not None and token is not None:
-            if not current:
+        entry = None
+        if data is not None:
+            self.health.counters.bytes_read += len(data)
+            try:
+                entry = decode_stored(data)
+            except EntryError as exc:
+                if not is_lease(data):  # a lease: a miss is filling it
+                    self.health.warn_once(
+                        "corrupt:" + key,
+                        "ignoring an unreadable value under %s (%s); it will be overwritten",
+                        key,
+                        exc,
+                    )
+        if entry is None or entry.generations != stamp:
+            if near is not None and token is not None:
                 near.end(key, token, names)
-            else:
-                assert data is not None and entry is not None
-                read_under = tuple(zip(names, cast("list[bytes]", tokens), strict=True))
-                near.put(key, entry, len(data), token, read_under)
+            # Built under tokens an invalidation deleted (or that are gone): a miss.
+            return entry if generations is None else None
+        if near is not None and token is not None:
+            assert data is not None
+            read_under = tuple(zip(names, cast("list[bytes]", tokens), strict=True))
+            near.put(key, entry, len(data), token, read_under)
         return entry
-
-    def _decode(self, key: str, data: bytes) -> Entry | None:
-        self.health.counters.bytes_read += len(data)
-        try:
-            return decode_stored(data)
-        except EntryError as exc:
-            if is_lease(data):
-                return None  # a miss is filling it
-            self.health.warn_once(
-                "corrupt:" + key,
-                "ignoring an unreadable value under %s (%s); it will be overwritten",
-                key,
-                exc,
-            )
-            return None
 
     async def read_head(
         self, key: str, generations: tuple[str, ...] | None = ()
@@ -193,6 +196,8 @@ class Entries:
         L1, or read into it)."""
         if self.near is not None and self.near.ready and generations is not None:
             return await self.read(key, generations)
+        if not self.generational and generations:
+            generations = ()
         # Enough bytes for the head of either stored form (plain, or compressed).
         tokens: Sequence[bytes | None] = ()
         if generations:
@@ -206,7 +211,9 @@ class Entries:
             head = peek_stored(data)
         except EntryError:
             return None
-        if generations is not None and head.generations != (_stamp(tokens) if generations else 0):
+        if generations is not None and head.generations != (
+            generation_stamp(tokens) if generations else 0
+        ):
             return None
         return head
 
@@ -220,7 +227,8 @@ class Entries:
         if got is None:
             return None
         held, tokens = got
-        return Lease(held, generation_stamp(tokens), held == claim)
+        stamp = (generation_stamp(tokens) or 0) if self.generational else 0
+        return Lease(held, stamp, held == claim)
 
     async def write(
         self,

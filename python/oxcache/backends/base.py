@@ -18,6 +18,11 @@ class Backend(abc.ABC):
 
     #: Whether `close()` should run when the owning store shuts down.
     owns_connection: bool = True
+    #: Whether entries are read with their generations' tokens (`read`): True where storage
+    #: may lose an index while its entries live on (Redis evicts keys). A backend whose
+    #: indexes are exact says False, and then lists each lease under its generations so that
+    #: invalidating them deletes it (see `MemoryBackend`); its entries record no stamp.
+    reads_generations: bool = True
 
     #: Whether other programs may keep keys in the same storage (a Redis database does);
     #: a store never clears such a backend without a prefix.

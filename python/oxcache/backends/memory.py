@@ -24,6 +24,10 @@ class MemoryBackend(Backend):
 
     #: Private to the store: `clear()` without a prefix deletes only the store's entries.
     shared = False
+    #: Its indexes are exact (an entry leaves them when it is evicted, and an index is never
+    #: evicted on its own), so entries are read without their generations: a lease is listed
+    #: under its generations instead, and invalidating them deletes it.
+    reads_generations = False
 
     def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         if max_entries < 1 or max_bytes < 1:
@@ -35,9 +39,12 @@ class MemoryBackend(Backend):
         # index -> the keys it lists; a key leaves its indexes when it leaves `_data`, so an
         # index never holds more than the live entries it points to.
         self._indexes: dict[str, set[str]] = {}
-        # generation -> its token. Forgetting one (past the bound) only costs misses: an
-        # entry built under a token that is gone is never read again.
+        # generation -> its token. Forgetting one (past the bound) only costs misses.
         self._generations: dict[str, bytes] = {}
+        # generation -> the keys a miss leased under it (whatever they hold now), and key ->
+        # those generations; a key leaves both when it is written or leaves `_data`.
+        self._leased: dict[str, set[str]] = {}
+        self._lease_of: dict[str, tuple[str, ...]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -60,7 +67,17 @@ class MemoryBackend(Backend):
         self._data.move_to_end(key)
         return value
 
+    def _unlease(self, key: str) -> None:
+        for name in self._lease_of.pop(key, ()):
+            keys = self._leased.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._leased[name]
+
     def _remove(self, key: str) -> bool:
+        if key in self._lease_of:
+            self._unlease(key)
         item = self._data.pop(key, None)
         if item is None:
             return False
@@ -92,7 +109,7 @@ class MemoryBackend(Backend):
         self, key: str, generations: Sequence[str], head: int = 0
     ) -> tuple[bytes | None, list[bytes | None]]:
         with self._lock:
-            return self._lookup(key), [self._generations.get(name) for name in generations]
+            return self._lookup(key), list(map(self._generations.get, generations))
 
     async def lease(
         self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
@@ -102,6 +119,11 @@ class MemoryBackend(Backend):
             if not held:
                 held = claim
                 self._store(key, claim, ttl_ms, ())
+            if generations and key in self._data:
+                self._unlease(key)
+                self._lease_of[key] = tuple(generations)
+                for name in generations:
+                    self._leased.setdefault(name, set()).add(key)
             known = self._generations
             if len(known) > 4 * self.max_entries:
                 known.clear()
@@ -120,7 +142,7 @@ class MemoryBackend(Backend):
                 held = self._lookup(key)
                 if held is None or held[: len(expect)] != expect:
                     return False
-            self._store(key, value, ttl_ms, indexes)
+            self._store(key, value, ttl_ms, indexes)  # listed in its indexes from now on
             return True
 
     def _store(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str]) -> None:
@@ -145,11 +167,15 @@ class MemoryBackend(Backend):
         self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
     ) -> int:
         with self._lock:
+            leased: set[str] = set()
             for name in generations:
                 self._generations.pop(name, None)
+                leased.update(self._leased.get(name, ()))
             doomed = set(keys)
             for name in indexes:
                 doomed.update(self._indexes.pop(name, ()))
+            for key in leased - doomed:
+                self._remove(key)  # a miss in flight: its write will find nothing to replace
             return sum(1 for key in doomed if self._remove(key))
 
     async def clear(self, prefix: str) -> int:
