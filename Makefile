@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # maturin installs into the virtualenv named by VIRTUAL_ENV.
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
 STAMP := $(VENV)/.installed
+MATURIN_REQ := "maturin>=1.9.2,<2"
 
 .PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs all clean
 
@@ -15,7 +16,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml Cargo.toml
-	$(BIN)/pip install --quiet "maturin>=1.7,<2"
+	$(BIN)/pip install --quiet $(MATURIN_REQ)
+	@# The distribution was called oxcache before fastapi-oxcache: drop that install, if any.
+	$(BIN)/pip uninstall --quiet --yes oxcache 2>/dev/null || true
 	$(MATURIN) --extras test,dev
 	touch $(STAMP)
 
