@@ -68,7 +68,7 @@ demo: build-dev
 bench: build-dev
 	@scripts/ensure-redis
 	@scripts/ensure-wrk
-	$(MATURIN) --extras test,bench
+	$(BIN)/pip install --quiet -r benches/requirements.txt
 	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/redis_stats.py benches/redis_stats.json
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_bench.py --out benches/http.json
@@ -82,7 +82,7 @@ docs: $(STAMP)
 ## profile: pyinstrument call trees of a hit (memory, Redis) and of the floors, in benches/profiles/
 profile: build-dev
 	@scripts/ensure-redis
-	$(MATURIN) --extras test,bench
+	$(BIN)/pip install --quiet -r benches/requirements.txt
 	for t in memory redis floor-a floor-b; do \
 	  $(BIN)/python benches/with_redis.py $(BIN)/python benches/profile_hit.py $$t > benches/profiles/hit-$$t.txt || exit 1; \
 	done
