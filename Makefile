@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
 STAMP := $(VENV)/.installed
 MATURIN_REQ := "maturin>=1.9.2,<2"
+# The release wheels link against glibc 2.17 (manylinux2014) through zig, whatever the glibc of
+# the machine that builds them; the version is the one the wheels were checked with.
+ZIG_REQ := "ziglang==0.17.1"
 
-.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs all clean
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs wheel sdist all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +33,13 @@ build-dev: $(STAMP)
 	$(MATURIN)
 
 format: $(STAMP)
-	$(BIN)/ruff format python tests benches examples
-	$(BIN)/ruff check --fix python tests benches examples
+	$(BIN)/ruff format python tests benches examples scripts
+	$(BIN)/ruff check --fix python tests benches examples scripts
 	cargo fmt
 
 lint-python: $(STAMP)
-	$(BIN)/ruff check python tests benches examples
-	$(BIN)/ruff format --check python tests benches examples
+	$(BIN)/ruff check python tests benches examples scripts
+	$(BIN)/ruff format --check python tests benches examples scripts
 
 lint-rust:
 	cargo fmt --check
@@ -87,7 +90,22 @@ profile: build-dev
 	  $(BIN)/python benches/with_redis.py $(BIN)/python benches/profile_hit.py $$t > benches/profiles/hit-$$t.txt || exit 1; \
 	done
 
+## wheel: the release wheel (abi3, every CPython from 3.10) for manylinux2014 (glibc 2.17+),
+## linked with zig, in dist/, checked by scripts/check_dist.py
+wheel: $(STAMP)
+	$(BIN)/pip install --quiet $(ZIG_REQ)
+	rm -f dist/*.whl
+	@# maturin finds zig as `python -m ziglang` with the python on PATH: the virtualenv's.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/maturin build --release --zig --compatibility manylinux2014 --out dist
+	$(BIN)/python scripts/check_dist.py dist/*.whl
+
+## sdist: the source distribution in dist/, checked by scripts/check_dist.py
+sdist: $(STAMP)
+	rm -f dist/*.tar.gz
+	$(BIN)/maturin sdist --out dist
+	$(BIN)/python scripts/check_dist.py dist/*.tar.gz
+
 all: lint test-rust test
 
 clean:
-	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) target dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
