@@ -1,24 +1,22 @@
-"""@cache: fastapi-redis-cache parity and HTTP caching, on Redis and in memory (parametrized)."""
+"""decorator.py and endpoint.py: `@cache` itself. Bare, with arguments, the shortcuts and a
+partial as the seed documents; the wrapper FastAPI calls (the body is right whether or not
+the endpoint takes Request and Response, sync endpoints run in the threadpool, a direct
+call behaves like the undecorated function); and `@cache` written above `@app.get`, which
+is found at startup. What happens to a request is in test_serve.py (hits) and test_fill.py
+(misses)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
-import time
-from datetime import timedelta
 from functools import partial, update_wrapper
-from typing import Annotated, Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 
 from oxcache import (
-    Cache,
-    ConfigError,
     cache,
     cache_one_day,
     cache_one_hour,
@@ -27,77 +25,30 @@ from oxcache import (
     cache_one_week,
     cache_one_year,
 )
-from tests.conftest import sync_client
+from tests.apps import MakeStore, client_for
 
-MakeStore = Callable[..., Cache]
-ETAG = re.compile(r'^W/"[0-9a-f]{32}"$')
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
+# -- forms of the decorator --------------------------------------------------------------------
 
 
-def test_miss_then_hit_with_seed_headers(make_store: MakeStore) -> None:
-    store = make_store()
+def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> None:
+    import anyio
+
+    from oxcache import default_store
+
+    anyio.run(default_store().clear)
     app = FastAPI()
     calls = []
 
-    @app.get("/dynamic_data")
-    @cache(expire=30, store=store)
-    def get_dynamic_data(request: Request, response: Response) -> dict[str, Any]:
+    @app.get("/bare")
+    @cache
+    async def bare() -> dict[str, int]:
         calls.append(1)
-        return {"success": True, "message": "this data should only be cached temporarily"}
+        return {"n": 1}
 
-    with client_for(app, store) as client:
-        miss = client.get("/dynamic_data")
-        hit = client.get("/dynamic_data")
-    assert miss.status_code == hit.status_code == 200
-    assert miss.headers["x-fastapi-cache"] == "Miss"
-    assert hit.headers["x-fastapi-cache"] == "Hit"
-    assert miss.content == hit.content
-    assert miss.json() == {
-        "success": True,
-        "message": "this data should only be cached temporarily",
-    }
+    with TestClient(app) as client:
+        client.get("/bare")
+        assert client.get("/bare").headers["x-fastapi-cache"] == "Hit"
     assert len(calls) == 1
-    for response in (miss, hit):
-        assert response.headers["cache-control"] == "max-age=30"
-        assert ETAG.match(response.headers["etag"])
-        assert response.headers["expires"].endswith(" GMT")
-        assert response.headers["content-length"] == str(len(response.content))
-        assert response.headers["content-type"] == "application/json"
-    assert miss.headers["etag"] == hit.headers["etag"]
-    assert miss.headers["expires"] == hit.headers["expires"]
-    assert "age" not in miss.headers
-    assert int(hit.headers["age"]) >= 0
-
-
-@pytest.mark.parametrize("with_params", [True, False])
-def test_body_without_request_or_response_params(make_store: MakeStore, with_params: bool) -> None:
-    """The seed sent empty bodies when the endpoint had no `response` parameter (its #70)."""
-    store = make_store()
-    app = FastAPI()
-
-    if with_params:
-
-        @app.get("/x")
-        @cache(store=store)
-        async def x(request: Request, response: Response) -> dict[str, int]:
-            return {"a": 1}
-    else:
-
-        @app.get("/x")
-        @cache(store=store)
-        async def x() -> dict[str, int]:  # type: ignore[misc]
-            return {"a": 1}
-
-    with client_for(app, store) as client:
-        for expected in ("Miss", "Hit"):
-            response = client.get("/x")
-            assert response.headers["x-fastapi-cache"] == expected
-            assert response.content == b'{"a":1}'
-            assert response.headers["content-length"] == "7"
 
 
 def test_default_expiry_is_one_year(make_store: MakeStore) -> None:
@@ -153,690 +104,34 @@ def test_partial_with_update_wrapper_as_the_seed_documents(make_store: MakeStore
         assert client.get("/cache_two_hours").headers["cache-control"] == "max-age=7200"
 
 
-@pytest.mark.parametrize("expire", [45, timedelta(seconds=45)])
-def test_expire_int_or_timedelta(make_store: MakeStore, expire: Any) -> None:
+# -- the wrapper FastAPI calls (endpoint.py) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("with_params", [True, False])
+def test_body_without_request_or_response_params(make_store: MakeStore, with_params: bool) -> None:
+    """The seed sent empty bodies when the endpoint had no `response` parameter (its #70)."""
     store = make_store()
     app = FastAPI()
 
-    @app.get("/e")
-    @cache(expire=expire, store=store)
-    async def e() -> int:
-        return 1
-
-    with client_for(app, store) as client:
-        assert client.get("/e").headers["cache-control"] == "max-age=45"
-
-
-def test_bare_decorator_without_parentheses_uses_the_default_memory_store() -> None:
-    import anyio
-
-    from oxcache import default_store
-
-    anyio.run(default_store().clear)
-    app = FastAPI()
-    calls = []
-
-    @app.get("/bare")
-    @cache
-    async def bare() -> dict[str, int]:
-        calls.append(1)
-        return {"n": 1}
-
-    with TestClient(app) as client:
-        client.get("/bare")
-        assert client.get("/bare").headers["x-fastapi-cache"] == "Hit"
-    assert len(calls) == 1
-
-
-@pytest.mark.parametrize("bad", [-1, timedelta(seconds=-5), "60", 1.5, True])
-def test_invalid_expire_is_refused_at_decoration(bad: Any) -> None:
-    with pytest.raises(ConfigError):
-        cache(expire=bad)
-
-
-def test_expire_zero_means_do_not_store(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls = []
-
-    @app.get("/z")
-    @cache(expire=0, store=store)
-    async def z() -> int:
-        calls.append(1)
-        return 1
-
-    with client_for(app, store) as client:
-        for _ in range(2):
-            response = client.get("/z")
-            assert response.status_code == 200
-            assert "cache-control" not in response.headers
-            assert "x-fastapi-cache" not in response.headers
-    assert len(calls) == 2
-
-
-def test_entry_expires(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls = []
-
-    @app.get("/short")
-    @cache(expire=timedelta(milliseconds=400), store=store)
-    async def short() -> int:
-        calls.append(1)
-        return len(calls)
-
-    with client_for(app, store) as client:
-        assert client.get("/short").headers["x-fastapi-cache"] == "Miss"
-        assert client.get("/short").headers["x-fastapi-cache"] == "Hit"
-        time.sleep(0.6)
-        again = client.get("/short")
-    assert again.headers["x-fastapi-cache"] == "Miss"
-    assert again.json() == 2
-
-
-# -- conditional requests ----------------------------------------------------------------------
-
-
-def _etag_app(store: Cache) -> tuple[FastAPI, list[int]]:
-    app = FastAPI()
-    calls: list[int] = []
-
-    @app.get("/item/{id}")
-    @cache(expire=60, store=store)
-    async def item(id: int) -> dict[str, int]:
-        calls.append(id)
-        return {"id": id}
-
-    return app, calls
-
-
-@pytest.mark.parametrize(
-    "form",
-    [
-        "{tag}",
-        "{strong}",
-        '"0000", {tag}',
-        '  {strong} ,"x"',
-        "*",
-        '"aa", W/"bb",{tag}',
-    ],
-)
-def test_if_none_match_forms_give_304(make_store: MakeStore, form: str) -> None:
-    store = make_store()
-    app, calls = _etag_app(store)
-    with client_for(app, store) as client:
-        first = client.get("/item/1")
-        tag = first.headers["etag"]
-        header = form.format(tag=tag, strong=tag[2:])
-        conditional = client.get("/item/1", headers={"If-None-Match": header})
-    assert conditional.status_code == 304
-    assert conditional.content == b""
-    for name in ("etag", "cache-control", "expires", "age"):
-        assert name in conditional.headers, name
-    assert conditional.headers["etag"] == tag
-    assert conditional.headers["x-fastapi-cache"] == "Hit"
-    assert "content-type" not in conditional.headers
-    assert calls == [1]
-
-
-@pytest.mark.parametrize(
-    "header", ['"0123"', 'W/"0123", "4567"', "garbage", "", "W/", '"unterminated']
-)
-def test_if_none_match_not_matching_gives_200(make_store: MakeStore, header: str) -> None:
-    store = make_store()
-    app, _ = _etag_app(store)
-    with client_for(app, store) as client:
-        client.get("/item/1")
-        response = client.get("/item/1", headers={"If-None-Match": header})
-    assert response.status_code == 200
-    assert response.json() == {"id": 1}
-    assert response.headers["x-fastapi-cache"] == "Hit"
-
-
-def test_if_none_match_on_a_miss_gives_304(make_store: MakeStore) -> None:
-    """A client may hold a tag from another worker's entry (the seed ignored it on misses)."""
-    store = make_store()
-    app, _ = _etag_app(store)
-    with client_for(app, store) as client:
-        tag = client.get("/item/1").headers["etag"]
-    other = make_store(prefix=store.prefix + "-other")
-    app2, _ = _etag_app(other)
-    with client_for(app2, other) as client:
-        response = client.get("/item/1", headers={"If-None-Match": tag})
-    assert response.status_code == 304
-    assert response.headers["x-fastapi-cache"] == "Miss"
-
-
-def test_etag_of_one_entry_does_not_validate_another(make_store: MakeStore) -> None:
-    store = make_store()
-    app, _ = _etag_app(store)
-    with client_for(app, store) as client:
-        tag = client.get("/item/1").headers["etag"]
-        client.get("/item/2")
-        response = client.get("/item/2", headers={"If-None-Match": tag})
-    assert response.status_code == 200
-    assert response.json() == {"id": 2}
-
-
-def test_strong_etag_option(make_store: MakeStore) -> None:
-    store = make_store(strong_etag=True)
-    app, _ = _etag_app(store)
-    with client_for(app, store) as client:
-        tag = client.get("/item/1").headers["etag"]
-        assert re.match(r'^"[0-9a-f]{32}"$', tag)
-        assert client.get("/item/1", headers={"If-None-Match": tag}).status_code == 304
-
-
-# -- request directives ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {"Cache-Control": "no-cache"},
-        {"Cache-Control": "no-store"},
-        {"Cache-Control": "NO-CACHE"},
-        {"Cache-Control": "max-age=10, No-Store"},
-        {"Pragma": "no-cache"},
-    ],
-)
-def test_no_cache_request_disables_all_caching(
-    make_store: MakeStore, headers: dict[str, str]
-) -> None:
-    store = make_store()
-    app, calls = _etag_app(store)
-    with client_for(app, store) as client:
-        response = client.get("/item/7", headers=headers)
-        for name in ("cache-control", "etag", "expires", "x-fastapi-cache"):
-            assert name not in response.headers
-        assert response.json() == {"id": 7}
-        assert client.get("/item/7").headers["x-fastapi-cache"] == "Miss"  # nothing was stored
-    assert calls == [7, 7]
-
-
-def test_request_max_age_refreshes_an_older_entry(make_store: MakeStore) -> None:
-    store = make_store()
-    app, calls = _etag_app(store)
-    with client_for(app, store) as client:
-        client.get("/item/3")
-        time.sleep(1.1)
-        assert (
-            client.get("/item/3", headers={"Cache-Control": "max-age=100"}).headers[
-                "x-fastapi-cache"
-            ]
-            == "Hit"
-        )
-        refreshed = client.get("/item/3", headers={"Cache-Control": "max-age=0"})
-        assert refreshed.headers["x-fastapi-cache"] == "Miss"
-        assert client.get("/item/3").headers["x-fastapi-cache"] == "Hit"
-    assert calls == [3, 3]
-
-
-def test_client_cache_control_does_not_set_server_ttl(make_store: MakeStore) -> None:
-    store = make_store()
-    app, _ = _etag_app(store)
-    with client_for(app, store) as client:
-        response = client.get("/item/4", headers={"Cache-Control": "max-age=5"})
-    assert response.headers["cache-control"] == "max-age=60"
-
-
-# -- methods -----------------------------------------------------------------------------------
-
-
-def test_only_get_and_head_are_cached(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls = []
-
-    @app.post("/p")
-    @cache(store=store)
-    async def p() -> dict[str, int]:
-        calls.append(1)
-        return {"n": len(calls)}
-
-    with client_for(app, store) as client:
-        first, second = client.post("/p"), client.post("/p")
-    assert first.json() == {"n": 1} and second.json() == {"n": 2}
-    assert "x-fastapi-cache" not in second.headers
-
-
-def test_head_is_answered_from_the_get_entry(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls = []
-
-    @app.api_route("/h", methods=["GET", "HEAD"])
-    @cache(store=store)
-    async def h() -> dict[str, str]:
-        calls.append(1)
-        return {"hello": "world"}
-
-    with client_for(app, store) as client:
-        get = client.get("/h")
-        head = client.head("/h")
-    assert head.status_code == 200
-    assert head.headers["x-fastapi-cache"] == "Hit"
-    assert head.headers["etag"] == get.headers["etag"]
-    assert head.headers["content-length"] == str(len(get.content))
-    assert head.content == b""
-    assert calls == [1]
-
-
-# -- what is not cached ------------------------------------------------------------------------
-
-
-def test_exceptions_non_2xx_and_cookies_are_not_cached(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls: dict[str, int] = {}
-
-    def count(name: str) -> None:
-        calls[name] = calls.get(name, 0) + 1
-
-    @app.get("/raises")
-    @cache(store=store)
-    async def raises() -> None:
-        count("raises")
-        raise HTTPException(status_code=404, detail="nope")
-
-    @app.get("/notfound")
-    @cache(store=store)
-    async def notfound() -> JSONResponse:
-        count("notfound")
-        return JSONResponse({"error": "missing"}, status_code=404)
-
-    @app.get("/cookie")
-    @cache(store=store)
-    async def cookie(response: Response) -> dict[str, int]:
-        count("cookie")
-        response.set_cookie("session", "abc")
-        return {"n": 1}
-
-    @app.get("/private")
-    @cache(store=store)
-    async def private() -> JSONResponse:
-        count("private")
-        return JSONResponse({"n": 1}, headers={"Cache-Control": "private"})
-
-    with client_for(app, store) as client:
-        for _ in range(2):
-            assert client.get("/raises").status_code == 404
-            response = client.get("/notfound")
-            assert response.status_code == 404 and response.json() == {"error": "missing"}
-            assert client.get("/cookie").headers["set-cookie"].startswith("session=abc")
-            assert client.get("/private").status_code == 200
-    assert calls == {"raises": 2, "notfound": 2, "cookie": 2, "private": 2}
-
-
-def test_unserializable_body_fails_like_the_uncached_route_and_logs(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/bad")
-    @cache(store=store)
-    async def bad() -> Any:
-        return {"x": object()}
-
-    @app.get("/bad-plain")
-    async def bad_plain() -> Any:
-        return {"x": object()}
-
-    caplog.set_level(logging.INFO, logger="oxcache")
-    with client_for(app, store) as client:
-        with pytest.raises(Exception) as cached_error:
-            client.get("/bad")
-        with pytest.raises(Exception) as plain_error:
-            client.get("/bad-plain")
-    assert type(cached_error.value) is type(plain_error.value)
-    assert "FAILED_TO_CACHE_KEY" in caplog.text
-
-
-# -- bodies identical to the undecorated route ---------------------------------------------------
-
-
-class Public(BaseModel):
-    id: int
-    name: str
-    nickname: Optional[str] = None
-
-
-def _twin_routes(store: Cache) -> FastAPI:
-    """Each endpoint registered twice: at /plain/... undecorated, at /cached/... with @cache."""
-    app = FastAPI()
-    specs: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
-
-    def add(path: str, func: Callable[..., Any], **route: Any) -> None:
-        specs.append((path, route, func))
-
-    add(
-        "/model-filter",
-        lambda: {"id": 1, "name": "a", "password_hash": "s3cr3t"},
-        response_model=Public,
-    )
-    add(
-        "/exclude-none",
-        lambda: Public(id=1, name="a"),
-        response_model=Public,
-        response_model_exclude_none=True,
-    )
-    add(
-        "/exclude-unset",
-        lambda: Public(id=1, name="a"),
-        response_model=Public,
-        response_model_exclude_unset=True,
-    )
-    add(
-        "/list-models",
-        lambda: [Public(id=i, name=str(i)) for i in range(3)],
-        response_model=list[Public],
-    )
-    add("/plain-text", lambda: "héllo", response_class=PlainTextResponse)
-    add("/html", lambda: "<b>hi</b>", response_class=HTMLResponse)
-    add("/status", lambda: {"created": True}, status_code=201)
-    add("/jsonresponse", lambda: JSONResponse({"z": 1, "a": [1, 2]}))
-    add("/unicode", lambda: {"name": "Zoë ☃", "n": 1.5, "big": 10**20})
-    add("/scalar-none", lambda: None)
-    add("/scalar-int", lambda: 42)
-    add("/response-obj", lambda: Response(b"\x00\x01raw", media_type="application/octet-stream"))
-
-    import datetime as dt
-    import uuid
-
-    add(
-        "/types",
-        lambda: {
-            "dt": dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc),
-            "d": dt.date(2024, 1, 2),
-            "u": uuid.UUID(int=7),
-        },
-    )
-
-    for path, route, func in specs:
-        app.get("/plain" + path, **route)(func)
-        app.get("/cached" + path, **route)(cache(store=store)(func))
-    return app
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/model-filter",
-        "/exclude-none",
-        "/exclude-unset",
-        "/list-models",
-        "/plain-text",
-        "/html",
-        "/status",
-        "/jsonresponse",
-        "/unicode",
-        "/scalar-none",
-        "/scalar-int",
-        "/response-obj",
-        "/types",
-    ],
-)
-def test_miss_and_hit_bodies_equal_the_undecorated_route(make_store: MakeStore, path: str) -> None:
-    store = make_store()
-    app = _twin_routes(store)
-    with client_for(app, store) as client:
-        plain = client.get("/plain" + path)
-        miss = client.get("/cached" + path)
-        hit = client.get("/cached" + path)
-    assert miss.headers["x-fastapi-cache"] == "Miss"
-    assert hit.headers["x-fastapi-cache"] == "Hit"
-    for response in (miss, hit):
-        assert response.status_code == plain.status_code
-        assert response.content == plain.content
-        assert response.headers["content-type"] == plain.headers["content-type"]
-        assert response.headers["content-length"] == plain.headers["content-length"]
-    assert b"s3cr3t" not in miss.content + hit.content
-
-
-def test_response_model_secret_never_stored(make_store: MakeStore, backend_url: str | None) -> None:
-    store = make_store()
-    app = _twin_routes(store)
-    with client_for(app, store) as client:
-        client.get("/cached/model-filter")
-        assert b"s3cr3t" not in client.get("/cached/model-filter").content
-    if backend_url:
-        raw = sync_client(backend_url)
-        values = [raw.get(k) or b"" for k in raw.scan_iter(match=f"{store.prefix}:*")]
-        raw.close()
-        assert values and not any(b"s3cr3t" in v for v in values)
-
-
-def test_status_and_headers_set_on_the_response_parameter_are_replayed(
-    make_store: MakeStore,
-) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/custom")
-    @cache(store=store)
-    async def custom(response: Response) -> dict[str, int]:
-        response.status_code = 203
-        response.headers["X-Custom"] = "yes"
-        return {"n": 1}
-
-    with client_for(app, store) as client:
-        miss, hit = client.get("/custom"), client.get("/custom")
-    for response in (miss, hit):
-        assert response.status_code == 203
-        assert response.headers["x-custom"] == "yes"
-    assert hit.headers["x-fastapi-cache"] == "Hit"
-
-
-# -- keys ----------------------------------------------------------------------------------------
-
-
-class Session:
-    """Stands in for sqlalchemy.orm.Session: its str() holds a memory address."""
-
-
-def get_session() -> Session:
-    return Session()
-
-
-class SubSession(Session):
-    pass
-
-
-def test_seed_key_format_and_ignore_arg_types(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session])
-    app = FastAPI()
-
-    @app.get("/get_user")
-    @cache(expire=3600, store=store)
-    def get_user(id: int, db: Session = Depends(get_session)) -> dict[str, int]:
-        return {"id": id}
-
-    caplog.set_level(logging.INFO, logger="oxcache")
-    with client_for(app, store) as client:
-        client.get("/get_user", params={"id": 1})
-        assert client.get("/get_user", params={"id": 1}).headers["x-fastapi-cache"] == "Hit"
-    key = f"myapi-cache:{__name__}.get_user(id=1)"
-    assert store.key_for(get_user, id=1) == key
-    assert f"KEY_ADDED_TO_CACHE: key={key}" in caplog.text
-    assert f"KEY_FOUND_IN_CACHE: key={key}" in caplog.text
-
-
-@pytest.mark.parametrize(
-    "annotation",
-    [Session, Optional[Session], Annotated[Session, Depends(get_session)], SubSession],
-)
-def test_ignore_arg_types_through_optional_annotated_and_subclasses(
-    make_store: MakeStore, annotation: Any
-) -> None:
-    store = make_store(ignore_arg_types=[Session])
-    app = FastAPI()
-
-    if typing_is_annotated(annotation):
-
-        def endpoint(id: int, db: Session) -> dict[str, int]:
-            return {"id": id}
+    if with_params:
+
+        @app.get("/x")
+        @cache(store=store)
+        async def x(request: Request, response: Response) -> dict[str, int]:
+            return {"a": 1}
     else:
 
-        def endpoint(id: int, db: Session = Depends(get_session)) -> dict[str, int]:
-            return {"id": id}
-
-    endpoint.__annotations__["db"] = annotation  # this module's annotations are strings
-    cached = cache(store=store)(endpoint)
-    app.get("/u")(cached)
-    with client_for(app, store) as client:
-        client.get("/u", params={"id": 5})
-        assert client.get("/u", params={"id": 5}).headers["x-fastapi-cache"] == "Hit"
-    assert store.key_for(cached, id=5, db=None).endswith(".endpoint(id=5)")
-
-
-def typing_is_annotated(annotation: Any) -> bool:
-    return getattr(annotation, "__metadata__", None) is not None
-
-
-def test_unannotated_ignored_dependency_is_left_out_by_its_value(make_store: MakeStore) -> None:
-    store = make_store(ignore_arg_types=[Session])
-    app = FastAPI()
-
-    @app.get("/v")
-    @cache(store=store)
-    def v(id: int, db=Depends(get_session)) -> dict[str, int]:  # type: ignore[no-untyped-def]
-        return {"id": id}
+        @app.get("/x")
+        @cache(store=store)
+        async def x() -> dict[str, int]:  # type: ignore[misc]
+            return {"a": 1}
 
     with client_for(app, store) as client:
-        client.get("/v", params={"id": 1})
-        assert client.get("/v", params={"id": 1}).headers["x-fastapi-cache"] == "Hit"
-
-
-def test_dependency_with_memory_address_is_served_uncached_with_a_clear_warning(
-    make_store: MakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = make_store()  # Session is NOT in ignore_arg_types
-    app = FastAPI()
-    calls = []
-
-    @app.get("/leaky")
-    @cache(store=store)
-    def leaky(id: int, db: Session = Depends(get_session)) -> dict[str, int]:
-        calls.append(id)
-        return {"id": id}
-
-    with client_for(app, store) as client:
-        first, second = (
-            client.get("/leaky", params={"id": 1}),
-            client.get("/leaky", params={"id": 1}),
-        )
-    assert first.status_code == second.status_code == 200
-    assert "x-fastapi-cache" not in second.headers
-    assert calls == [1, 1]
-    assert "'db'" in caplog.text and "ignore_arg_types" in caplog.text
-
-
-class GameDate:
-    def __init__(self, game_date: str) -> None:
-        self.value = game_date
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def test_custom_dependency_with_str_is_keyed_by_it(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    calls = []
-
-    @app.get("/scoreboard")
-    @cache(store=store)
-    def scoreboard(game_date: GameDate = Depends()) -> dict[str, str]:
-        calls.append(game_date.value)
-        return {"date": game_date.value}
-
-    with client_for(app, store) as client:
-        for day in ("20190509", "20190510", "20190509", "20190510"):
-            assert client.get("/scoreboard", params={"game_date": day}).json() == {"date": day}
-    assert calls == ["20190509", "20190510"]
-
-
-def test_injective_keys_never_serve_another_arguments_data(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/q")
-    @cache(store=store)
-    async def q(a: str, b: Optional[str] = None) -> dict[str, Any]:
-        return {"a": a, "b": b}
-
-    with client_for(app, store) as client:
-        one = client.get("/q", params={"a": "1,b=2", "b": "3"}).json()
-        two = client.get("/q", params={"a": "1", "b": "2,b=3"}).json()
-        none = client.get("/q", params={"a": "x"}).json()
-        literal = client.get("/q", params={"a": "x", "b": "None"}).json()
-    assert one == {"a": "1,b=2", "b": "3"}
-    assert two == {"a": "1", "b": "2,b=3"}
-    assert none == {"a": "x", "b": None}
-    assert literal == {"a": "x", "b": "None"}
-
-
-def test_background_tasks_and_request_params_stay_out_of_the_key(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    ran = []
-
-    @app.get("/bg")
-    @cache(store=store)
-    async def bg(tasks: BackgroundTasks, req: Request, id: int = 1) -> dict[str, int]:
-        tasks.add_task(ran.append, id)
-        return {"id": id}
-
-    with client_for(app, store) as client:
-        client.get("/bg")
-        assert client.get("/bg").headers["x-fastapi-cache"] == "Hit"
-        renamed = client.get("/bg", headers={"Cache-Control": "no-cache"})
-    assert "x-fastapi-cache" not in renamed.headers  # request found by type, not by name
-    assert ran == [1, 1]
-    assert store.key_for(bg, id=1).endswith(".bg(id=1)")
-
-
-def test_string_annotations_from_future_import(make_store: MakeStore) -> None:
-    import sys
-    import textwrap
-    import types
-
-    source = textwrap.dedent(
-        """
-        from __future__ import annotations
-        from fastapi import Request, Response
-        from oxcache import cache
-
-        def build(store):
-            @cache(store=store)
-            async def fut(id: int, request: Request, response: Response) -> dict:
-                return {"id": id}
-            return fut
-        """
-    )
-    module = types.ModuleType("future_endpoints")
-    sys.modules["future_endpoints"] = module
-    exec(compile(source, "future_endpoints.py", "exec"), module.__dict__)
-    store = make_store()
-    app = FastAPI()
-    fut = module.build(store)
-    app.get("/fut")(fut)
-    with client_for(app, store) as client:
-        client.get("/fut", params={"id": 3})
-        assert client.get("/fut", params={"id": 3}).headers["x-fastapi-cache"] == "Hit"
-        assert (
-            "x-fastapi-cache"
-            not in client.get(
-                "/fut", params={"id": 3}, headers={"Cache-Control": "no-store"}
-            ).headers
-        )
-    assert store.key_for(fut, id=3).endswith("future_endpoints.fut(id=3)")
-
-
-# -- sync endpoints ------------------------------------------------------------------------------
+        for expected in ("Miss", "Hit"):
+            response = client.get("/x")
+            assert response.headers["x-fastapi-cache"] == expected
+            assert response.content == b'{"a":1}'
+            assert response.headers["content-length"] == "7"
 
 
 def test_sync_endpoints_run_in_the_threadpool_concurrently(make_store: MakeStore) -> None:
@@ -887,75 +182,27 @@ def test_decorated_function_called_directly_behaves_like_the_original() -> None:
     assert anyio.run(plain, 4) == 8  # type: ignore[arg-type]
 
 
-# -- store behaviour -----------------------------------------------------------------------------
+# -- @cache above the route decorator ----------------------------------------------------------
 
 
-def test_two_memory_stores_never_share_entries() -> None:
-    first, second = Cache(), Cache()
+def test_decorator_above_the_route_is_detected_at_startup(
+    make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#33, #77: `@cache` above `@app.get` silently caches nothing in every peer."""
+    store = make_store()
     app = FastAPI()
 
-    @app.get("/a")
-    @cache(store=first)
-    async def a() -> int:
-        return 1
+    @cache(expire=60, store=store)
+    @app.get("/wrong")
+    async def wrong_order() -> dict[str, int]:
+        return {"a": 1}
 
-    @app.get("/b")
-    @cache(store=second)
-    async def b() -> int:
-        return 2
+    @app.get("/right")
+    @cache(expire=60, store=store)
+    async def right_order() -> dict[str, int]:
+        return {"a": 1}
 
-    with client_for(app, first) as client:
-        client.get("/a")
-    assert len(first.backend) == 1  # type: ignore[arg-type]
-    assert len(second.backend) == 0  # type: ignore[arg-type]
-
-
-def test_corrupted_value_is_a_miss_then_overwritten(make_store: MakeStore) -> None:
-    store = make_store()
-    app, calls = _etag_app(store)
-    key = store.key_for(_find(app, "/item/{id}"), id=9)
-    with client_for(app, store) as client:
-        for garbage in (b"not ours", b"OXC\x07" + b"\x00" * 60, b""):
-            # On the app's event loop: redis.asyncio connections belong to one loop.
-            client.portal.call(store.backend.set, key, garbage, 60_000)
-            assert client.get("/item/9").headers["x-fastapi-cache"] == "Miss"
-            assert client.get("/item/9").headers["x-fastapi-cache"] == "Hit"
-    assert calls == [9, 9, 9]
-
-
-def _find(app: FastAPI, path: str) -> Any:
-    for route in app.routes:
-        if getattr(route, "path", None) == path:
-            return route.endpoint  # type: ignore[attr-defined]
-    raise LookupError(path)
-
-
-def test_invalidate_and_clear(make_store: MakeStore) -> None:
-    store = make_store()
-    app, _ = _etag_app(store)
-    endpoint = _find(app, "/item/{id}")
-    with client_for(app, store) as client:
-        client.get("/item/1")
-        client.get("/item/2")
-        assert client.portal.call(partial(store.invalidate, endpoint, id=1)) == 1
-        assert client.get("/item/1").headers["x-fastapi-cache"] == "Miss"
-        assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"
-        assert client.portal.call(store.clear) == 2
-        assert client.get("/item/2").headers["x-fastapi-cache"] == "Miss"
-
-
-def test_router_included_endpoint(make_store: MakeStore) -> None:
-    store = make_store()
-    router = APIRouter(prefix="/api")
-
-    @router.get("/r", response_model=Public)
-    @cache(store=store)
-    async def r() -> Any:
-        return {"id": 1, "name": "x", "password_hash": "s3cr3t"}
-
-    app = FastAPI()
-    app.include_router(router)
-    with client_for(app, store) as client:
-        miss, hit = client.get("/api/r"), client.get("/api/r")
-    assert miss.json() == hit.json() == {"id": 1, "name": "x", "nickname": None}
-    assert hit.headers["x-fastapi-cache"] == "Hit"
+    with caplog.at_level(logging.WARNING, "oxcache"), client_for(app, store):
+        pass
+    messages = [r.getMessage() for r in caplog.records if "never cached" in r.getMessage()]
+    assert len(messages) == 1 and "wrong_order" in messages[0] and "below" in messages[0]

@@ -105,3 +105,32 @@ def test_quickstart_cli_lines_read_the_quickstart_app_on_redis(
     assert re.search(r"entries: 1\b", stats), stats
     assert keys.split() == ["app.item(id=1)"], keys
     assert '{"id":1}' in show, show
+
+
+def test_the_architecture_map_names_what_exists() -> None:
+    """docs/architecture.md sends a reader into the code: every `oxcache.module.name` it
+    cites resolves, and every module and test file it names is there."""
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "architecture.md").read_text()
+    cited = set(re.findall(r"`(oxcache(?:\.\w+)+)`", page))
+    assert cited, "the map cites no code"
+    for dotted in sorted(cited):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                assert hasattr(found, attr), dotted
+                found = getattr(found, attr)
+            break
+    for module in set(re.findall(r"\b([a-z_]+\.py)\b", page)) - {"include.py"}:
+        found_files = list((root / "python" / "oxcache").rglob(module)) + list(
+            (root / "tests").glob(module)
+        )
+        assert found_files, f"{module} is named in docs/architecture.md but does not exist"
+    for test_file in set(re.findall(r"`(tests/[\w/]+\.py)`", page)):
+        assert (root / test_file).exists(), test_file

@@ -1,4 +1,7 @@
-"""Per-user caching, Vary, tags and invalidation, on Redis and in memory (parametrized).
+"""Per-user caching end to end: `per_user=` puts the user in the key (serve.py, keys.py),
+`invalidate_user` drops one user's entries and leaves the others', an invalidation reaches
+every user and variant, and without per_user or shared=True a request with credentials
+bypasses the cache. On memory, Redis and Redis Cluster (parametrized through make_store).
 
 The promise under test: no response ever reaches the wrong user.
 """
@@ -7,61 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import httpx
 import pytest
-import redis
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.testclient import TestClient
+from fastapi import Depends, FastAPI, Header, Request
 
-from oxcache import Cache, ConfigError, MemoryBackend, RedisBackend, cache
-from oxcache.backends.base import Backend
-from tests.conftest import sync_client
-
-MakeStore = Callable[..., Cache]
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
-
-
-def current_user_id(x_user: str | None = Header(default=None)) -> str:
-    """The test's authentication: the user id is in `X-User`; no header means 401."""
-    if x_user is None:
-        raise HTTPException(status_code=401, detail="not authenticated")
-    return x_user
-
-
-def stored_keys(store: Cache) -> list[str]:
-    """Every key the store holds under its prefix (entries and indexes)."""
-    backend = store.backend
-    if isinstance(backend, MemoryBackend):
-        return sorted(backend._data)
-    assert isinstance(backend, RedisBackend) and store.url
-    client = sync_client(store.url)
-    try:
-        return sorted(k.decode() for k in client.scan_iter(match=f"{store.prefix}:*"))
-    finally:
-        client.close()
-
-
-def per_user_app(store: Cache, calls: Counter[str]) -> FastAPI:
-    app = FastAPI()
-
-    @app.get("/me/prefs")
-    @cache(expire=300, per_user=current_user_id, store=store)
-    async def prefs(user: str = Depends(current_user_id)) -> dict[str, Any]:
-        calls[user] += 1
-        await asyncio.sleep(0)
-        return {"user": user, "theme": f"theme-of-{user}"}
-
-    return app
+from oxcache import MemoryBackend, cache
+from tests.apps import MakeStore, client_for, current_user_id, per_user_app, stored_keys
 
 
 def test_many_users_concurrently_each_get_their_own_body(make_store: MakeStore) -> None:
@@ -105,7 +63,7 @@ def test_per_user_keys_hold_the_user_and_404_401_store_nothing(make_store: MakeS
         assert stored_keys(store) == []
         assert client.get("/me/prefs", headers={"X-User": "alice"}).status_code == 200
     keys = stored_keys(store)
-    entry = f'{store.prefix}:tests.test_per_user.prefs(user="alice",@user="alice")'
+    entry = f'{store.prefix}:tests.apps.prefs(user="alice",@user="alice")'
     assert entry in keys
     assert f"{store.prefix}:@user:alice" in keys or isinstance(store.backend, MemoryBackend)
 
@@ -244,162 +202,6 @@ def test_put_invalidates_get_for_every_user_and_variant(make_store: MakeStore) -
         assert response.headers["x-fastapi-cache"] == "Miss"
 
 
-def test_vary_headers_split_entries_and_are_announced(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-    runs: list[str | None] = []
-
-    @app.get("/greeting")
-    @cache(expire=60, vary=["Accept-Language"], store=store)
-    async def greeting(request: Request) -> dict[str, str | None]:
-        lang = request.headers.get("accept-language")
-        runs.append(lang)
-        return {"lang": lang}
-
-    with client_for(app, store) as client:
-        en = client.get("/greeting", headers={"Accept-Language": "en"})
-        en2 = client.get("/greeting", headers={"Accept-Language": "  en "})
-        fr = client.get("/greeting", headers={"Accept-Language": "fr"})
-        none = client.get("/greeting")
-        empty = client.get("/greeting", headers={"Accept-Language": ""})
-        cond = client.get(
-            "/greeting", headers={"Accept-Language": "fr", "If-None-Match": fr.headers["etag"]}
-        )
-        cross = client.get(
-            "/greeting", headers={"Accept-Language": "en", "If-None-Match": fr.headers["etag"]}
-        )
-    assert en.json() == {"lang": "en"} and fr.json() == {"lang": "fr"}
-    assert en2.headers["x-fastapi-cache"] == "Hit"
-    assert none.json() == {"lang": None} and empty.json() == {"lang": ""}
-    assert runs == ["en", "fr", None, ""]
-    for response in (en, en2, fr, none, cond):
-        assert response.headers["vary"] == "Accept-Language"
-    assert cond.status_code == 304
-    assert cross.status_code == 200 and cross.json() == {"lang": "en"}
-
-
-def test_secret_vary_headers_are_hashed_in_keys(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/t")
-    @cache(expire=60, vary=["Authorization"], store=store)
-    async def t(request: Request) -> dict[str, str]:
-        return {"auth": request.headers["authorization"][-3:]}
-
-    with client_for(app, store) as client:
-        one = client.get("/t", headers={"Authorization": "Bearer secret-token-111"})
-        two = client.get("/t", headers={"Authorization": "Bearer secret-token-222"})
-        again = client.get("/t", headers={"Authorization": "Bearer secret-token-111"})
-    assert one.json() == {"auth": "111"} and two.json() == {"auth": "222"}
-    assert again.headers["x-fastapi-cache"] == "Hit" and again.json() == {"auth": "111"}
-    keys = stored_keys(store)
-    assert keys and not any("secret" in k for k in keys)
-
-
-def test_tags_are_formatted_from_arguments_and_invalidated(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/items/{id}")
-    @cache(expire=60, tags=["items", "item:{id}"], store=store)
-    async def item(id: int) -> dict[str, int]:
-        return {"id": id}
-
-    @app.get("/items")
-    @cache(expire=60, tags=["items"], store=store)
-    async def items() -> list[int]:
-        return [1, 2]
-
-    def state(client: TestClient) -> list[str]:
-        paths = ("/items/1", "/items/2", "/items")
-        return [client.get(path).headers["x-fastapi-cache"] for path in paths]
-
-    with client_for(app, store) as client:
-        assert state(client) == ["Miss", "Miss", "Miss"]
-        assert client.portal.call(store.invalidate_tag, "item:1") == 1
-        assert state(client) == ["Miss", "Hit", "Hit"]
-        assert client.portal.call(store.invalidate_tag, "items") == 3
-        assert state(client) == ["Miss", "Miss", "Miss"]
-        assert client.portal.call(store.invalidate_tag, "no-such-tag") == 0
-
-
-def test_indexes_expire_with_their_entries_and_stay_bounded(make_store: MakeStore) -> None:
-    store = make_store()
-    app = FastAPI()
-
-    @app.get("/n/{n}")
-    @cache(expire=1, tags=["all"], store=store)
-    async def n(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    index = store.tag_index("all")
-    with client_for(app, store) as client:
-        for i in range(20):
-            client.get(f"/n/{i}")
-        if isinstance(store.backend, RedisBackend):
-            assert store.url
-            sync = sync_client(store.url)
-            assert sync.zcard(index) == 20
-            assert 1000 < sync.pttl(index) <= 2000  # the longest entry's TTL plus 1 s margin
-            time.sleep(1.1)
-            client.get("/n/100")  # a write prunes members whose entries have expired
-            assert sync.zcard(index) == 1
-            time.sleep(2.2)
-            assert not sync.exists(index)  # and the index dies after its last entry
-            sync.close()
-        else:
-            backend = store.backend
-            assert isinstance(backend, MemoryBackend)
-            assert backend.index_size(index) == 20
-            time.sleep(1.1)
-            for i in range(20):
-                client.get(f"/n/{i}")  # expired entries are dropped and re-stored
-            assert backend.index_size(index) == 20
-
-
-def test_memory_indexes_follow_evictions() -> None:
-    store = Cache(max_entries=5)
-    app = FastAPI()
-
-    @app.get("/n/{n}")
-    @cache(expire=60, tags=["all"], store=store)
-    async def n(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    with client_for(app, store) as client:
-        for i in range(50):
-            client.get(f"/n/{i}")
-        backend = store.backend
-        assert isinstance(backend, MemoryBackend)
-        assert len(backend) == 5 and backend.index_size(store.tag_index("all")) == 5
-        assert client.portal.call(store.invalidate_tag, "all") == 5
-        assert len(backend) == 0 and backend.index_size(store.tag_index("all")) == 0
-
-
-def test_clear_leaves_foreign_keys_alone(redis_url: str, redis_client: redis.Redis) -> None:
-    store = Cache(redis_url, prefix="clear-test")
-    app = FastAPI()
-
-    @app.get("/u")
-    @cache(expire=60, per_user=current_user_id, tags=["t"], store=store)
-    async def u() -> dict[str, int]:
-        return {"ok": 1}
-
-    redis_client.set("clear-test-foreign", b"keep")
-    redis_client.set("foreign:clear-test:x", b"keep")
-    try:
-        with client_for(app, store) as client:
-            client.get("/u", headers={"X-User": "1"})
-            assert redis_client.exists(store.user_index("1"))
-            assert client.portal.call(store.clear) == 4  # entry, user, tag, variants
-        assert list(redis_client.scan_iter(match="clear-test:*")) == []
-        assert redis_client.get("clear-test-foreign") == b"keep"
-        assert redis_client.get("foreign:clear-test:x") == b"keep"
-    finally:
-        redis_client.delete("clear-test-foreign", "foreign:clear-test:x")
-
-
 def test_credentials_bypass_unshared_endpoints_once_warned(
     make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -436,59 +238,3 @@ def test_credentials_bypass_unshared_endpoints_once_warned(
     assert runs == ["profile", "profile", "profile", "profile", "public"]
     warnings = [r for r in caplog.records if "Authorization or Cookie" in r.getMessage()]
     assert len(warnings) == 1 and "per_user" in warnings[0].getMessage()
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"vary": "accept-language"}, "list of strings"),
-        ({"vary": ["bad header"]}, "not a header name"),
-        ({"tags": ["item:{nope}"]}, "not one of its parameters"),
-        ({"per_user": current_user_id, "shared": True}, "contradict"),
-        ({"per_user": "user"}, "dependency"),
-    ],
-)
-def test_configuration_errors_are_clear(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-
-        @cache(expire=60, **kwargs)
-        async def endpoint(id: int) -> None: ...
-
-
-class FlakyBackend(MemoryBackend):
-    """A memory backend whose storage calls fail while `down` is set (fault injection)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def check(self) -> None:
-        if self.down:
-            raise ConnectionError("storage unreachable")
-
-    async def get(self, key: str) -> bytes | None:
-        self.check()
-        return await super().get(key)
-
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        self.check()
-        return await super().invalidate(indexes, keys)
-
-
-def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:
-    backend = FlakyBackend()
-    store = Cache(backend=backend, retry_after=0)
-    calls: Counter[str] = Counter()
-    app = per_user_app(store, calls)
-    with client_for(app, store) as client:
-        client.get("/me/prefs", headers={"X-User": "alice"})
-        backend.down = True
-        assert client.portal.call(store.invalidate_user, "alice") == 0  # queued
-        backend.down = False
-        again = client.get("/me/prefs", headers={"X-User": "alice"})
-    assert again.headers["x-fastapi-cache"] == "Miss" and calls["alice"] == 2
-
-
-def test_backend_protocol_has_index_operations() -> None:
-    for name in ("set", "invalidate", "clear", "get", "get_head", "delete", "ping"):
-        assert getattr(Backend, name).__isabstractmethod__

@@ -1,11 +1,13 @@
-"""`CachedRoute`: hits answered before FastAPI solves the parameters, with the same responses
-as the plain route, and never for a route that has something else to run (dependencies,
-security, per-user). On memory, Redis and Redis Cluster (parametrized through make_store)."""
+"""route.py, early.py and serve.answer_early: `CachedRoute`. Hits answered before FastAPI
+solves the parameters, with the same responses as the plain route, and never for a route
+that has something else to run (dependencies, security, per-user); what it remembers is
+bounded, and secret vary values are remembered hashed. On memory, Redis and Redis Cluster
+(parametrized through make_store)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import anyio
 import pytest
@@ -16,8 +18,8 @@ from pydantic import AfterValidator
 import oxcache.early
 import oxcache.serve
 from oxcache import Cache, CachedRoute, MemoryBackend, cache
+from tests.apps import MakeStore, client_for
 
-MakeStore = Callable[..., Cache]
 _VOLATILE = {"date", "expires", "age", "cache-control"}
 
 
@@ -45,12 +47,6 @@ def items_app(store: Cache, counter: Counter[str], route_class: type | None) -> 
         return {"id": item_id, "q": q, "run": counter["ran"]}
 
     return app
-
-
-def client_for(app: FastAPI, store: Cache) -> TestClient:
-    """A client whose lifespan connects (and later closes) the store, on one event loop."""
-    app.router.lifespan_context = store.lifespan
-    return TestClient(app)
 
 
 def stable(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:

@@ -3,15 +3,17 @@
     oxcache [--url URL] [--prefix PREFIX] stats
     oxcache keys [--endpoint NAME | --user ID | --tag TAG]
     oxcache show KEY
-    oxcache purge (--key KEY ... | --user ID | --tag TAG | --all) [--dry-run]
+    oxcache purge (--key KEY ... | --endpoint NAME | --user ID | --tag TAG | --all) [--dry-run]
 
 It reads the layout the store writes (see `Cache.user_index`, `Cache.tag_index` and
 docs/formats.md): entries under `prefix:module.function(args)`, indexes under
 `prefix:@user:<id>`, `prefix:@tag:<tag>` and `prefix:@variants:<key>`, miss locks under
-`prefix:@lock:<key>`. It only ever uses SCAN, never KEYS, and deletes through the same
-scripts as `store.invalidate_user`, `store.invalidate_tag`, `store.delete` and `store.clear`.
-Errors (a wrong URL, an unreachable server, a missing key) are one line on stderr and a
-non-zero exit status, never a traceback.
+`prefix:@lock:<key>`, on one Redis, a Sentinel service's master or every primary of a
+cluster (`oxcache.inspector`, `oxcache.backends.inspect`). It only ever uses SCAN, never
+KEYS; a purge deletes exactly the keys its `--dry-run` lists, through the store's own
+invalidation script. Errors (a wrong URL, an unreachable server, a missing key) are one line
+on stderr and a non-zero exit status, never a traceback; notes (a cluster behind a plain
+URL, caches under another prefix) go to stderr too.
 """
 
 from __future__ import annotations
@@ -21,26 +23,15 @@ import asyncio
 import json
 import os
 import sys
-import time
-from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
-from oxcache._core import (
-    ENTRY_HEAD_SIZE,
-    ENTRY_VERSION,
-    Entry,
-    EntryError,
-    decode_entry,
-    peek_entry,
-)
 from oxcache.backends.connect import redact
 from oxcache.backends.inspect import CredentialsRefused, RedisDatabase, RedisUnavailable
-from oxcache.errors import CacheUnavailable, ConfigError
-from oxcache.store import Cache
+from oxcache.errors import ConfigError
+from oxcache.inspector import InspectError, Inspector, Plan
 
-__all__ = ["DEFAULT_URL", "EXIT_ERROR", "EXIT_USAGE", "CliError", "Inspector", "main"]
+__all__ = ["DEFAULT_URL", "EXIT_ERROR", "EXIT_USAGE", "CliError", "main"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -57,186 +48,6 @@ class CliError(Exception):
         self.status = status
 
 
-# The only code that reads stored values: what the value of a key holds, and whether a
-# value's head (its first `_HEAD_SIZE` bytes, which `stats` fetches) starts an entry.
-_HEAD_SIZE = ENTRY_HEAD_SIZE
-
-
-def _decode_stored(name: str, data: bytes) -> Entry:
-    """The entry the value `data` of key `name` holds; else a CliError saying what it is."""
-    try:
-        return decode_entry(data)
-    except EntryError as exc:
-        version = data[3] if len(data) > 3 and data[:3] == b"OXC" else ENTRY_VERSION
-        reason = f"not an oxcache entry ({exc})"
-        if version != ENTRY_VERSION:
-            reason = f"an entry of envelope version {version} (this oxcache reads {ENTRY_VERSION})"
-        raise CliError(
-            f"{name}: {reason}; {len(data)} bytes, starting {data[:24]!r}. "
-            "The cache reads it as a miss and overwrites it."
-        ) from None
-
-
-def _readable(head: bytes | None) -> bool:
-    """Whether a stored value's head (None: the value is not a string) starts an entry."""
-    if head is None:
-        return False
-    try:
-        peek_entry(head)
-    except EntryError:
-        return False
-    return True
-
-
-def _str(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-class Inspector:
-    """A store's keys on one Redis database: which are entries and which are indexes (the
-    store's `KeySpace`), what they hold (a `RedisDatabase`), and purges through the store's
-    own scripts."""
-
-    def __init__(self, db: RedisDatabase, prefix: str) -> None:
-        self.db = db
-        self.prefix = prefix
-        # Clears exactly as the store does; never connects by itself.
-        self.store = Cache(backend=db.backend, prefix=prefix, on_error="raise")
-        self.keys = self.store.keyspace
-        self.start = self.keys.start
-
-    def is_index(self, key: str) -> bool:
-        """Whether a key under the prefix is one of the store's indexes (or locks)."""
-        return self.keys.kind(key) != "entry"
-
-    def indexes(self, user: str | None, tag: str | None) -> list[str]:
-        """The indexes of `user` and of `tag`, of those given."""
-        found = []
-        if user is not None:
-            found.append(self.keys.user_index(user))
-        if tag is not None:
-            found.append(self.keys.tag_index(tag))
-        return found
-
-    async def entry_keys(self, endpoint: str | None = None) -> list[str]:
-        """Entry keys under the prefix, of one endpoint (`module.function`, or just the
-        function's name) when given."""
-        found = []
-        async for key in self.db.scan(self.start, f"{endpoint}(" if endpoint else ""):
-            if self.is_index(key):
-                continue
-            name = self.keys.endpoint(key)
-            if endpoint and name != endpoint and not name.endswith("." + endpoint):
-                continue
-            found.append(key)
-        return sorted(found)
-
-    async def user_keys(self, user: str) -> list[str]:
-        """Entries cached for one user (as the `per_user` dependency returned the id)."""
-        return await self.db.live_members(self.keys.user_index(user))
-
-    async def tag_keys(self, tag: str) -> list[str]:
-        """Entries cached with one tag."""
-        return await self.db.live_members(self.keys.tag_index(tag))
-
-    async def stats(self) -> dict[str, Any]:
-        """Counts and sizes of everything under the prefix."""
-        entries = foreign = entry_bytes = index_bytes = 0
-        endpoints: dict[str, dict[str, int]] = {}
-        kinds: Counter[str] = Counter()
-        live: dict[str, dict[str, int]] = {"user": {}, "tag": {}}
-        survey = self.db.survey(self.start, self.is_index, _HEAD_SIZE)
-        async for key, size, head, count in survey:
-            kind = self.keys.kind(key)
-            if kind != "entry":
-                kinds[kind] += 1
-                index_bytes += size
-                if kind in live:
-                    live[kind][key[len(self.start) + len(kind) + 2 :]] = count
-            elif not _readable(head):
-                foreign += 1  # another library's value, or an older envelope: a miss
-            else:
-                entries += 1
-                entry_bytes += size
-                tally = endpoints.setdefault(self.keys.endpoint(key), {"entries": 0, "bytes": 0})
-                tally["entries"] += 1
-                tally["bytes"] += size
-        hits, misses = await self.db.server_hits()
-        return {
-            "prefix": self.prefix,
-            "entries": entries,
-            "entry_bytes": entry_bytes,
-            "unreadable": foreign,
-            "indexes": dict(sorted(kinds.items())),
-            "index_bytes": index_bytes,
-            "endpoints": dict(sorted(endpoints.items())),
-            "users": dict(sorted(live["user"].items())),
-            "tags": dict(sorted(live["tag"].items())),
-            "server_keyspace_hits": hits,
-            "server_keyspace_misses": misses,
-            "server_hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
-        }
-
-    async def show(self, key: str) -> dict[str, Any]:
-        """The decoded entry under `key` (tried as given, then under the prefix)."""
-        found = await self.db.find(key, self.start)
-        if found is None:
-            raise CliError(f"no such key: {key}")
-        name, kind = found
-        if kind != "string":
-            what = self.keys.kind(name)
-            note = f"an oxcache {what} index" if what != "entry" else "not an oxcache entry"
-            raise CliError(f"{name} is a Redis {kind} ({note}); `oxcache keys` lists entries")
-        data, pttl = await self.db.read(name)
-        entry = _decode_stored(name, data)
-        now_ms = time.time_ns() // 1_000_000
-        return {
-            "key": name,
-            "status": entry.status,
-            "etag": entry.etag,
-            "created": _iso(entry.created_ms),
-            "expires": _iso(entry.expires_ms),
-            "age_s": max(now_ms - entry.created_ms, 0) // 1000,
-            "fresh_for_s": (entry.expires_ms - now_ms) // 1000,
-            "redis_ttl_ms": pttl,
-            "headers": [[_str(n), _str(v)] for n, v in entry.headers],
-            "body_bytes": len(entry.body),
-            "body": entry.body,
-        }
-
-    async def purge_plan(
-        self, keys: Sequence[str], user: str | None, tag: str | None, everything: bool
-    ) -> tuple[list[str], list[str]]:
-        """The entries a purge deletes and the index keys deleted with them."""
-        if everything:
-            found = [key async for key in self.db.scan(self.start)]
-            indexes = [key for key in found if self.is_index(key)]
-            return sorted(key for key in found if not self.is_index(key)), sorted(indexes)
-        doomed: set[str] = set()
-        for key in keys:
-            existing = await self.db.find(key, self.start)
-            if existing is not None:
-                doomed.add(existing[0])
-        if user is not None:
-            doomed.update(await self.user_keys(user))
-        if tag is not None:
-            doomed.update(await self.tag_keys(tag))
-        return sorted(doomed), self.indexes(user, tag)
-
-    async def purge(
-        self, keys: Sequence[str], user: str | None, tag: str | None, everything: bool
-    ) -> int:
-        """Delete as the store does; returns how many entries were deleted."""
-        if everything:
-            return await self.store.clear()
-        existing, _ = await self.purge_plan(keys, None, None, False)
-        return await self.db.invalidate(self.indexes(user, tag), existing)
-
-
 def _parser() -> argparse.ArgumentParser:
     from oxcache import __version__
 
@@ -249,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url",
         default=None,
-        help="Redis URL (redis://, rediss://, unix://); default $REDIS_URL or " + DEFAULT_URL,
+        help="the URL Cache(url=...) was given: redis://, rediss://, unix://, "
+        "redis+cluster://node:port (every primary is read), "
+        "redis+sentinel://host:port/service[/db]; default $REDIS_URL or " + DEFAULT_URL,
     )
     parser.add_argument(
         "--prefix",
@@ -278,15 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--json", action="store_true", help="print JSON (body as text)")
 
-    purge = sub.add_parser("purge", help="delete entries by key, user, tag, or all of the prefix")
+    purge = sub.add_parser(
+        "purge", help="delete entries by key, endpoint, user, tag, or all of the prefix"
+    )
     purge.add_argument("--key", action="append", default=[], help="an entry key (repeatable)")
+    purge.add_argument(
+        "--endpoint", help="every entry of module.function (or only the function's name)"
+    )
     purge.add_argument("--user", help="every entry of this user")
     purge.add_argument("--tag", help="every entry with this tag")
     purge.add_argument(
         "--all", action="store_true", help="everything under --prefix (entries and indexes)"
     )
     purge.add_argument(
-        "--dry-run", action="store_true", help="list what would be deleted, delete nothing"
+        "--dry-run",
+        action="store_true",
+        help="list the keys the same command would delete, and delete nothing",
     )
     return parser
 
@@ -300,19 +120,29 @@ def _print_stats(result: dict[str, Any]) -> None:
     indexes = ", ".join(f"{kind} {n}" for kind, n in result["indexes"].items()) or "none"
     print(f"indexes: {indexes} ({result['index_bytes']} bytes)")
     endpoints = {k: f"{v['entries']} ({v['bytes']} bytes)" for k, v in result["endpoints"].items()}
+    others = {
+        repr(name): f"{v['entries']} entries, {v['indexes']} index keys"
+        for name, v in result["other_prefixes"].items()
+    }
     for title, rows in (
         ("endpoints", endpoints),
         ("users", result["users"]),
         ("tags", result["tags"]),
+        ("caches under other prefixes (not counted above; pass --prefix)", others),
     ):
         if rows:
             print(f"{title}:")
             for name, value in rows.items():
                 print(f"  {name}: {value}")
+    if result["foreign"]:
+        print(f"other programs' keys (not oxcache's): {result['foreign']}")
     rate = result["server_hit_rate"]
     hits, misses = result["server_keyspace_hits"], result["server_keyspace_misses"]
     reads = f"{rate:.1%} ({hits} hits, {misses} misses)" if rate is not None else "no reads yet"
-    print(f"hit rate: per process in store.stats(); Redis server keyspace (all clients): {reads}")
+    print(
+        f"hit rate: the Redis server's keyspace, all its clients (not only this cache): "
+        f"{reads}; this cache's own, per process: store.stats()"
+    )
 
 
 def _preview(body: bytes, limit: int) -> str:
@@ -339,9 +169,22 @@ def _print_entry(entry: dict[str, Any], limit: int) -> None:
         print(_preview(entry["body"], limit))
 
 
+def _counts(entries: int, indexes: int) -> str:
+    text = f"{entries} {'entry' if entries == 1 else 'entries'}"
+    if indexes:
+        text += f" and {indexes} index {'key' if indexes == 1 else 'keys'}"
+    return text
+
+
+def _note(message: str) -> None:
+    print(f"oxcache: note: {message}", file=sys.stderr)
+
+
 async def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("REDIS_URL") or DEFAULT_URL
     shown = redact(url)
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be a positive number of seconds, not {args.timeout}", 2)
     try:
         db = RedisDatabase(url, timeout=args.timeout)
     except ConfigError as exc:
@@ -353,10 +196,22 @@ async def _run(args: argparse.Namespace) -> int:
             raise CliError(f"Redis at {shown} refused the credentials: {exc}") from None
         except RedisUnavailable as exc:
             raise CliError(f"cannot reach Redis at {shown}: {exc}") from None
-        return await _command(Inspector(db, args.prefix), args)
-    except (RedisUnavailable, CacheUnavailable) as exc:
-        reason = exc.reason if isinstance(exc, RedisUnavailable) else type(exc).__name__
-        raise CliError(f"Redis at {shown} failed: {reason}: {exc}") from None
+        if db.note is not None:
+            _note(f"{shown} is {db.note}")
+        inspector = Inspector(db, args.prefix)
+        status = await _command(inspector, args)
+        if inspector.others:
+            found = ", ".join(f"{p!r} ({n} keys)" for p, n in sorted(inspector.others.items()))
+            first = min(inspector.others)
+            _note(
+                f"no --prefix given; keys of oxcache caches under other prefixes were left "
+                f"out: {found}. Pass --prefix {first} to read that cache."
+            )
+        return status
+    except InspectError as exc:
+        raise CliError(str(exc)) from None
+    except RedisUnavailable as exc:
+        raise CliError(f"Redis at {shown} failed: {exc.reason}: {exc}") from None
     finally:
         await db.close()
 
@@ -390,28 +245,32 @@ async def _command(inspector: Inspector, args: argparse.Namespace) -> int:
         else:
             _print_entry(entry, args.body)
         return 0
-    # purge
-    if not (args.key or args.user is not None or args.tag is not None or args.all):
-        raise CliError("purge needs --key, --user, --tag or --all", EXIT_USAGE)
-    if args.all and (args.key or args.user is not None or args.tag is not None):
+    return await _purge(inspector, args)
+
+
+async def _purge(inspector: Inspector, args: argparse.Namespace) -> int:
+    """The same checks and the same plan with and without `--dry-run`: the dry run lists
+    the keys the purge would delete, and the purge deletes those."""
+    chosen = args.key or args.endpoint is not None or args.user is not None
+    chosen = chosen or args.tag is not None
+    if not (chosen or args.all):
+        raise CliError("purge needs --key, --endpoint, --user, --tag or --all", EXIT_USAGE)
+    if args.all and chosen:
         raise CliError("purge --all deletes everything under the prefix: give it alone", EXIT_USAGE)
-    if args.all and not inspector.prefix and not args.dry_run:
+    if args.all and not inspector.prefix:
         raise CliError(
             "purge --all without --prefix would delete every key of the database; "
             "give --prefix (or use redis-cli FLUSHDB if that is really what you want)",
             EXIT_USAGE,
         )
-    entries, indexes = await inspector.purge_plan(args.key, args.user, args.tag, args.all)
+    plan: Plan = await inspector.plan(args.key, args.user, args.tag, args.endpoint, args.all)
     if args.dry_run:
-        for key in entries:
+        for key in plan.entries + plan.indexes:
             print(key)
-        print(
-            f"dry run: would delete {len(entries)} entries"
-            + (f" and {len(indexes)} index keys" if indexes else "")
-        )
+        print(f"dry run: would delete {_counts(len(plan.entries), len(plan.indexes))}")
         return 0
-    deleted = await inspector.purge(args.key, args.user, args.tag, args.all)
-    print(f"deleted {deleted} {'keys' if args.all else 'entries'}")
+    entries, indexes = await inspector.execute(plan)
+    print(f"deleted {_counts(entries, indexes)}")
     return 0
 
 

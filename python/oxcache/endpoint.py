@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from oxcache.errors import ConfigError
+from oxcache.http import CACHED_METHODS
 from oxcache.keys import EndpointKeys, KeySpace, is_ignored_annotation, resolved_hints
 from oxcache.options import Options
 from oxcache.registry import registered_name
@@ -45,6 +46,9 @@ class CachedEndpoint:
     of the wrapper FastAPI calls (the endpoint's own parameters, plus the `Request`, the
     `Response` and the `per_user` dependency when it does not take them). `store` is the
     `Cache` it names, or None for the default store at request time."""
+
+    #: The request methods it caches (the store's lifespan warns about a route with none).
+    methods = CACHED_METHODS
 
     def __init__(self, func: Callable[..., Any], options: Options, store: Cache | None) -> None:
         self.func = func

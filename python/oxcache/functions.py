@@ -1,13 +1,20 @@
 """`@cached`: plain functions (not endpoints) cached through the same stores, keys and
-invalidation as `@cache`, returning the same Python objects."""
+invalidation as `@cache`, returning the same Python objects.
+
+A hit must return what the miss returned. So: the return annotation says what a value comes
+back as (pydantic validates it); without one (or with `Any`) only JSON-shaped values are
+cached, since only they come back equal; a one-shot iterator is never cached (storing it
+would consume it); generator functions are refused; and a return annotation pydantic
+cannot handle makes the function run uncached. Each of these is warned once."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Callable, TypeVar, cast
 
 import anyio.from_thread
@@ -45,12 +52,32 @@ class CachedFunction:
         self.module = getattr(func, "__module__", None) or "__main__"
         self.name = name or registered_name(func, self.module, store)
         self.signature = inspect.signature(func)
-        hints = resolved_hints(func)
-        # The return annotation gives back the same type on a hit (models, dataclasses,
-        # dates, tuples...); without one, values come back as JSON-shaped Python data.
-        self.adapter: TypeAdapter[Any] = TypeAdapter(hints.get("return", Any))
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise ConfigError(
+                f"@cached cannot cache {self.module}.{self.name}: it is a generator function, "
+                "whose values are made while the caller iterates. Return a list instead."
+            )
         if any(p.kind is p.VAR_POSITIONAL for p in self.signature.parameters.values()):
             raise ConfigError(f"@cached cannot key {self.name}: *args are not supported")
+        returns = resolved_hints(func).get("return", Any)
+        #: Without an annotation, only values that come back equal from JSON are cached.
+        self.json_only = returns is Any
+        # The return annotation gives back the same type on a hit (models, dataclasses,
+        # dates, tuples...). None: pydantic cannot handle it, and the function runs uncached.
+        self.adapter: TypeAdapter[Any] | None
+        try:
+            self.adapter = TypeAdapter(returns)
+        except Exception as exc:
+            self.adapter = None
+            logger.warning(
+                "%s.%s runs uncached: pydantic cannot serialize its return annotation %r "
+                "(%s). Annotate it with a type pydantic handles (a model, a dataclass, a "
+                "TypedDict, built-in types) to cache it.",
+                self.module,
+                self.name,
+                returns,
+                type(exc).__name__,
+            )
 
     def values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = self.signature.bind(*args, **kwargs)
@@ -74,6 +101,7 @@ class CachedFunction:
         return [], [self.key_for_call(space, args)]
 
     async def lookup(self, store: Cache, key: str) -> tuple[bool, Any]:
+        assert self.adapter is not None
         entry = await store.entries.read(key)
         if entry is None or entry.expires_ms <= time.time_ns() // 1_000_000:
             return False, None
@@ -85,12 +113,46 @@ class CachedFunction:
         logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
         return True, value
 
+    def refusal(self, result: Any) -> str | None:
+        """Why `result` is returned uncached (a hit could not return it as it is), or None."""
+        if isinstance(result, (Iterator, AsyncIterator)):
+            return (
+                f"returned a {type(result).__name__}, an iterator that storing would "
+                "consume: it is returned as it is, uncached. Return a list to cache it."
+            )
+        if self.json_only and not _json_shaped(result):
+            return (
+                f"returned a {type(result).__name__} without a return annotation, so a "
+                "hit would give back its JSON form (a dict, a list, a str) instead: it is "
+                f"returned uncached. Annotate the return type (-> {type(result).__name__}) "
+                "to cache it."
+            )
+        return None
+
+    def warn(self, store: Cache, what: str, key: str, message: str) -> None:
+        """FAILED_TO_CACHE_KEY: a warning the first time for this function and `what`,
+        then at INFO level."""
+        text = f"FAILED_TO_CACHE_KEY: key=%s: {self.module}.{self.name} %s"
+        if not store.warn_once(f"cached:{what}:{self.module}.{self.name}", text, key, message):
+            logger.info(text, key, message)
+
     async def save(self, store: Cache, key: str, values: dict[str, Any], result: Any) -> None:
+        assert self.adapter is not None
+        reason = self.refusal(result)
+        if reason is not None:
+            self.warn(store, "value", key, reason)
+            return
         try:
             body = self.adapter.dump_json(result)
             indexes = [store.keyspace.tag_index(t.format_map(values)) for t in self.tags]
         except Exception as exc:
-            logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
+            self.warn(
+                store,
+                "serialize",
+                key,
+                f"returned a value pydantic cannot serialize ({type(exc).__name__}: {exc}): "
+                "it is returned uncached.",
+            )
             return
         now_ms = time.time_ns() // 1_000_000
         data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms)
@@ -113,9 +175,19 @@ def cached(
 
     Keys are built as for endpoints (`prefix:module.function(arg=value,...)`), so
     `store.invalidate(func, **args)`, `invalidate_tag` and `clear()` apply. A hit returns
-    the value decoded through the function's return annotation (a pydantic model comes back
-    as that model); annotate it to get the same type back. Values pydantic cannot
-    serialize are returned uncached (FAILED_TO_CACHE_KEY is logged). A sync function is
+    what the miss returned:
+
+    - With a return annotation, the value is decoded through it (a pydantic model comes
+      back as that model). An annotation pydantic cannot handle (a plain class, an ORM
+      model) makes the function run uncached, with a warning at decoration.
+    - Without one (or with `Any`), only JSON-shaped values are cached (dicts with string
+      keys, lists, strings, numbers, booleans, None); any other value (a model, a tuple, a
+      date) is returned uncached with a warning naming the annotation to add.
+    - An iterator (a generator, `map(...)`) is returned as it is, uncached; a generator
+      function is refused (`ConfigError`): return a list.
+    - Values pydantic cannot serialize are returned uncached.
+
+    Each refusal logs FAILED_TO_CACHE_KEY, as a warning the first time. A sync function is
     cached when it runs in a worker thread of an event loop (such as FastAPI's threadpool
     for `def` endpoints); called with no event loop around, it runs uncached.
 
@@ -136,10 +208,14 @@ def cached(
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                if function.adapter is None:
+                    return await func(*args, **kwargs)
                 try:
                     target, key, values = function.prepare(args, kwargs)
                 except (KeyBuildError, TypeError) as exc:
                     logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
+                    return await func(*args, **kwargs)
+                if not target.enabled:
                     return await func(*args, **kwargs)
                 found, value = await function.lookup(target, key)
                 if found:
@@ -154,10 +230,14 @@ def cached(
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if function.adapter is None:
+                return func(*args, **kwargs)
             try:
                 target, key, values = function.prepare(args, kwargs)
             except (KeyBuildError, TypeError) as exc:
                 logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
+                return func(*args, **kwargs)
+            if not target.enabled:
                 return func(*args, **kwargs)
             try:
                 found, value = anyio.from_thread.run(function.lookup, target, key)
@@ -174,3 +254,20 @@ def cached(
         return cast(F, sync_wrapper)
 
     return decorator
+
+
+def _json_shaped(value: Any, depth: int = 0) -> bool:
+    """Whether `value` comes back from JSON equal and of the same types: dicts with string
+    keys, lists, strings, ints, finite floats, booleans and None, nested."""
+    kind = type(value)
+    if value is None or kind in (str, int, bool):
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth > 64:
+        return False
+    if kind is list:
+        return all(_json_shaped(item, depth + 1) for item in value)
+    if kind is dict:
+        return all(type(k) is str and _json_shaped(v, depth + 1) for k, v in value.items())
+    return False

@@ -53,12 +53,13 @@ class Health:
         #: The tags `warn_once` has logged.
         self.warned: set[str] = set()
 
-    def warn_once(self, tag: str, message: str, *args: Any) -> None:
-        """Log a warning once per `tag` for the life of the store."""
+    def warn_once(self, tag: str, message: str, *args: Any) -> bool:
+        """Log a warning once per `tag` for the life of the store; True when it logged."""
         if tag in self.warned or len(self.warned) > 10_000:
-            return
+            return False
         self.warned.add(tag)
         logger.warning(message, *args)
+        return True
 
     def available(self) -> bool:
         """Whether to use the backend now (False while the circuit is open)."""

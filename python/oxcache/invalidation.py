@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from oxcache.backends.base import Backend
+from oxcache.errors import ConfigError
 from oxcache.health import Health
 from oxcache.near import NearCache
 
@@ -56,7 +57,15 @@ class Invalidations:
         return deleted
 
     async def clear(self) -> int:
-        """Delete every key under the prefix; how many were deleted."""
+        """Delete every key under the prefix; how many were deleted. Without a prefix on
+        shared storage (Redis), `ConfigError`: other programs' keys would go too."""
+        if not self.prefix and self.backend.shared:
+            raise ConfigError(
+                f"clear() on {self.health.name} without a prefix would delete every key of "
+                "the database, other applications' too: give the store a prefix "
+                '(Cache(url=..., prefix="myapp")) so that clear() deletes only its keys, '
+                "or use FLUSHDB if emptying the whole database is really what you want"
+            )
         try:
             deleted = await self.backend.clear(self.prefix)
         except Exception as exc:
@@ -86,11 +95,20 @@ class Invalidations:
 
     def _queue(self, item: Item) -> None:
         # None means "clear everything under the prefix"; it also stands in for a queue that
-        # grew too long, since replaying a clear is always safe.
-        if item is None or len(self.pending) >= _MAX_PENDING or None in self.pending:
+        # grew too long, since replaying a clear is safe: except without a prefix on shared
+        # storage, where it would delete other programs' keys, so there the queue is folded
+        # into one invalidation of every index and key it names.
+        if item is None or None in self.pending:
+            self.pending = [None]
+        elif len(self.pending) < _MAX_PENDING:
+            self.pending.append(item)
+        elif self.prefix or not self.backend.shared:
             self.pending = [None]
         else:
-            self.pending.append(item)
+            queued = [i for i in (*self.pending, item) if i is not None]
+            indexes = dict.fromkeys(name for i in queued for name in i[0])
+            keys = dict.fromkeys(name for i in queued for name in i[1])
+            self.pending = [(list(indexes), list(keys))]
         if self.near is not None:
             self.near.flush()  # and not used while the queue is not empty (see `Cache.read`)
         logger.error(

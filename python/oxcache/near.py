@@ -22,10 +22,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from oxcache._core import Entry
+from oxcache.backends.cluster import ClusterBackend
+from oxcache.backends.redis import RedisBackend
 from oxcache.errors import ConfigError
 
 if TYPE_CHECKING:
-    from oxcache.backends.redis import RedisBackend
     from oxcache.backends.tracking import Tracker
 
 __all__ = ["NearCache"]
@@ -166,8 +167,20 @@ class NearCache:
 
     # -- the listener (backends/tracking.py) ----------------------------------------------
 
-    def attach(self, owner: object) -> None:
-        """Bind this near cache to the store that owns it (one store per near cache)."""
+    def attach(self, owner: object, backend: object) -> None:
+        """Bind this near cache to the store that owns it (one store per near cache), whose
+        backend must be a single Redis or Sentinel (`ConfigError` otherwise)."""
+        if not isinstance(backend, RedisBackend):
+            raise ConfigError(
+                "near= needs a Redis store (url= or client=): the memory backend is "
+                "already in process"
+            )
+        if isinstance(backend, ClusterBackend):
+            # Broadcast tracking is per node; a cluster would need one listener per primary
+            # and a resubscribe on every slot move. Refused rather than half-done.
+            raise ConfigError(
+                "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
+            )
         if self._owner is not None and self._owner is not owner:
             raise ConfigError("a NearCache belongs to one Cache; make one per store")
         self._owner = owner

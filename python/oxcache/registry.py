@@ -12,7 +12,14 @@ from typing import Any, Callable, Protocol
 from oxcache.errors import ConfigError
 from oxcache.keys import KeySpace
 
-__all__ = ["Keyed", "keyed", "misplaced_endpoints", "registered_name"]
+__all__ = [
+    "Keyed",
+    "keyed",
+    "misplaced_endpoints",
+    "registered_name",
+    "uncached_methods",
+    "warn_misplaced",
+]
 
 logger = logging.getLogger("oxcache")
 
@@ -78,6 +85,25 @@ def registered_name(func: Callable[..., Any], module: str, store: object | None)
     return f"{plain}#{position}"
 
 
+def _routes(app: Any) -> list[Any]:
+    """Every route of `app`, through included routers and mounts."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(routes: Any) -> None:
+        if id(routes) in seen or not isinstance(routes, list):
+            return
+        seen.add(id(routes))
+        for route in routes:
+            found.append(route)
+            for attr in ("original_router", "router"):  # included routers (FastAPI 0.16x)
+                walk(getattr(getattr(route, attr, None), "routes", None))
+            walk(getattr(route, "routes", None))  # Mount, APIRouter
+
+    walk(getattr(getattr(app, "router", app), "routes", None))
+    return found
+
+
 def misplaced_endpoints(app: Any) -> list[Callable[..., Any]]:
     """Functions decorated with `@cache` that a route of `app` calls undecorated: `@cache`
     was written above `@app.get(...)`, so the route registered the plain function."""
@@ -89,19 +115,50 @@ def misplaced_endpoints(app: Any) -> list[Callable[..., Any]]:
                 if func is not None:
                     decorated[id(func)] = func
     found: list[Callable[..., Any]] = []
-    seen: set[int] = set()
-
-    def walk(routes: Any) -> None:
-        if id(routes) in seen or not isinstance(routes, list):
-            return
-        seen.add(id(routes))
-        for route in routes:
-            endpoint = getattr(route, "endpoint", None)
-            if endpoint is not None and id(endpoint) in decorated:
-                found.append(endpoint)
-            for attr in ("original_router", "router"):  # included routers (FastAPI 0.16x)
-                walk(getattr(getattr(route, attr, None), "routes", None))
-            walk(getattr(route, "routes", None))  # Mount, APIRouter
-
-    walk(getattr(getattr(app, "router", app), "routes", None))
+    for route in _routes(app):
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is not None and id(endpoint) in decorated and endpoint not in found:
+            found.append(endpoint)
     return found
+
+
+def uncached_methods(app: Any) -> list[tuple[Callable[..., Any], str, str]]:
+    """`@cache` endpoints on routes that take none of the request methods `@cache` caches
+    (GET and HEAD; such as `@app.post`): (endpoint, methods, path) of each."""
+    found: list[tuple[Callable[..., Any], str, str]] = []
+    for route in _routes(app):
+        endpoint = getattr(route, "endpoint", None)
+        cached: frozenset[str] | None = getattr(
+            getattr(endpoint, "__oxcache__", None), "methods", None
+        )
+        methods = getattr(route, "methods", None)
+        if endpoint is None or not cached or not methods or set(methods) & cached:
+            continue
+        found.append((endpoint, ", ".join(sorted(methods)), str(getattr(route, "path", "?"))))
+    return found
+
+
+def warn_misplaced(app: Any, warn_once: Callable[..., object]) -> None:
+    """Warn (once per function, through `warn_once(tag, message, *args)`) about every
+    endpoint of `app` that `@cache` never sees because it was written above the route, and
+    every `@cache` endpoint whose route takes no GET or HEAD request."""
+    for func in misplaced_endpoints(app):
+        warn_once(
+            "order:" + str(id(func)),
+            "%s.%s is never cached: @cache is above the route decorator, so the route "
+            "calls the undecorated function. Put @cache below @app.get(...), directly "
+            "above the def.",
+            getattr(func, "__module__", "?"),
+            getattr(func, "__qualname__", func),
+        )
+    for func, methods, path in uncached_methods(app):
+        warn_once(
+            "methods:" + str(id(func)),
+            "%s.%s is never cached: its route takes %s %s, and @cache caches only GET and "
+            "HEAD requests. Remove @cache from it (after a write, invalidate what it "
+            "changed: store.invalidate(...), store.invalidate_tag(...)).",
+            getattr(func, "__module__", "?"),
+            getattr(func, "__qualname__", func),
+            methods,
+            path,
+        )

@@ -83,13 +83,13 @@ async def handle(
 ) -> Any:
     """Answer one request for `endpoint`, called with `kwargs`: from the cache when it may
     (a fresh hit, a 304, a stale copy within stale-while-revalidate), else by a miss."""
-    if request.scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
+    store = endpoint.store or default_store()
+    if request.scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0 or not store.enabled:
         return await endpoint.call(kwargs)
     cache_control, pragma, condition, credentials, varied = scan_request(
         request.scope, endpoint.vary_names
     )
     directives = request_directives(cache_control, pragma)
-    store = endpoint.store or default_store()
     force = False
     if directives is not None and (directives.no_store or directives.no_cache):
         refresh = endpoint.options.refresh_on_no_cache
@@ -184,6 +184,8 @@ async def answer_early(
     it read in the scope for `handle`)."""
     if scope["method"] not in CACHED_METHODS or endpoint.ttl_ms <= 0:
         return None
+    if not (endpoint.store or default_store()).enabled:
+        return None  # `handle` runs the endpoint
     vary_names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied = scan_request(scope, vary_names)
     if cache_control is not None or pragma is not None:

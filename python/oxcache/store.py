@@ -5,25 +5,24 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Callable
 
 from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
-from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for, describe
 from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
-from oxcache.errors import ConfigError
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace, UserId
+from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
-from oxcache.registry import keyed, misplaced_endpoints
+from oxcache.registry import keyed, warn_misplaced
 
 __all__ = [
     "DEFAULT_RESPONSE_HEADER",
@@ -32,8 +31,8 @@ __all__ = [
     "set_default",
 ]
 
-logger = logging.getLogger("oxcache")
-logger.addHandler(logging.NullHandler())
+# Warnings reach the console unless the application configured logging: see `oxcache.logs`.
+logger = logging.getLogger(LOGGER_NAME)
 
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 
@@ -61,7 +60,8 @@ class Cache:
         cluster: `url` is a node of a Redis Cluster (as the `redis+cluster://` scheme says).
         sentinel: `(host, port)` of the Sentinels that watch `service_name`'s master.
         service_name: The master's name in the Sentinels' configuration.
-        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it.
+        prefix: Prepended to every key as `prefix:`; `clear()` deletes only keys under it
+            (on Redis, a store without a prefix refuses to `clear()`).
         response_header: The header saying `Hit` or `Miss`.
         ignore_arg_types: Types of endpoint arguments left out of keys (subclasses too, and
             through `Optional[...]` and `Annotated[...]`), such as `sqlalchemy.orm.Session`.
@@ -90,6 +90,8 @@ class Cache:
             (when that makes them smaller); None (the default) stores every entry as is.
             Reading compressed entries needs no setting (an oxcache without compression
             reads them as misses).
+        enabled: False turns caching off (tests, development): see `disabled()`; entering
+            such a store does not check the backend. `store.enabled` may change any time.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
         compress_over: int | None = None,
+        enabled: bool = True,
     ) -> None:
         check_store_options(
             sources=(url, backend, client, sentinel),
@@ -139,18 +142,7 @@ class Cache:
                 max_bytes=max_bytes,
             )
         if near is not None:
-            if not isinstance(backend, RedisBackend):
-                raise ConfigError(
-                    "near= needs a Redis store (url= or client=): the memory backend is "
-                    "already in process"
-                )
-            if isinstance(backend, ClusterBackend):
-                # Broadcast tracking is per node; a cluster would need one listener per
-                # primary and a resubscribe on every slot move. Refused rather than half-done.
-                raise ConfigError(
-                    "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
-                )
-            near.attach(self)
+            near.attach(self, backend)
         self.near = near
         self.backend = backend
         self.url = url
@@ -166,6 +158,8 @@ class Cache:
         self.lock_ms = int(lock_timeout * 1000)
         self.refresh_on_no_cache = refresh_on_no_cache
         self.compress_over = compress_over
+        #: Whether requests and `@cached` calls use the cache (see `disabled()`).
+        self.enabled = enabled
         self.counters = Stats()
         self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
         self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
@@ -202,7 +196,10 @@ class Cache:
             await self.backend.close()
 
     async def __aenter__(self) -> Cache:
-        await self.connect()
+        if self.enabled:
+            await self.connect()
+        else:
+            logger.info("CACHE_DISABLED: caching is off for %s.", self.health.name)
         if self.near is not None:
             assert isinstance(self.backend, RedisBackend)
             self.near.start(self.backend, self.keyspace.start)
@@ -224,17 +221,22 @@ class Cache:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
         closes on shutdown."""
-        for func in misplaced_endpoints(app):
-            self.warn_once(
-                "order:" + str(id(func)),
-                "%s.%s is never cached: @cache is above the route decorator, so the route "
-                "calls the undecorated function. Put @cache below @app.get(...), directly "
-                "above the def.",
-                getattr(func, "__module__", "?"),
-                getattr(func, "__qualname__", func),
-            )
+        warn_misplaced(app, self.warn_once)
         async with self:
             yield
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Turn caching off for the block, then back: endpoints and `@cached` functions
+        run on every call as if undecorated (no cache headers, nothing read, written or
+        counted), for every request the store serves meanwhile. Invalidations still
+        delete, so nothing stale comes back when caching is on again."""
+        previous = self.enabled
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = previous
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -250,9 +252,9 @@ class Cache:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
         return found
 
-    def warn_once(self, tag: str, message: str, *args: Any) -> None:
-        """Log a warning once per `tag` for the life of this store."""
-        self.health.warn_once(tag, message, *args)
+    def warn_once(self, tag: str, message: str, *args: Any) -> bool:
+        """Log a warning once per `tag` for the life of this store; True when it logged."""
+        return self.health.warn_once(tag, message, *args)
 
     # -- entries (the request path uses `store.entries` directly) ------------------------
 
@@ -319,8 +321,10 @@ class Cache:
         return await self.invalidations.run([], list(keys))
 
     async def clear(self) -> int:
-        """Delete every entry under this store's prefix (with an empty prefix: every key of
-        the backend). Uses SCAN and UNLINK on Redis, never KEYS."""
+        """Delete every key under this store's prefix (entries and indexes); returns how
+        many were deleted. Uses SCAN and UNLINK on Redis, never KEYS. On Redis, a store
+        without a prefix refuses (`ConfigError`): clearing would delete other programs'
+        keys in the same database too. The in-memory store holds only its own entries."""
         return await self.invalidations.clear()
 
 

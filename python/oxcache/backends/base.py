@@ -18,6 +18,10 @@ class Backend(abc.ABC):
     #: Whether `close()` should run when the owning store shuts down.
     owns_connection: bool = True
 
+    #: Whether other programs may keep keys in the same storage (a Redis database does);
+    #: a store never clears such a backend without a prefix.
+    shared: bool = True
+
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:
         """Return the value stored under `key`, or None."""

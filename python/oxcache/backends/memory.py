@@ -21,6 +21,9 @@ class MemoryBackend(Backend):
     two `TestClient`s); no operation awaits while holding it.
     """
 
+    #: Private to the store: `clear()` without a prefix deletes only the store's entries.
+    shared = False
+
     def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("MemoryBackend bounds must be positive")

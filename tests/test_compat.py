@@ -1,4 +1,5 @@
-"""`FastApiRedisCache().init(...)` as fastapi-redis-cache documents it, and its log events."""
+"""compat.py: `FastApiRedisCache().init(...)` as fastapi-redis-cache (the seed) documents it,
+its log events, and importing oxcache configuring no logging, unlike the seed."""
 
 from __future__ import annotations
 
