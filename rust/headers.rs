@@ -1,4 +1,5 @@
-//! HTTP request headers: `If-None-Match` (RFC 9110 13.1.2) and `Cache-Control` (RFC 9111 5.2.1).
+//! HTTP headers: `If-None-Match` (RFC 9110 13.1.2), request `Cache-Control` (RFC 9111 5.2.1)
+//! and response `Cache-Control` (RFC 9111 5.2.2, RFC 5861).
 //!
 //! Both scan bytes: every delimiter is ASCII, and every non-ASCII byte of UTF-8 is a valid
 //! `etagc`, so byte scanning gives the same answer as scanning code points.
@@ -246,9 +247,13 @@ fn delta_seconds(v: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Parse request Cache-Control directives as `docs/formats.md` specifies.
-pub fn parse(header: &[u8]) -> RequestCacheControl {
-    let mut cc = RequestCacheControl::default();
+/// A directive's value: `Some(Some(v))` a valid (unquoted) value, `Some(None)` an invalid
+/// quoted string, `None` no `=` at all.
+type DirectiveValue = Option<Option<Vec<u8>>>;
+
+/// Call `found` with each well-formed directive of a Cache-Control header: its name in ASCII
+/// lowercase and its value (both forms, request and response, share this grammar).
+fn for_each_directive(header: &[u8], mut found: impl FnMut(&[u8], &DirectiveValue)) {
     for member in split_members(header) {
         let member = strip_ows(member);
         let (name, value) = match member.iter().position(|&b| b == b'=') {
@@ -259,45 +264,57 @@ pub fn parse(header: &[u8]) -> RequestCacheControl {
             continue;
         }
         let name = name.to_ascii_lowercase();
-        // Some(Some(v)): a valid value; Some(None): an invalid one; None: no value at all.
-        let value: Option<Option<Vec<u8>>> = value.map(|v| {
+        let value: DirectiveValue = value.map(|v| {
             if v.first() == Some(&b'"') {
                 unquote(v)
             } else {
                 Some(v.to_vec())
             }
         });
-        let number = || match &value {
-            Some(Some(v)) => delta_seconds(v),
-            _ => None,
-        };
-        match name.as_slice() {
-            b"no-cache" => cc.no_cache = true,
-            b"no-store" => cc.no_store = true,
-            b"only-if-cached" => cc.only_if_cached = true,
-            b"max-age" => {
-                if let Some(n) = number() {
-                    cc.max_age = Some(cc.max_age.map_or(n, |old| old.min(n)));
-                }
-            }
-            b"min-fresh" => {
-                if let Some(n) = number() {
-                    cc.min_fresh = Some(cc.min_fresh.map_or(n, |old| old.max(n)));
-                }
-            }
-            b"max-stale" => {
-                let n = if value.is_none() {
-                    Some(DELTA_MAX)
-                } else {
-                    number()
-                };
-                if let Some(n) = n {
-                    cc.max_stale = Some(cc.max_stale.map_or(n, |old| old.min(n)));
-                }
-            }
-            _ => {}
-        }
+        found(&name, &value);
     }
+}
+
+fn number(value: &DirectiveValue) -> Option<u64> {
+    match value {
+        Some(Some(v)) => delta_seconds(v),
+        _ => None,
+    }
+}
+
+fn smallest(old: Option<u64>, n: u64) -> Option<u64> {
+    Some(old.map_or(n, |old| old.min(n)))
+}
+
+/// Parse request Cache-Control directives as `docs/formats.md` specifies.
+pub fn parse(header: &[u8]) -> RequestCacheControl {
+    let mut cc = RequestCacheControl::default();
+    for_each_directive(header, |name, value| match name {
+        b"no-cache" => cc.no_cache = true,
+        b"no-store" => cc.no_store = true,
+        b"only-if-cached" => cc.only_if_cached = true,
+        b"max-age" => {
+            if let Some(n) = number(value) {
+                cc.max_age = smallest(cc.max_age, n);
+            }
+        }
+        b"min-fresh" => {
+            if let Some(n) = number(value) {
+                cc.min_fresh = Some(cc.min_fresh.map_or(n, |old| old.max(n)));
+            }
+        }
+        b"max-stale" => {
+            let n = if value.is_none() {
+                Some(DELTA_MAX)
+            } else {
+                number(value)
+            };
+            if let Some(n) = n {
+                cc.max_stale = smallest(cc.max_stale, n);
+            }
+        }
+        _ => {}
+    });
     cc
 }
 
@@ -308,6 +325,122 @@ pub fn parse(header: &[u8]) -> RequestCacheControl {
 #[pyfunction]
 pub fn parse_cache_control(header: &Bound<'_, PyString>) -> RequestCacheControl {
     str_bytes(header).map_or_else(|_| RequestCacheControl::default(), |h| parse(&h))
+}
+
+/// The response directives of a `Cache-Control` header (RFC 9111 section 5.2.2, RFC 5861).
+#[pyclass(frozen, eq, hash, get_all, module = "oxcache._core")]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct ResponseCacheControl {
+    /// `no-store`: no cache may store the response.
+    pub no_store: bool,
+    /// `no-cache` (also `no-cache="field"`): not reused without validation.
+    pub no_cache: bool,
+    /// `private` (also `private="field"`): a shared cache must not store the response.
+    pub private: bool,
+    /// `public`: any cache may store the response.
+    pub public: bool,
+    /// `must-revalidate`: never served stale.
+    pub must_revalidate: bool,
+    /// `proxy-revalidate`: never served stale by a shared cache.
+    pub proxy_revalidate: bool,
+    /// `max-age=N`; an invalid value counts as 0 (stale, RFC 9111 section 4.2.1).
+    pub max_age: Option<u64>,
+    /// `s-maxage=N` (shared caches); an invalid value counts as 0.
+    pub s_maxage: Option<u64>,
+    /// `stale-while-revalidate=N` (RFC 5861 section 3); an invalid value is ignored.
+    pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error=N` (RFC 5861 section 4); an invalid value is ignored.
+    pub stale_if_error: Option<u64>,
+}
+
+#[pymethods]
+impl ResponseCacheControl {
+    #[new]
+    #[pyo3(signature = (*, no_store=false, no_cache=false, private=false, public=false, must_revalidate=false, proxy_revalidate=false, max_age=None, s_maxage=None, stale_while_revalidate=None, stale_if_error=None))]
+    #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+    fn new(
+        no_store: bool,
+        no_cache: bool,
+        private: bool,
+        public: bool,
+        must_revalidate: bool,
+        proxy_revalidate: bool,
+        max_age: Option<u64>,
+        s_maxage: Option<u64>,
+        stale_while_revalidate: Option<u64>,
+        stale_if_error: Option<u64>,
+    ) -> Self {
+        Self {
+            no_store,
+            no_cache,
+            private,
+            public,
+            must_revalidate,
+            proxy_revalidate,
+            max_age,
+            s_maxage,
+            stale_while_revalidate,
+            stale_if_error,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        fn opt(v: Option<u64>) -> String {
+            v.map_or_else(|| "None".to_owned(), |n| n.to_string())
+        }
+        format!(
+            "ResponseCacheControl(no_store={}, no_cache={}, private={}, public={}, must_revalidate={}, proxy_revalidate={}, max_age={}, s_maxage={}, stale_while_revalidate={}, stale_if_error={})",
+            py_bool(self.no_store),
+            py_bool(self.no_cache),
+            py_bool(self.private),
+            py_bool(self.public),
+            py_bool(self.must_revalidate),
+            py_bool(self.proxy_revalidate),
+            opt(self.max_age),
+            opt(self.s_maxage),
+            opt(self.stale_while_revalidate),
+            opt(self.stale_if_error),
+        )
+    }
+}
+
+/// Parse response Cache-Control directives as `docs/formats.md` specifies.
+pub fn parse_response(header: &[u8]) -> ResponseCacheControl {
+    let mut cc = ResponseCacheControl::default();
+    for_each_directive(header, |name, value| match name {
+        b"no-store" => cc.no_store = true,
+        b"no-cache" => cc.no_cache = true,
+        b"private" => cc.private = true,
+        b"public" => cc.public = true,
+        b"must-revalidate" => cc.must_revalidate = true,
+        b"proxy-revalidate" => cc.proxy_revalidate = true,
+        // Invalid freshness information makes the response stale (RFC 9111 section 4.2.1).
+        b"max-age" => cc.max_age = smallest(cc.max_age, number(value).unwrap_or(0)),
+        b"s-maxage" => cc.s_maxage = smallest(cc.s_maxage, number(value).unwrap_or(0)),
+        b"stale-while-revalidate" => {
+            if let Some(n) = number(value) {
+                cc.stale_while_revalidate = smallest(cc.stale_while_revalidate, n);
+            }
+        }
+        b"stale-if-error" => {
+            if let Some(n) = number(value) {
+                cc.stale_if_error = smallest(cc.stale_if_error, n);
+            }
+        }
+        _ => {}
+    });
+    cc
+}
+
+/// Parse the response directives of a `Cache-Control` header (RFC 9111 section 5.2.2 and
+/// the RFC 5861 extensions).
+///
+/// Case-insensitive names, quoted values, qualified `no-cache`/`private` read as the plain
+/// directives, repeated numbers (the smallest wins), an invalid `max-age` or `s-maxage` read
+/// as 0; unknown directives and garbage are ignored. Never raises.
+#[pyfunction]
+pub fn parse_response_cache_control(header: &Bound<'_, PyString>) -> ResponseCacheControl {
+    str_bytes(header).map_or_else(|_| ResponseCacheControl::default(), |h| parse_response(&h))
 }
 
 #[cfg(test)]
@@ -396,5 +529,35 @@ mod tests {
         assert!(!parse(b"\"a,no-store").no_store);
         assert!(parse(b"x=\"a\\\",\", no-store").no_store);
         assert!(!parse(b"x=\"a\\\",no-store\"").no_store);
+    }
+
+    #[test]
+    fn response_cache_control_directives() {
+        let cc = parse_response(b"Public, MAX-AGE=60, s-maxage=\"30\", must-revalidate");
+        assert!(cc.public && cc.must_revalidate && !cc.no_store && !cc.private);
+        assert_eq!((cc.max_age, cc.s_maxage), (Some(60), Some(30)));
+        let cc = parse_response(b"no-cache=\"set-cookie, x\", private=\"a\", no-store");
+        assert!(cc.no_cache && cc.private && cc.no_store);
+        assert_eq!(cc.max_age, None);
+        assert_eq!(parse_response(b"max-age=abc").max_age, Some(0));
+        assert_eq!(parse_response(b"max-age").max_age, Some(0));
+        assert_eq!(parse_response(b"max-age=60, max-age=-1").max_age, Some(0));
+        assert_eq!(parse_response(b"max-age=60, max-age=30").max_age, Some(30));
+        assert_eq!(parse_response(b"s-maxage=\"7").s_maxage, Some(0));
+        assert_eq!(
+            parse_response(b"max-age=99999999999999999999").max_age,
+            Some(DELTA_MAX)
+        );
+        let cc = parse_response(b"stale-while-revalidate=30, stale-if-error=x, stale-if-error=9");
+        assert_eq!(cc.stale_while_revalidate, Some(30));
+        assert_eq!(cc.stale_if_error, Some(9));
+        assert_eq!(
+            parse_response(b"stale-while-revalidate").stale_while_revalidate,
+            None
+        );
+        assert_eq!(parse_response(b""), ResponseCacheControl::default());
+        assert!(!parse_response(b"x=\"a,no-store\"").no_store);
+        assert!(parse_response(b"x=\"a\\\",\", proxy-revalidate").proxy_revalidate);
+        assert!(!parse_response(b"privat, no store, public-x").private);
     }
 }

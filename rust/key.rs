@@ -24,7 +24,9 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::etag::{digest, etag_bytes};
 use crate::KeyBuildError;
 
-pub const KEY_FORMAT_VERSION: u32 = 1;
+/// 2: a request's origin, undeclared query parameters and the headers its endpoint's `Vary`
+/// names are key parts (`@origin`, `@query`, `@vary:`), see docs/formats.md.
+pub const KEY_FORMAT_VERSION: u32 = 2;
 /// Canonical values longer than this many bytes are replaced by `#` and their XXH3-128.
 pub const HASH_THRESHOLD: usize = 256;
 /// The argument value is at depth 0; a value deeper than this raises `KeyBuildError`.

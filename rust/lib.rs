@@ -34,7 +34,8 @@ pyo3::create_exception!(
 /// The Rust core of oxcache: canonical cache keys, XXH3 ETags, HTTP header parsing and
 /// cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
 /// strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
-/// headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
+/// headers of RFC 9110 and RFC 9111, `parse_response_cache_control` a response's own
+/// directives, and none of them raises; `encode_entry`, `decode_entry` and
 /// `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
 /// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
 /// `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
@@ -58,6 +59,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(headers::if_none_match, m)?)?;
     m.add_function(wrap_pyfunction!(headers::parse_cache_control, m)?)?;
     m.add_class::<headers::RequestCacheControl>()?;
+    m.add_function(wrap_pyfunction!(headers::parse_response_cache_control, m)?)?;
+    m.add_class::<headers::ResponseCacheControl>()?;
     m.add_function(wrap_pyfunction!(entry::encode_entry, m)?)?;
     m.add_function(wrap_pyfunction!(entry::decode_entry, m)?)?;
     m.add_function(wrap_pyfunction!(entry::peek_entry, m)?)?;

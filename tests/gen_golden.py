@@ -25,6 +25,24 @@ def tv(t: str, v: object = None) -> dict[str, object]:
 
 KEY_CASES = [
     ("myapi-cache", "api", "get_user", [("id", tv("int", "1"))]),
+    # The request's parts, as the decorator appends them (KEY_FORMAT_VERSION 2).
+    (
+        "myapi",
+        "app",
+        "whoami",
+        [("@query", tv("str", "page=2&q=a+b")), ("@origin", tv("str", "https://a.example.com"))],
+    ),
+    (
+        "myapi",
+        "app",
+        "prefs",
+        [
+            ("@user", tv("str", "42")),
+            ("@vary:accept-language", tv("str", "en")),
+            ("@vary:x-tenant", tv("none")),
+            ("@origin", tv("str", "http://127.0.0.1:8000/api")),
+        ],
+    ),
     (None, "api", "get_immutable_data", []),
     ("", "app", "q", [("x", tv("int", "1")), ("y", tv("none"))]),
     ("p", "m", "f", [("a", tv("str", "1,b=2")), ("b", tv("str", "3"))]),
@@ -114,6 +132,40 @@ CC_CASES = [
     "No-Cache , Max-Age = 5",
 ]
 
+RESPONSE_CC_CASES = [
+    "",
+    "no-store",
+    "No-Cache",
+    'no-cache="Set-Cookie"',
+    "private",
+    'private="x, y"',
+    "public, max-age=60",
+    "max-age=0",
+    "max-age=abc",
+    "max-age",
+    "max-age=60, max-age=30",
+    's-maxage="30", max-age=600',
+    "s-maxage=-1",
+    "must-revalidate, proxy-revalidate",
+    "max-age=600, stale-while-revalidate=30, stale-if-error=86400",
+    "stale-while-revalidate, stale-if-error=x",
+    "max-age=99999999999999999999",
+    'x="a,no-store", public',
+]
+
+RESPONSE_CC_FIELDS = (
+    "no_store",
+    "no_cache",
+    "private",
+    "public",
+    "must_revalidate",
+    "proxy_revalidate",
+    "max_age",
+    "s_maxage",
+    "stale_while_revalidate",
+    "stale_if_error",
+)
+
 ENTRY_CASES = [
     (
         200,
@@ -195,6 +247,16 @@ def build() -> dict[str, object]:
                 ],
             }
         )
+    response_cc = [
+        {
+            "header": header,
+            "fields": [
+                getattr(reference.parse_response_cache_control(header), name)
+                for name in RESPONSE_CC_FIELDS
+            ],
+        }
+        for header in RESPONSE_CC_CASES
+    ]
     entries = [
         {
             "status": s,
@@ -229,6 +291,7 @@ def build() -> dict[str, object]:
         "etags.json": etags,
         "if_none_match.json": inm,
         "cache_control.json": cc,
+        "response_cache_control.json": response_cc,
         "entries.json": entries,
         "secrets.json": secrets,
         "stored.json": stored,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import xxhash
 
-KEY_FORMAT_VERSION = 1
+KEY_FORMAT_VERSION = 2
 KEY_HASH_THRESHOLD = 256
 ENTRY_VERSION = 1
 ENTRY_HEAD_SIZE = 44
@@ -330,6 +330,59 @@ def parse_cache_control(header: str) -> RequestCacheControl:
         min_fresh=found.get("min-fresh"),
         only_if_cached=found.get("only-if-cached", False),
     )
+
+
+@dataclass(frozen=True)
+class ResponseCacheControl:
+    no_store: bool = False
+    no_cache: bool = False
+    private: bool = False
+    public: bool = False
+    must_revalidate: bool = False
+    proxy_revalidate: bool = False
+    max_age: Optional[int] = None
+    s_maxage: Optional[int] = None
+    stale_while_revalidate: Optional[int] = None
+    stale_if_error: Optional[int] = None
+
+
+_RESPONSE_FLAGS = {
+    "no-store": "no_store",
+    "no-cache": "no_cache",
+    "private": "private",
+    "public": "public",
+    "must-revalidate": "must_revalidate",
+    "proxy-revalidate": "proxy_revalidate",
+}
+
+
+def parse_response_cache_control(header: str) -> ResponseCacheControl:
+    found: dict[str, Any] = {}
+    for member in _split_members(header):
+        member = member.strip(" \t")
+        if "=" in member:
+            raw_name, raw_value = member.split("=", 1)
+            name, value = raw_name.strip(" \t"), raw_value.strip(" \t")
+            has_value = True
+        else:
+            name, value, has_value = member, "", False
+        if not name or not all(c in TCHARS for c in name):
+            continue
+        name = name.lower()
+        parsed: Optional[str] = (
+            (_unquote(value) if value.startswith('"') else value) if has_value else None
+        )
+        if name in _RESPONSE_FLAGS:
+            found[_RESPONSE_FLAGS[name]] = True
+            continue
+        field = name.replace("-", "_")
+        number = _delta(parsed)
+        if name in ("max-age", "s-maxage"):
+            number = 0 if number is None else number  # invalid: stale (RFC 9111 4.2.1)
+        elif name not in ("stale-while-revalidate", "stale-if-error") or number is None:
+            continue
+        found[field] = number if field not in found else min(found[field], number)
+    return ResponseCacheControl(**found)
 
 
 # -- cache entries -----------------------------------------------------------------------------

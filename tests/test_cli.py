@@ -35,7 +35,7 @@ class Site:
     def __init__(self, url: str) -> None:
         self.url = url
         self.prefix = "cli-" + uuid.uuid4().hex[:10]
-        self.store = Cache(url, prefix=self.prefix, timeout=2.0)
+        self.store = Cache(url, prefix=self.prefix, timeout=2.0, per_host=False)
         self.app = FastAPI(lifespan=self.store.lifespan)
         store = self.store
 

@@ -93,7 +93,7 @@ def test_entries_spread_over_every_primary_and_each_invalidation_finds_them_all(
     with TestClient(app) as client:
         for i in ids:
             assert client.get(f"/item/{i}").headers["x-fastapi-cache"] == "Miss"
-        keys = [store.key_for(item, id=i) for i in ids]
+        keys = [store.key_for(item, "http://testserver", id=i) for i in ids]
         # The entries and the "items" index live on several nodes: every write and the
         # invalidation below crossed slots, and nothing failed with CROSSSLOT.
         assert len(primaries_holding(cluster_url, keys)) == 3
@@ -118,13 +118,14 @@ def test_keys_and_entries_on_the_cluster_are_those_of_one_redis(
         app, item = item_app(store)
         with TestClient(app) as client:
             client.get("/item/1")
-            key = store.key_for(item, id=1)
+            key = store.key_for(item, "http://testserver", id=1)
             raw = sync_client(url)
             value = raw.get(key)
             raw.close()
             bodies[name] = (key, client.get("/item/1").content, value)
             client.portal.call(store.clear)
-    assert bodies["cluster"][0] == bodies["redis"][0] == "same:tests.test_cluster.item(id=1)"
+    key = 'same:tests.test_cluster.item(id=1,@origin="http://testserver")'
+    assert bodies["cluster"][0] == bodies["redis"][0] == key
     assert bodies["cluster"][1] == bodies["redis"][1]
     # Same format: the entries differ only in their times, in the fixed-size head.
     cluster_value, redis_value = bodies["cluster"][2], bodies["redis"][2]
@@ -189,7 +190,9 @@ def test_a_primary_killed_during_requests_costs_no_500_and_caching_resumes(
     victim = own_cluster.primary_ports()[0]
     with own_cluster.client() as raw:
         victim_ids = [
-            i for i in range(40) if raw.get_node_from_key(store.key_for(item, id=i)).port == victim
+            i
+            for i in range(40)
+            if raw.get_node_from_key(store.key_for(item, "http://testserver", id=i)).port == victim
         ]
     assert victim_ids, "no key of the test lives on the primary to kill"
     statuses: list[int] = []
@@ -330,12 +333,12 @@ def test_sentinel_master_is_cached_on_and_a_failover_is_survived(
         retry_after=0.1,
     )
     assert isinstance(store.backend, SentinelBackend)
-    app, _ = item_app(store)
+    app, item = item_app(store)
     with TestClient(app) as client:
         assert client.get("/item/1").headers["x-fastapi-cache"] == "Miss"
         assert client.get("/item/1").headers["x-fastapi-cache"] == "Hit"
         with redis.Redis(port=primary.port) as p:
-            assert p.exists("sent:tests.test_cluster.item(id=1)")
+            assert p.exists('sent:tests.test_cluster.item(id=1,@origin="http://testserver")')
         with sentinel.client() as s:
 
             def failover() -> bool:
@@ -356,7 +359,7 @@ def test_sentinel_master_is_cached_on_and_a_failover_is_survived(
                 response = client.get(f"/item/{n}")
                 assert response.status_code == 200
                 assert response.json() == {"id": n, "name": f"item {n}"}
-                if promoted.exists(f"sent:tests.test_cluster.item(id={n})"):
+                if promoted.exists(store.key_for(item, "http://testserver", id=n)):
                     break
                 assert time.monotonic() < deadline, "caching did not move to the new master"
                 time.sleep(0.05)

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
-import oxcache.store
+import oxcache.lifecycle
 from oxcache import FastApiRedisCache, cache
 from tests.conftest import free_port
 
@@ -18,7 +18,7 @@ from tests.conftest import free_port
 @pytest.fixture(autouse=True)
 def _reset_default_store():
     yield
-    oxcache.store.set_default(None)
+    oxcache.lifecycle.set_default(None)
     FastApiRedisCache.store = None
 
 

@@ -255,8 +255,12 @@ def test_compressed_entries_are_hits_and_304s(make_store: MakeStore) -> None:
         assert client.get("/small").headers["x-fastapi-cache"] == "Hit"
         assert calls == [1, 2]
         # The big entry is stored compressed, the small one (under the bound) as is.
-        stored = client.portal.call(store.backend.get, store.key_for(_endpoint(client, "/big")))
-        small = client.portal.call(store.backend.get, store.key_for(_endpoint(client, "/small")))
+        stored = client.portal.call(
+            store.backend.get, store.key_for(_endpoint(client, "/big"), "http://testserver")
+        )
+        small = client.portal.call(
+            store.backend.get, store.key_for(_endpoint(client, "/small"), "http://testserver")
+        )
         assert stored is not None and stored[:4] == b"OXZ\x01"
         assert len(stored) < len(first.content) // 3
         assert small is not None and small[:3] == b"OXC"
@@ -318,7 +322,9 @@ def test_compress_per_endpoint_overrides_the_store(
             etag = first[path].headers["etag"]
             assert client.get(path, headers={"if-none-match": etag}).status_code == 304
         stored = {
-            path: client.portal.call(store.backend.get, store.key_for(_endpoint(client, path)))
+            path: client.portal.call(
+                store.backend.get, store.key_for(_endpoint(client, path), "http://testserver")
+            )
             for path in paths
         }
     assert calls == paths  # one run each: everything else was a hit

@@ -36,7 +36,10 @@ def test_quickstart_app_answers_as_the_page_shows() -> None:
     assert "expires" in miss.headers
     assert hit.headers["x-fastapi-cache"] == "Hit" and "age" in hit.headers
     assert not_modified.status_code == 304 and not_modified.content == b""
-    assert module.store.key_for(module.item, id=1) == "app.item(id=1)"  # as `oxcache show` uses
+    shown_key = re.search(r"show '(.*?)'", PAGE)
+    assert shown_key is not None  # the key the page shows is GET /items/1's, as served
+    assert module.store.key_for(module.item, "http://127.0.0.1:8000", id=1) == shown_key.group(1)
+    assert module.store.key_for(module.item, id=1) == "app.item(id=1)"  # the base key
 
 
 def section(title: str) -> str:
@@ -70,7 +73,8 @@ def test_quickstart_cli_lines_read_the_quickstart_app_on_redis(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
     """The "Look inside" section, run as the page says: app.py switched to its Redis line,
-    one request, then each `oxcache` line as a command, every one naming the Redis it reads.
+    one request to uvicorn's address, then each `oxcache` line as a command, every one naming
+    the Redis it reads.
     In fresh processes, as a user has them (and keys name the module `app` only once)."""
     lines = cli_lines()
     assert len(lines) >= 3 and all(line[1] == "--url" for line in lines), lines
@@ -85,7 +89,7 @@ def test_quickstart_cli_lines_read_the_quickstart_app_on_redis(
     (tmp_path / "app.py").write_text(code.replace(memory_line, redis_code))
     request = (
         "from fastapi.testclient import TestClient\nimport app\n"
-        "with TestClient(app.app) as client:\n"
+        "with TestClient(app.app, base_url='http://127.0.0.1:8000') as client:\n"
         "    print(client.get('/items/1').headers['x-fastapi-cache'])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PYTHONPATH")}
@@ -103,7 +107,7 @@ def test_quickstart_cli_lines_read_the_quickstart_app_on_redis(
         outputs.append(result.stdout)
     stats, keys, show = outputs[:3]
     assert re.search(r"entries: 1\b", stats), stats
-    assert keys.split() == ["app.item(id=1)"], keys
+    assert keys.split() == [lines[2][-1]], keys  # the one key is the one `show` names
     assert '{"id":1}' in show, show
 
 
@@ -129,7 +133,7 @@ def test_the_architecture_map_names_what_exists() -> None:
             break
     for module in set(re.findall(r"\b([a-z_]+\.py)\b", page)) - {"include.py"}:
         found_files = list((root / "python" / "oxcache").rglob(module)) + list(
-            (root / "tests").glob(module)
+            (root / "tests").rglob(module)  # tests/conformance/ too
         )
         assert found_files, f"{module} is named in docs/architecture.md but does not exist"
     for test_file in set(re.findall(r"`(tests/[\w/]+\.py)`", page)):

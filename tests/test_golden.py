@@ -86,6 +86,15 @@ def test_golden_cache_control(impl: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_golden_response_cache_control(impl: ModuleType) -> None:
+    names = ("no_store", "no_cache", "private", "public", "must_revalidate", "proxy_revalidate")
+    names += ("max_age", "s_maxage", "stale_while_revalidate", "stale_if_error")
+    for case in load("response_cache_control.json"):
+        cc = impl.parse_response_cache_control(case["header"])
+        assert [getattr(cc, name) for name in names] == case["fields"], case
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_golden_entries(impl: ModuleType) -> None:
     for case in load("entries.json"):
         headers = [(bytes.fromhex(n), bytes.fromhex(v)) for n, v in case["headers"]]
@@ -138,6 +147,6 @@ def test_golden_stored_entries_are_what_the_rust_core_writes() -> None:
 
 
 def test_format_versions() -> None:
-    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (1, 1, 44)
+    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (2, 1, 44)
     assert core.KEY_HASH_THRESHOLD == 256
     assert core.STORED_HEAD_SIZE == 48

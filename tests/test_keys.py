@@ -36,7 +36,7 @@ class SubSession(Session):
 def test_seed_key_format_and_ignore_arg_types(
     make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session])
+    store = make_store(prefix="myapi-cache", ignore_arg_types=[Session], per_host=False)
     app = FastAPI()
 
     @app.get("/get_user")
@@ -367,3 +367,36 @@ def test_route_factory_names_can_be_pinned(make_store: MakeStore) -> None:
     b = make_list_endpoint("b", store, name="list_b")
     assert store.key_for(a, page=2) == f"{store.prefix}:tests.test_keys.list_a(page=2)"
     assert store.key_for(b, page=2) == f"{store.prefix}:tests.test_keys.list_b(page=2)"
+
+
+def test_values_left_out_by_class_are_decided_once_per_class_and_the_same_as_isinstance() -> None:
+    """`KeySpace.leaves_out` remembers, per class, what `isinstance` against the left-out
+    types says (Request is a Mapping: an ABC check); the keys are those `isinstance` gives,
+    past the memo's limit too."""
+    import inspect
+
+    from starlette.requests import Request as StarletteRequest
+
+    from oxcache.keys import ALWAYS_IGNORED, EndpointKeys, KeySpace
+
+    class Session:
+        pass
+
+    class SubSession(Session):
+        pass
+
+    def endpoint(a: Any, b: Any) -> None: ...
+
+    params = list(inspect.signature(endpoint).parameters.values())
+    keys = EndpointKeys("m", "endpoint", params, {}, ())
+    space = KeySpace("p", (Session,))
+    request = StarletteRequest({"type": "http", "method": "GET", "headers": []})
+    values: list[Any] = [1, "x", request, Session(), SubSession(), BackgroundTasks(), None]
+    classes = [type(f"C{i}", (), {"__str__": lambda self: "c"}) for i in range(1100)]
+    values += [c() for c in classes]
+    for value in values:
+        expected = isinstance(value, (*ALWAYS_IGNORED, Session))
+        assert space.leaves_out(value) is expected
+        key = keys.key(space, {"a": value, "b": 2})
+        assert ("a=" not in key) is expected
+    assert len(space.left_out) <= 1024

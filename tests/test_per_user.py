@@ -63,7 +63,9 @@ def test_per_user_keys_hold_the_user_and_404_401_store_nothing(make_store: MakeS
         assert stored_keys(store) == []
         assert client.get("/me/prefs", headers={"X-User": "alice"}).status_code == 200
     keys = stored_keys(store)
-    entry = f'{store.prefix}:tests.apps.prefs(user="alice",@user="alice")'
+    entry = (
+        f'{store.prefix}:tests.apps.prefs(user="alice",@user="alice",@origin="http://testserver")'
+    )
     assert entry in keys
     assert f"{store.prefix}:@user:alice" in keys or isinstance(store.backend, MemoryBackend)
 

@@ -93,7 +93,7 @@ def _find(app: FastAPI, path: str) -> Any:
 def test_corrupted_value_is_a_miss_then_overwritten(make_store: MakeStore) -> None:
     store = make_store()
     app, calls = item_app(store)
-    key = store.key_for(_find(app, "/item/{id}"), id=9)
+    key = store.key_for(_find(app, "/item/{id}"), "http://testserver", id=9)
     with client_for(app, store) as client:
         for garbage in (b"not ours", b"OXC\x07" + b"\x00" * 60, b""):
             # On the app's event loop: redis.asyncio connections belong to one loop.
@@ -112,7 +112,7 @@ def test_foreign_or_corrupt_values_are_misses_then_hits(
 ) -> None:
     store = make_store()
     app, calls = item_app(store, named=True)
-    key = store.key_for(app.routes[-1].endpoint, id=3)  # type: ignore[attr-defined]
+    key = store.key_for(app.routes[-1].endpoint, "http://testserver", id=3)  # type: ignore[attr-defined]
     with TestClient(app) as client:
         client.portal.call(store.backend.set, key, garbage, 60_000)
         first = client.get("/item/3")
@@ -150,7 +150,8 @@ def test_invalidate_and_clear(make_store: MakeStore) -> None:
         assert client.portal.call(partial(store.invalidate, endpoint, id=1)) == 1
         assert client.get("/item/1").headers["x-fastapi-cache"] == "Miss"
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Hit"
-        assert client.portal.call(store.clear) == 2
+        # Two entries (on Redis, with their variants indexes: every origin of a call is listed).
+        assert client.portal.call(store.clear) in (2, 4)
         assert client.get("/item/2").headers["x-fastapi-cache"] == "Miss"
 
 

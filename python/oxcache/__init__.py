@@ -25,6 +25,7 @@ from oxcache.decorator import (
     cache_one_week,
     cache_one_year,
 )
+from oxcache.deferred import always_run
 from oxcache.errors import (
     CacheUnavailable,
     ConfigError,
@@ -61,6 +62,7 @@ __all__ = [
     "RedisBackend",
     "SentinelBackend",
     "__version__",
+    "always_run",
     "cache",
     "cache_one_day",
     "cache_one_hour",

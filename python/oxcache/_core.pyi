@@ -1,7 +1,8 @@
 """The Rust core of oxcache: canonical cache keys, XXH3 ETags, HTTP header parsing and
 cache entries. `cache_key` turns a call into an injective, type-tagged key; `etag` gives the
 strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the request
-headers of RFC 9110 and RFC 9111 and never raise; `encode_entry`, `decode_entry` and
+headers of RFC 9110 and RFC 9111, `parse_response_cache_control` a response's own
+directives, and none of them raises; `encode_entry`, `decode_entry` and
 `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
 `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
 `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
@@ -24,6 +25,7 @@ __all__ = [
     "KeyBuildError",
     "OxcacheError",
     "RequestCacheControl",
+    "ResponseCacheControl",
     "cache_key",
     "decode_entry",
     "decode_stored",
@@ -34,6 +36,7 @@ __all__ = [
     "lz4_decompress",
     "pack_entry",
     "parse_cache_control",
+    "parse_response_cache_control",
     "peek_entry",
     "peek_stored",
     "secret_digest",
@@ -139,6 +142,67 @@ def parse_cache_control(header: str) -> RequestCacheControl:
     Case-insensitive names, quoted values, repeated directives (the most restrictive wins),
     delta-seconds clamped at 2147483648; unknown directives and garbage are ignored. Never
     raises.
+    """
+
+@final
+class ResponseCacheControl:
+    """The response directives of a `Cache-Control` header (RFC 9111 section 5.2.2, RFC 5861)."""
+
+    def __new__(
+        cls,
+        *,
+        no_store: bool = False,
+        no_cache: bool = False,
+        private: bool = False,
+        public: bool = False,
+        must_revalidate: bool = False,
+        proxy_revalidate: bool = False,
+        max_age: int | None = None,
+        s_maxage: int | None = None,
+        stale_while_revalidate: int | None = None,
+        stale_if_error: int | None = None,
+    ) -> ResponseCacheControl: ...
+    @property
+    def no_store(self) -> bool:
+        """`no-store`: no cache may store the response."""
+    @property
+    def no_cache(self) -> bool:
+        """`no-cache` (also `no-cache="field"`): not reused without validation."""
+    @property
+    def private(self) -> bool:
+        """`private` (also `private="field"`): a shared cache must not store the response."""
+    @property
+    def public(self) -> bool:
+        """`public`: any cache may store the response."""
+    @property
+    def must_revalidate(self) -> bool:
+        """`must-revalidate`: never served stale."""
+    @property
+    def proxy_revalidate(self) -> bool:
+        """`proxy-revalidate`: never served stale by a shared cache."""
+    @property
+    def max_age(self) -> int | None:
+        """`max-age=N`; an invalid value counts as 0 (stale, RFC 9111 section 4.2.1)."""
+    @property
+    def s_maxage(self) -> int | None:
+        """`s-maxage=N` (shared caches); an invalid value counts as 0."""
+    @property
+    def stale_while_revalidate(self) -> int | None:
+        """`stale-while-revalidate=N` (RFC 5861 section 3); an invalid value is ignored."""
+    @property
+    def stale_if_error(self) -> int | None:
+        """`stale-if-error=N` (RFC 5861 section 4); an invalid value is ignored."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+def parse_response_cache_control(header: str) -> ResponseCacheControl:
+    """Parse the response directives of a `Cache-Control` header (RFC 9111 section 5.2.2 and
+    the RFC 5861 extensions).
+
+    Case-insensitive names, quoted values, qualified `no-cache`/`private` read as the plain
+    directives, repeated numbers (the smallest wins), an invalid `max-age` or `s-maxage` read
+    as 0; unknown directives and garbage are ignored. Never raises.
     """
 
 @final

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from oxcache.store import Cache, set_default
+from oxcache.lifecycle import set_default
+from oxcache.store import Cache
 
 __all__ = ["FastApiRedisCache"]
 
@@ -17,6 +18,10 @@ class FastApiRedisCache:
     Call `init` from a startup handler (or at import time). An unreachable `host_url` logs
     CONNECT_FAIL and never raises; requests are then served uncached until Redis answers,
     and caching resumes by itself (fastapi-redis-cache disabled it for good).
+
+    Keys keep the seed's documented format, `myapi-cache:api.get_user(id=1)`: the store is
+    made with `per_host=False`, so the host and scheme of a request are not in its key.
+    `init(..., per_host=True)` puts them in, as every `Cache` does by default.
     """
 
     store: Cache | None = None
@@ -27,14 +32,18 @@ class FastApiRedisCache:
         prefix: str | None = None,
         response_header: str | None = None,
         ignore_arg_types: Iterable[type[Any]] | None = None,
+        *,
+        per_host: bool = False,
     ) -> None:
-        """Create the Redis-backed default store. Arguments as in fastapi-redis-cache."""
+        """Create the Redis-backed default store. Arguments as in fastapi-redis-cache;
+        `per_host=True` keys each request's host and scheme too (see `Cache`)."""
         previous = FastApiRedisCache.store
         store = Cache(
             host_url,
             prefix=prefix,
             response_header=response_header,
             ignore_arg_types=ignore_arg_types,
+            per_host=per_host,
         )
         FastApiRedisCache.store = store
         set_default(store)

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar, cast, overload
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from oxcache.deferred import PENDING_PARAM
 from oxcache.endpoint import REQUEST_PARAM, RESPONSE_PARAM, USER_PARAM, CachedEndpoint
 from oxcache.options import (
     ONE_DAY,
@@ -169,6 +170,7 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
     request_param = endpoint.request_param
     response_param = endpoint.response_param
     has_user = endpoint.per_user is not None
+    deferred = endpoint.deferred is not None
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -186,6 +188,8 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
             if endpoint.is_async:
                 return await func(*args, **kwargs)
             return await run_in_threadpool(func, *args, **kwargs)
+        if deferred:  # the dependencies a hit does not need: solved when the endpoint runs
+            kwargs[PENDING_PARAM] = endpoint.pending(request, sub_response)
         return await handle(endpoint, request, sub_response, kwargs, user)
 
     wrapper.__signature__ = endpoint.signature  # type: ignore[attr-defined]

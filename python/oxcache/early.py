@@ -1,6 +1,6 @@
-"""What `CachedRoute` remembers: per route, which raw request (path, query string, `vary`
-header values) gave which key, and per request what it read before leaving the request to
-FastAPI's path (so that path does not read it again)."""
+"""What `CachedRoute` remembers: per route, which raw request (origin, path, query string,
+the varying headers' values) gave which key, and per request what it read before leaving the
+request to FastAPI's path (so that path does not read it again)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,23 @@ MEMO_MAX_REQUEST = 2048
 
 class RouteMemo:
     """What `CachedRoute` learned for one route: raw request -> (store, key), the oldest
-    forgotten first past `MEMO_LIMIT` requests. `endpoint` is the route's `CachedEndpoint`."""
+    forgotten first past `MEMO_LIMIT` requests. `endpoint` is the route's `CachedEndpoint`;
+    `names` the varying headers its keys held when they were learned."""
 
-    __slots__ = ("__weakref__", "endpoint", "keys", "limit")
+    __slots__ = ("__weakref__", "endpoint", "keys", "limit", "names")
 
     def __init__(self, endpoint: Any, limit: int | None = None) -> None:
         self.endpoint = endpoint
         self.limit = MEMO_LIMIT if limit is None else limit
         self.keys: OrderedDict[tuple[Any, ...], tuple[Any, str]] = OrderedDict()
+        self.names: tuple[bytes, ...] = getattr(endpoint, "vary_names", ())
+
+    def check(self, names: tuple[bytes, ...]) -> None:
+        """Forget every key when the endpoint's varying headers changed (it learned one from
+        a response's `Vary`): a raw request no longer shows everything its key holds."""
+        if names is not self.names:
+            self.keys.clear()
+            self.names = names
 
 
 class EarlyState:
@@ -37,16 +46,28 @@ class EarlyState:
         "entry",
         "learns",
         "memo",
+        "names",
         "read_at",
         "read_key",
         "refresh_due",
         "signature",
         "store",
+        "user",
     )
 
-    def __init__(self, memo: RouteMemo, signature: tuple[Any, ...], learn: bool = True) -> None:
+    def __init__(
+        self,
+        memo: RouteMemo,
+        signature: tuple[Any, ...],
+        names: tuple[bytes, ...] = (),
+        learn: bool = True,
+        user: str | None = None,
+    ) -> None:
         self.memo = memo
+        #: The user id the signature holds (a per-user endpoint's), or None.
+        self.user = user
         self.signature = signature
+        self.names = names
         self.learns = learn  # False for a request too large to remember
         self.store: Any = None
         self.read_key: str | None = None
@@ -54,9 +75,10 @@ class EarlyState:
         self.read_at = 0.0
         self.refresh_due: bool | None = None
 
-    def learn(self, store: Any, key: str) -> None:
-        """FastAPI's path computed `key` for this raw request."""
-        if not self.learns:
+    def learn(self, store: Any, key: str, names: tuple[bytes, ...] = ()) -> None:
+        """FastAPI's path computed `key`, holding the varying headers `names`, for this raw
+        request (not remembered if the varying headers changed in between)."""
+        if not self.learns or names is not self.names or names is not self.memo.names:
             return
         keys = self.memo.keys
         if self.signature not in keys and len(keys) >= self.memo.limit:

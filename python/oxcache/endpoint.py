@@ -1,21 +1,27 @@
 """What `@cache` knows about one endpoint: its checked options, the signature FastAPI reads
-from the wrapper, how its calls are keyed, and how it is called."""
+from the wrapper, how its calls are keyed (with what it learned from its responses: the
+headers their `Vary` names), and how it is called."""
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Iterable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any, Callable
 
 from fastapi import Depends, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer
 from oxcache.errors import ConfigError
-from oxcache.http import CACHED_METHODS
-from oxcache.keys import EndpointKeys, KeySpace, is_ignored_annotation, resolved_hints
+from oxcache.http import CACHED_METHODS, NOT_MODIFIED_HEADERS
+from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
 from oxcache.options import Options
 from oxcache.registry import registered_name
+from oxcache.signature import annotation_types, is_ignored_annotation, resolved_hints
 from oxcache.store import Cache, default_store
 
 __all__ = ["REQUEST_PARAM", "RESPONSE_PARAM", "USER_PARAM", "CachedEndpoint"]
@@ -31,6 +37,21 @@ def _is_async(func: Callable[..., Any]) -> bool:
         return True
     call = getattr(func, "__call__", None)  # noqa: B004 - async __call__ on an instance
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _query_names(route: Any) -> frozenset[str]:
+    """The query parameters a FastAPI route declares for its endpoint, by the names the
+    request uses (aliases; a pydantic model's fields for `Annotated[Model, Query()]`)."""
+    names: set[str] = set()
+    for field in getattr(getattr(route, "dependant", None), "query_params", None) or ():
+        annotation = getattr(getattr(field, "field_info", None), "annotation", None)
+        models = [c for c in annotation_types(annotation) if issubclass(c, BaseModel)]
+        if not models:
+            names.add(str(getattr(field, "alias", None) or getattr(field, "name", "")))
+        for model in models:  # FastAPI reads a query model's fields, not its own name
+            for name, info in model.model_fields.items():
+                names.add(info.alias or name)
+    return frozenset(names)
 
 
 def _find_param(signature: inspect.Signature, hints: dict[str, Any], cls: type[Any]) -> str | None:
@@ -56,7 +77,18 @@ class CachedEndpoint:
         self.ttl_ms = options.ttl_ms
         self.per_user = options.per_user
         self.shared = options.shared
+        #: The varying request headers a key holds: the `vary=` names, then (sorted) the
+        #: ones this process learned from the `Vary` of the endpoint's responses.
         self.vary_names = options.vary_names
+        #: Whether this process has seen a stored response of this endpoint with headers
+        #: a 304 must repeat (its own Cache-Control, Expires, Vary or Content-Location;
+        #: None: no stored response seen yet). Until it knows there are none, a conditional
+        #: request reads the whole entry, not only its head, so its 304 repeats them.
+        self.own_headers: bool | None = None
+        self._query_names: dict[int, tuple[Any, frozenset[str]]] = {}
+        #: `serve.replay_for`'s last marking of unconditional requests: (store, private,
+        #: varying headers, Replay), reused while they stay the same.
+        self.replay_memo: tuple[Any, bool, tuple[bytes, ...], Any] | None = None
         self.store = store
         #: XFetch's delta: how long a run of this endpoint takes (a moving average, seconds).
         self.run_s = 0.0
@@ -68,17 +100,14 @@ class CachedEndpoint:
         self.params = list(signature.parameters.values())
         if any(p.kind is p.VAR_POSITIONAL for p in self.params):
             raise ConfigError(f"@cache cannot key {self.name}: *args parameters are not supported")
-        self.keys = EndpointKeys(
-            self.module,
-            self.name,
-            self.params,
-            hints,
-            options.tags,
-            has_variants=options.per_user is not None or bool(options.vary_names),
-        )
+        self.keys = EndpointKeys(self.module, self.name, self.params, hints, options.tags)
         self.deps = self.keys.deps
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
+        #: The dependency parameters a hit does not solve (a database session), if any.
+        self.deferred: Deferred | None = defer(
+            self.params, hints, () if self.per_user is None else (self.per_user,)
+        )
         self.signature = self._wrapper_signature(signature, hints)
 
     def _wrapper_signature(
@@ -99,6 +128,8 @@ class CachedEndpoint:
                 )
             )
         params = list(self.params)
+        if self.deferred is not None:  # solved by `call`, when the endpoint runs
+            params = [p for p in params if p.name not in self.deferred.names]
         var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
         params = [p for p in params if p.kind is not p.VAR_KEYWORD] + extra + var_kw
         # FastAPI reads the wrapper's signature; evaluated hints keep string annotations working.
@@ -111,11 +142,66 @@ class CachedEndpoint:
         """The store this endpoint uses now: its own, else the default store."""
         return self.store or default_store()
 
+    # -- keys ----------------------------------------------------------------------------
+
+    def request_key(
+        self,
+        space: KeySpace,
+        kwargs: dict[str, Any],
+        user: str | None,
+        names: tuple[bytes, ...],
+        varied: dict[bytes, bytes] | None,
+        scope: MutableMapping[str, Any],
+        host: bytes | None,
+    ) -> str:
+        """The key of one request: its arguments `kwargs`, its `user`, the values `varied`
+        of the varying headers `names`, the query parameters it does not declare (when it
+        takes the `Request`) and, on a `per_host` store, its origin."""
+        extra = origin_part(scope, host) if space.per_host else None
+        query = None
+        if self.request_param is not None:
+            query = undeclared_query(
+                scope.get("query_string", b""),
+                self.declared_query(scope.get("route")),
+                scope.get("path_params") or (),
+            )
+        if user is not None or varied is not None or query is not None:
+            origin = None if extra is None else extra[0][1]
+            extra = call_parts(user, names, varied, query, origin)
+        return self.keys.key(space, kwargs, extra)
+
+    def declared_query(self, route: Any) -> frozenset[str]:
+        """The query parameters `route` declares for this endpoint (none without a route:
+        then every query parameter is keyed)."""
+        if route is None:
+            return frozenset()
+        known = self._query_names.get(id(route))
+        if known is None or known[0] is not route:
+            known = (route, _query_names(route))
+            self._query_names[id(route)] = known
+        return known[1]
+
+    def learn_vary(self, names: Iterable[bytes]) -> bool:
+        """Add header names a response's `Vary` listed to the ones keys hold; True when
+        that changed them (a worker that had not learned them misses once)."""
+        new = {n for n in names if n not in self.vary_names}
+        if not new:
+            return False
+        declared = self.options.vary_names
+        learned = set(self.vary_names[len(declared) :]) | new
+        self.vary_names = declared + tuple(sorted(learned))
+        return True
+
+    def saw_entry(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Note whether a stored response of this endpoint carries headers a 304 repeats."""
+        if self.own_headers is not True:
+            self.own_headers = any(name in NOT_MODIFIED_HEADERS for name, _ in headers)
+
     # -- keys (the interface `Cache.key_for` and `Cache.invalidate` use) -------------------
 
-    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
-        """The key of a call with `args` (for a shared entry with no `vary`)."""
-        return self.keys.key_for_call(space, args)
+    def key_for_call(self, space: KeySpace, args: dict[str, Any], origin: str | None = None) -> str:
+        """The key of a call with `args` (see `EndpointKeys.key_for_call`)."""
+        return self.keys.key_for_call(space, args, origin)
 
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
         """The indexes and keys `store.invalidate(endpoint, **args)` deletes."""
@@ -123,9 +209,28 @@ class CachedEndpoint:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def call(self, kwargs: dict[str, Any]) -> Any:
+    def pending(self, request: Request, response: Response | None) -> Pending | None:
+        """The deferred dependencies of one request, for `call` to solve (None: none)."""
+        if self.deferred is None:
+            return None
+        return Pending(self.deferred, request, response, f"{self.module}.{self.name}")
+
+    async def solve(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with the deferred dependencies solved (itself when there are none)."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        return kwargs if pending is None else await pending.solve(kwargs)
+
+    async def call(self, kwargs: dict[str, Any], after: Response | None = None) -> Any:
         """Run the endpoint (a sync one in the threadpool, as FastAPI does), timing it for
-        XFetch when `early_recompute` is on."""
+        XFetch when `early_recompute` is on. The dependencies a hit did not need are solved
+        first; for a run `after` the request's response (a refresh, given its own
+        `Response`), they are closed when the run ends."""
+        pending: Pending | None = kwargs.get(PENDING_PARAM)
+        if pending is not None:
+            if after is not None:
+                async with AsyncExitStack() as stack:
+                    return await self.call(await pending.solve(kwargs, stack, after))
+            kwargs = await pending.solve(kwargs)
         began = time.monotonic()
         if self.is_async:
             result = await self.func(**kwargs)

@@ -20,6 +20,7 @@ from oxcache._core import (
     peek_stored,
 )
 from oxcache.backends.base import Backend
+from oxcache.coalesce import SharedReads
 from oxcache.health import Health
 from oxcache.invalidation import Invalidations
 from oxcache.near import NearCache
@@ -34,7 +35,7 @@ class Entries:
     """The entries of one store (`store.entries`): what the request path reads and writes.
     `compress_over` is the store's own threshold (None: never compress)."""
 
-    __slots__ = ("backend", "compress_over", "health", "invalidations", "near")
+    __slots__ = ("backend", "compress_over", "health", "invalidations", "near", "shared")
 
     def __init__(
         self,
@@ -49,6 +50,8 @@ class Entries:
         self.invalidations = invalidations
         self.near = near
         self.compress_over = compress_over
+        #: The reads in progress, which concurrent reads of the same key join.
+        self.shared = SharedReads(invalidations)
 
     async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
         """Run one backend read under the store's rules: skipped while the circuit is open,
@@ -68,7 +71,12 @@ class Entries:
         return data
 
     async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
+        """The decoded entry under `key`, or None when absent, unreadable or unreachable;
+        concurrent reads of `key` share one (see `oxcache.coalesce`)."""
+        return await self.shared.read(key, self.read_alone)
+
+    async def read_alone(self, key: str) -> Entry | None:
+        """`read`, not shared with concurrent reads of `key`."""
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
@@ -141,6 +149,7 @@ class Entries:
             return False
         if near is not None:
             near.discard(key)  # the others hear of it from Redis
+        self.shared.forget(key)  # later reads see this write
         if not self.health.healthy:
             self.health.succeeded()
         self.health.counters.bytes_written += len(data)

@@ -15,9 +15,11 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 
 from oxcache._core import encode_entry, etag, if_none_match
+from oxcache.directives import judge, own_control, stale_windows, with_private
 from oxcache.endpoint import CachedEndpoint
-from oxcache.http import OWN_HEADERS, Replay, forbids_store
-from oxcache.responses import CachedResponse, render
+from oxcache.http import COMPUTED_HEADERS, FRESHNESS_HEADERS, Replay, scan_request
+from oxcache.responses import render
+from oxcache.status import STALE, STREAMING, TAGS, UNAVAILABLE, forwarded, mark
 from oxcache.store import Cache
 
 __all__ = ["Stored", "miss", "refresh", "refresh_later", "run", "store_response"]
@@ -32,7 +34,7 @@ def _now_ms() -> int:
 class Stored:
     """What a miss stored, shaped like a decoded `Entry` for the requests that waited."""
 
-    __slots__ = ("body", "created_ms", "etag", "expires_ms", "headers", "status")
+    __slots__ = ("body", "created_ms", "etag", "expires_ms", "headers", "status", "written")
 
     def __init__(
         self,
@@ -49,12 +51,22 @@ class Stored:
         self.etag = etag
         self.created_ms = created_ms
         self.expires_ms = expires_ms
+        #: Whether the store took it (the waiting requests get it either way).
+        self.written = True
 
 
-def _shared_hit(store: Cache, replay: Replay, entry: Any) -> CachedResponse:
-    store.counters.hits += 1
-    store.counters.coalesced += 1
-    return replay.replay(entry, _now_ms())
+def _shared_hit(store: Cache, replay: Replay, entry: Any, collapsed: bool = True) -> Any:
+    """A run's entry as the answer of a request that waited for it (None when the entry's
+    `Vary` names a header this request's key did not hold: it runs the endpoint itself)."""
+    name = store.status_name
+    status = None
+    if collapsed and name is not None:
+        status = forwarded(name, replay.fwd, collapsed=True)
+    response = replay.replay(entry, _now_ms(), status)
+    if response is not None:
+        store.counters.hits += 1
+        store.counters.coalesced += 1
+    return response
 
 
 async def miss(
@@ -79,13 +91,17 @@ async def miss(
     if read_at is not None and flights.landed_since(key, read_at):
         entry = await store.entries.read(key)
         if entry is not None and entry.expires_ms > _now_ms():
-            return _shared_hit(store, replay, entry)
+            found = _shared_hit(store, replay, entry, collapsed=False)
+            if found is not None:
+                return found
     flight = flights.running(key)
     if flight is not None:
         shared = await asyncio.shield(flight)
-        if shared is not None:
-            return _shared_hit(store, replay, shared)
-        # The run we waited for failed or was not cacheable: run it as the route would.
+        found = None if shared is None else _shared_hit(store, replay, shared)
+        if found is not None:
+            return found
+        # The run we waited for failed, was not cacheable, or varies on a header our key
+        # does not hold: run it as the route would.
         args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
         return (await run(*args))[0]
     flight = flights.start(key)
@@ -97,8 +113,9 @@ async def miss(
             if not await flights.acquire(key, token):
                 token = b""
                 stored = await _wait_for_entry(store, key)
-                if stored is not None:
-                    return _shared_hit(store, replay, stored)
+                found = None if stored is None else _shared_hit(store, replay, stored)
+                if found is not None:
+                    return found
         args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
         response, stored = await run(*args)
         return response
@@ -135,18 +152,20 @@ async def run(
     """Run the endpoint, store a cacheable result; serve `stale` if it fails and
     stale-if-error allows. Returns the response and what was stored (or None)."""
     store.counters.misses += 1
+    per_user = uid is not None
     try:
         result = await endpoint.call(kwargs)
     except Exception as exc:
-        if _stale_if_error(endpoint, stale, exc):
-            store.counters.stale += 1
-            logger.warning(
-                "%s failed (%s); serving the stale entry %s (stale-if-error)",
-                endpoint.name,
-                type(exc).__name__,
-                key,
-            )
-            return replay.replay(stale, _now_ms()), None
+        if _stale_if_error(endpoint, stale, exc, per_user):
+            served = _serve_stale(store, replay, stale)
+            if served is not None:
+                logger.warning(
+                    "%s failed (%s); serving the stale entry %s (stale-if-error)",
+                    endpoint.name,
+                    type(exc).__name__,
+                    key,
+                )
+                return served, None
         raise
     try:
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
@@ -154,25 +173,54 @@ async def run(
         # The uncached route would fail the same way; nothing is stored.
         logger.info("FAILED_TO_CACHE_KEY: key=%s (%s)", key, type(exc).__name__)
         raise
-    if response.status_code >= 500 and _stale_if_error(endpoint, stale, None):
-        store.counters.stale += 1
-        return replay.replay(stale, _now_ms()), None
-    stored = await store_response(endpoint, store, response, kwargs, key, uid)
-    if stored is None:
-        return response, None
+    if response.status_code >= 500 and _stale_if_error(endpoint, stale, None, per_user):
+        served = _serve_stale(store, replay, stale)
+        if served is not None:
+            return served, None
+    stored = await store_response(endpoint, store, response, kwargs, key, uid, request)
+    name = store.status_name
+    if isinstance(stored, str):
+        status = None if name is None else forwarded(name, replay.fwd, detail=stored)
+        return mark(response, None, status), None
+    status = None
+    if name is not None:
+        written = stored.written
+        detail = None if written else UNAVAILABLE
+        status = forwarded(name, replay.fwd, stored=written, detail=detail)
+    own = any(n == b"cache-control" for n, _ in stored.headers)
+    created = stored.created_ms
     if replay.condition is not None and if_none_match(replay.condition, stored.etag):
-        return CachedResponse(
-            304, replay.headers(stored, stored.created_ms, hit=False), b""
-        ), stored
-    response.raw_headers = [
-        (n, v) for n, v in response.raw_headers if n not in OWN_HEADERS or n == b"content-length"
-    ] + replay.headers(stored, stored.created_ms, hit=False)
+        return replay.replay(stored, created, status, False, own), stored
+    # The miss sends what a hit will: the stored headers and the cache's own; the response
+    # object stays (a background task the endpoint attached runs after it).
+    length = [(n, v) for n, v in response.raw_headers if n == b"content-length"]
+    cache = replay.headers(stored, created, False, own, status)
+    response.raw_headers = length + stored.headers + cache
     return response, stored
 
 
-def _stale_if_error(endpoint: CachedEndpoint, stale: Any, exc: Exception | None) -> bool:
-    sie_ms = endpoint.options.sie_ms
-    if stale is None or not sie_ms:
+def _serve_stale(store: Cache, replay: Replay, stale: Any) -> Any:
+    """The stale entry served because the endpoint failed (RFC 5861 stale-if-error)."""
+    now_ms = _now_ms()
+    name = store.status_name
+    status = None
+    if name is not None:
+        ttl_s = (stale.expires_ms - now_ms) // 1000
+        status = forwarded(name, STALE, ttl_s=ttl_s, detail="stale-if-error")
+    served = replay.replay(stale, now_ms, status)
+    if served is not None:
+        store.counters.stale += 1
+    return served
+
+
+def _stale_if_error(
+    endpoint: CachedEndpoint, stale: Any, exc: Exception | None, per_user: bool
+) -> bool:
+    if stale is None:
+        return False
+    options = endpoint.options
+    sie_ms = stale_windows(own_control(stale.headers), options.swr_ms, options.sie_ms, per_user)[1]
+    if not sie_ms:
         return False
     if exc is not None and getattr(exc, "status_code", 500) < 500:
         return False  # an HTTPException(404) is an answer, not an error
@@ -186,8 +234,11 @@ async def store_response(
     kwargs: dict[str, Any],
     key: str,
     uid: str | None,
-) -> Stored | None:
-    """Store a rendered response if it may be cached; what was stored, or None."""
+    request: Request,
+) -> Stored | str:
+    """Store a rendered response if its own headers allow it (`directives.judge`): what was
+    stored, or why not (a Cache-Status `detail`). A response whose `Vary` names a header
+    `key` does not hold is stored under the key that holds it, which the endpoint learns."""
     rendered = getattr(response, "body", None)
     if not isinstance(rendered, bytes):
         endpoint.warn_once(
@@ -197,30 +248,47 @@ async def store_response(
             endpoint.name,
             type(response).__name__,
         )
-        return None
-    status = response.status_code
-    if not 200 <= status < 300 or any(
-        name == b"set-cookie" or (name == b"cache-control" and forbids_store(value))
-        for name, value in response.raw_headers
-    ):
-        return None
+        return STREAMING
+    now_ms = _now_ms()
+    per_user = uid is not None
+    verdict = judge(response.status_code, response.raw_headers, per_user=per_user, now_ms=now_ms)
+    if verdict.reason is not None:
+        return verdict.reason
+    space = store.keyspace
+    if verdict.vary:
+        endpoint.learn_vary(verdict.vary)
+        names = endpoint.vary_names
+        scan = scan_request(request.scope, names)
+        key = endpoint.request_key(space, kwargs, uid, names, scan[4], request.scope, scan[5])
     try:
-        indexes = endpoint.keys.indexes(store.keyspace, kwargs, uid)
+        variant = space.per_host or per_user or bool(endpoint.vary_names)
+        variant = variant or endpoint.request_param is not None
+        indexes = endpoint.keys.indexes(space, kwargs, uid, variant)
     except Exception as exc:  # a tag that cannot be formatted from these arguments
         logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)
-        return None
-    stored_headers = [
-        (n, v) for n, v in response.raw_headers if n not in OWN_HEADERS and n != store.hit_header
-    ]
+        return TAGS
     options = endpoint.options
-    now_ms = _now_ms()
-    expires_ms = now_ms + options.ttl_ms
-    data = encode_entry(status, stored_headers, rendered, now_ms, expires_ms)
+    # The endpoint's own Cache-Control is kept, unless `@cache` sets the header itself.
+    own = verdict.control if options.control is None and options.browser_max_age is None else None
+    skip = COMPUTED_HEADERS if own is not None else COMPUTED_HEADERS | FRESHNESS_HEADERS
+    hit_header = store.hit_header
+    stored_headers = [(n, v) for n, v in response.raw_headers if n not in skip and n != hit_header]
+    if own is not None and per_user and not own.private:
+        stored_headers = with_private(stored_headers)
+    endpoint.saw_entry(stored_headers)
+    lifetime_ms = options.ttl_ms
+    if verdict.lifetime_ms is not None:  # the endpoint's own, when shorter (directives.judge)
+        lifetime_ms = min(lifetime_ms, verdict.lifetime_ms)
+    expires_ms = now_ms + lifetime_ms
+    data = encode_entry(response.status_code, stored_headers, rendered, now_ms, expires_ms)
     # Kept past its freshness for as long as a stale copy may still be served.
-    await store.entries.write(
-        key, data, options.ttl_ms + options.stale_ms, indexes, options.compress_over
+    keep_ms = lifetime_ms + max(stale_windows(own, options.swr_ms, options.sie_ms, per_user))
+    written = await store.entries.write(key, data, keep_ms, indexes, options.compress_over)
+    stored = Stored(
+        response.status_code, stored_headers, rendered, etag(rendered), now_ms, expires_ms
     )
-    return Stored(status, stored_headers, rendered, etag(rendered), now_ms, expires_ms)
+    stored.written = written
+    return stored
 
 
 def refresh_later(
@@ -253,9 +321,9 @@ async def refresh(
         sub_response.status_code = None  # type: ignore[assignment]
         if endpoint.response_param is not None:
             fresh[endpoint.response_param] = sub_response
-        result = await endpoint.call(fresh)
+        result = await endpoint.call(fresh, after=sub_response)
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
-        await store_response(endpoint, store, response, fresh, key, uid)
+        await store_response(endpoint, store, response, fresh, key, uid, request)
     except Exception as exc:  # the stale copy stays until it runs out
         logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
     finally:

@@ -22,9 +22,10 @@ from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
 from oxcache.errors import ConfigError
-from oxcache.keys import KeySpace, resolved_hints
+from oxcache.keys import KeySpace
 from oxcache.options import ONE_YEAR, ttl_ms
 from oxcache.registry import registered_name
+from oxcache.signature import resolved_hints
 from oxcache.store import Cache, default_store
 
 __all__ = ["CachedFunction", "cached"]
@@ -94,8 +95,8 @@ class CachedFunction:
         return cache_key(space.prefix, self.module, self.name, pairs)
 
     # the interface `Cache.key_for` and `Cache.invalidate` use
-    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
-        return self.key(space, self.values((), args))
+    def key_for_call(self, space: KeySpace, args: dict[str, Any], origin: str | None = None) -> str:
+        return self.key(space, self.values((), args))  # a function has no origin
 
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], [self.key_for_call(space, args)]

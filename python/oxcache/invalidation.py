@@ -26,7 +26,7 @@ class Invalidations:
     """The invalidations of one store (`store.invalidations`), with the queue of those
     that failed."""
 
-    __slots__ = ("backend", "health", "near", "pending", "prefix")
+    __slots__ = ("backend", "finished", "health", "near", "pending", "prefix")
 
     def __init__(self, backend: Backend, health: Health, near: NearCache | None, prefix: str):
         self.backend = backend
@@ -35,9 +35,18 @@ class Invalidations:
         self.prefix = prefix
         #: Invalidations that failed while storage was unreachable, replayed before any read.
         self.pending: list[Item] = []
+        #: Invalidations that finished (or failed and were queued): a read that started
+        #: before one finished is never shared with a read that starts after it.
+        self.finished = 0
 
     async def run(self, indexes: list[str], keys: list[str]) -> int:
         """Delete `keys` and every entry listed in `indexes`; how many entries existed."""
+        try:
+            return await self._run(indexes, keys)
+        finally:
+            self.finished += 1
+
+    async def _run(self, indexes: list[str], keys: list[str]) -> int:
         if self.pending:
             await self.replay()
         try:
@@ -59,6 +68,12 @@ class Invalidations:
     async def clear(self) -> int:
         """Delete every key under the prefix; how many were deleted. Without a prefix on
         shared storage (Redis), `ConfigError`: other programs' keys would go too."""
+        try:
+            return await self._clear()
+        finally:
+            self.finished += 1
+
+    async def _clear(self) -> int:
         if not self.prefix and self.backend.shared:
             raise ConfigError(
                 f"clear() on {self.health.name} without a prefix would delete every key of "

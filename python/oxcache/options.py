@@ -43,6 +43,8 @@ ONE_YEAR = 31_536_000  # 365 days, the "never expires" default
 DEFAULT_COMPRESS_OVER = 1024
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: A Cache-Status cache name written as a structured-field token (RFC 8941 section 3.3.4).
+_CACHE_NAME = re.compile(r"^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*$")
 
 
 class StoreSetting(enum.Enum):
@@ -169,8 +171,16 @@ def check_store_options(
     lock_timeout: float,
     on_error: str,
     compress_over: int | None,
+    cache_status: str | None = None,
 ) -> None:
     """Check the arguments of `Cache(...)` (`sources`: url, backend, client, sentinel)."""
+    if cache_status is not None and (
+        not isinstance(cache_status, str) or not _CACHE_NAME.match(cache_status)
+    ):
+        raise ConfigError(
+            f"cache_status must be None or a name such as 'oxcache' (a letter, then letters, "
+            f"digits and !#$%&'*+-.^_`|~:/), not {cache_status!r}"
+        )
     if compress_over is not None and compress_over < 0:
         raise ConfigError("compress_over must be None or a number of bytes, not negative")
     if sum(x is not None for x in sources) > 1:

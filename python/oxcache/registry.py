@@ -33,8 +33,9 @@ class Keyed(Protocol):
     """What `@cache` and `@cached` record on the function they return (`__oxcache__`):
     how a call's key is built, for `Cache.key_for` and `Cache.invalidate`."""
 
-    def key_for_call(self, space: KeySpace, args: dict[str, Any]) -> str:
-        """The key of a call with `args` (defaults filled in)."""
+    def key_for_call(self, space: KeySpace, args: dict[str, Any], origin: str | None = None) -> str:
+        """The key of a call with `args` (defaults filled in), from `origin` if the keys
+        hold one."""
         ...
 
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -9,11 +9,14 @@ comes back. `CachedRoute` remembers, per route, which raw request (path, query s
 the next such request reads the entry and answers straight away; anything it is not sure of
 goes the usual way, which applies every rule of `@cache`.
 
-It only does this for routes that have nothing else to run: no dependencies (the route's,
-its router's or the app's, security included), no header, cookie or body parameters, no
-per-request defaults (`default_factory`) and no `per_user`. A route with an authentication
-dependency is never answered early, so a cached response is never sent to a request that
-dependency would have refused.
+A route whose own parameters are all in its raw path and query string qualifies: no header,
+cookie or body parameters and no per-request defaults (`default_factory`). When it has
+dependencies (the route's, its router's or the app's, `Security(...)`, the `per_user`
+dependency, dependencies whose values the key holds), they run first, on every request, with
+FastAPI's solver (`oxcache.guards`): a request they refuse is refused, hit or not, and the
+user id and the key's dependency values join the raw request's signature. On a miss,
+FastAPI's handler takes their values instead of running them again. Dependencies `@cache`
+defers (a database session) are not among them: they run only with the endpoint.
 """
 
 from __future__ import annotations
@@ -29,21 +32,45 @@ from starlette.responses import Response
 
 from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
+from oxcache.guards import GUARDS_SCOPE_KEY, Guards, key_parts
 from oxcache.serve import answer_early
 
-__all__ = ["CachedRoute", "can_answer_early"]
+__all__ = ["CachedRoute", "can_answer_after_guards", "can_answer_early"]
 
 
-def _dependant_in_use(route: APIRoute) -> Any:
-    """The dependant the route's handler is built with. FastAPI >= 0.16x builds one handler
-    per inclusion of a router (with that inclusion's dependencies) and says which through a
+def _in_use(route: APIRoute) -> Any:
+    """What the route's handler is built from: FastAPI >= 0.16x builds one handler per
+    inclusion of a router (with that inclusion's dependencies) and says which through a
     context variable; older versions copy the route, with its dependencies, on inclusion."""
     var = getattr(fastapi.routing, "_effective_route_context_var", None)
     if var is not None:
         context = var.get()
         if context is not None and getattr(context, "original_route", None) is route:
-            return getattr(context, "dependant", None)
-    return getattr(route, "dependant", None)
+            return context
+    return route
+
+
+def _dependant_in_use(route: APIRoute) -> Any:
+    """The dependant the route's handler is built with (see `_in_use`)."""
+    return getattr(_in_use(route), "dependant", None)
+
+
+def _plain_parameters(route: APIRoute, dependant: Any) -> bool:
+    """Whether the route's own parameters are all in its raw path and query string: no
+    header, cookie or body parameter, and no default made per request
+    (`Query(default_factory=date.today)`)."""
+    if (
+        dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.security_scopes_param_name
+        or getattr(route, "body_field", None) is not None
+    ):
+        return False
+    return not any(
+        getattr(getattr(field, "field_info", None), "default_factory", None) is not None
+        for field in (*dependant.path_params, *dependant.query_params)
+    )
 
 
 def can_answer_early(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) -> bool:
@@ -52,21 +79,20 @@ def can_answer_early(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) 
     if dependant is None or endpoint.per_user is not None or endpoint.deps:
         return False
     try:
-        if (
-            dependant.dependencies
-            or dependant.header_params
-            or dependant.cookie_params
-            or dependant.body_params
-            or dependant.security_scopes_param_name
-        ):
-            return False
-        # A default made per request (`Query(default_factory=date.today)`) is an input the
-        # raw request does not show.
-        return not any(
-            getattr(getattr(field, "field_info", None), "default_factory", None) is not None
-            for field in (*dependant.path_params, *dependant.query_params)
-        )
+        return not dependant.dependencies and _plain_parameters(route, dependant)
     except AttributeError:  # a FastAPI whose dependant we do not know: take no chances
+        return False
+
+
+def can_answer_after_guards(route: APIRoute, endpoint: CachedEndpoint, dependant: Any) -> bool:
+    """Whether a hit of `route`, which has dependencies (guards, `per_user`, dependencies
+    its key holds), can be answered once they are solved: its own parameters are plain
+    (see `can_answer_early`) and its dependencies can be solved apart (`Guards.possible`)."""
+    if dependant is None:
+        return False
+    try:
+        return _plain_parameters(route, dependant) and Guards.possible(dependant)
+    except AttributeError:
         return False
 
 
@@ -79,18 +105,23 @@ class CachedRoute(APIRoute):
 
         router = APIRouter(route_class=CachedRoute)
 
-    Routes whose endpoint is not cached, or that have dependencies, header, cookie or body
-    parameters, behave exactly like `APIRoute`. Responses, headers, 304s, logs and
-    `stats()` are the same as without it; only the work before a hit is saved.
+    Routes whose endpoint is not cached, or that have header, cookie or body parameters,
+    behave exactly like `APIRoute`; the dependencies of the others run on every request.
+    Responses, headers, 304s, logs and `stats()` are the same as without it; only the work
+    before a hit is saved.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         endpoint = getattr(self.endpoint, "__oxcache__", None)
-        if not isinstance(endpoint, CachedEndpoint) or not can_answer_early(
-            self, endpoint, _dependant_in_use(self)
-        ):
+        if not isinstance(endpoint, CachedEndpoint):
             return handler
+        dependant = _dependant_in_use(self)
+        guards: Guards | None = None
+        if not can_answer_early(self, endpoint, dependant):
+            if not can_answer_after_guards(self, endpoint, dependant):
+                return handler
+            guards = Guards(_in_use(self), dependant)
         memo = RouteMemo(endpoint)
         # The memos of the handlers built and still in use (FastAPI builds one handler per
         # inclusion of a router); weak, so a rebuilt handler's old memo goes with it.
@@ -100,10 +131,40 @@ class CachedRoute(APIRoute):
             self.oxcache_memos = memos
         memos.add(memo)
 
-        async def cached_route_handler(request: Request) -> Response:
-            response = await answer_early(endpoint, request.scope, memo)
+        if guards is None:
+
+            async def cached_route_handler(request: Request) -> Response:
+                response = await answer_early(endpoint, request.scope, memo)
+                if response is not None:
+                    return response
+                return await handler(request)
+
+            return cached_route_handler
+
+        solved_handler = self._handler_with(guards.holder, guards.handler_dependant())
+        found = guards
+
+        async def guarded_route_handler(request: Request) -> Response:
+            async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
+                values = await found.solve(request)
+                return None if values is None else key_parts(endpoint, store, values)
+
+            response = await answer_early(endpoint, request.scope, memo, solve)
             if response is not None:
                 return response
+            if GUARDS_SCOPE_KEY in request.scope:  # solved: FastAPI takes their values
+                return await solved_handler(request)
             return await handler(request)
 
-        return cached_route_handler
+        return guarded_route_handler
+
+    def _handler_with(
+        self, holder: Any, dependant: Any
+    ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler of this route, built with `dependant` instead of its own."""
+        original = holder.dependant
+        holder.dependant = dependant
+        try:
+            return super().get_route_handler()
+        finally:
+            holder.dependant = original

@@ -5,31 +5,24 @@ the request path (`serve`, `fill`) reads and writes through it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from types import TracebackType
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 from oxcache._core import Entry, EntryHead
 from oxcache.backends.base import Backend
 from oxcache.backends.connect import backend_for, describe
-from oxcache.backends.redis import RedisBackend
 from oxcache.entries import Entries
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
 from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace, UserId
+from oxcache.lifecycle import Lifecycle, current_default
 from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
-from oxcache.registry import keyed, warn_misplaced
+from oxcache.registry import keyed
 
-__all__ = [
-    "DEFAULT_RESPONSE_HEADER",
-    "Cache",
-    "default_store",
-    "set_default",
-]
+__all__ = ["DEFAULT_RESPONSE_HEADER", "Cache", "default_store"]
 
 # Warnings reach the console unless the application configured logging: see `oxcache.logs`.
 logger = logging.getLogger(LOGGER_NAME)
@@ -37,7 +30,7 @@ logger = logging.getLogger(LOGGER_NAME)
 DEFAULT_RESPONSE_HEADER = "X-FastAPI-Cache"
 
 
-class Cache:
+class Cache(Lifecycle):
     """A cache store: where entries live and how responses are keyed and marked.
 
     `Cache()` runs on an in-process `MemoryBackend`; `Cache(url="redis://...")` on Redis
@@ -90,6 +83,13 @@ class Cache:
             (when that makes them smaller); None (the default) stores every entry as is.
             Reading compressed entries needs no setting (an oxcache without compression
             reads them as misses).
+        per_host: Whether every key holds the request's origin: its scheme, Host header and
+            root path, from the ASGI scope after proxy middleware (True, the default: a
+            response is never served to a request made to another host or scheme). False
+            shares entries between the names an app is served under, for apps that answer
+            the same under all of them and never read the host or scheme.
+        cache_status: The cache's name in the `Cache-Status` header (RFC 9211) sent with
+            every response of a cached endpoint ("oxcache"); None sends no such header.
         enabled: False turns caching off (tests, development): see `disabled()`; entering
             such a store does not check the backend. `store.enabled` may change any time.
     """
@@ -116,6 +116,8 @@ class Cache:
         max_bytes: int = 64 * 1024 * 1024,
         near: NearCache | None = None,
         compress_over: int | None = None,
+        per_host: bool = True,
+        cache_status: str | None = "oxcache",
         enabled: bool = True,
     ) -> None:
         check_store_options(
@@ -129,6 +131,7 @@ class Cache:
             lock_timeout=lock_timeout,
             on_error=on_error,
             compress_over=compress_over,
+            cache_status=cache_status,
         )
         if backend is None:
             backend = backend_for(
@@ -149,9 +152,12 @@ class Cache:
         self.prefix = prefix or ""
         self.response_header = response_header or DEFAULT_RESPONSE_HEADER
         self.hit_header = self.response_header.lower().encode("latin-1")
+        #: The cache's name in Cache-Status headers, or None to send none.
+        self.status_name = None if cache_status is None else cache_status.encode("ascii")
         self.ignore_arg_types: tuple[type[Any], ...] = tuple(ignore_arg_types or ())
+        self.per_host = per_host
         #: Where this store's keys, indexes and locks are (`KeySpace`).
-        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types)
+        self.keyspace = KeySpace(self.prefix, self.ignore_arg_types, per_host)
         self.strong_etag = strong_etag
         self.retry_after = retry_after
         self.on_error = on_error
@@ -167,76 +173,9 @@ class Cache:
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
         #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
         self.flights = Flights(backend, self.health, self.keyspace, self.lock_ms)
-        self._previous_default: Cache | None = None
 
     def __repr__(self) -> str:
         return f"Cache(backend={type(self.backend).__name__}, prefix={self.prefix!r})"
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def connect(self) -> bool:
-        """Check the backend once, logging CONNECT_BEGIN and then CONNECT_SUCCESS or
-        CONNECT_FAIL. Never raises: an unreachable Redis means uncached responses until it
-        answers, not a failed startup."""
-        logger.info("CONNECT_BEGIN: Attempting to connect to %s...", self.health.name)
-        try:
-            await self.backend.ping()
-        except Exception as exc:
-            self.health.failed(exc)
-            return False
-        self.health.connected()
-        logger.info("CONNECT_SUCCESS: %s is connected.", self.health.name)
-        return True
-
-    async def close(self) -> None:
-        """Release the backend's connections (never a client that was passed in)."""
-        if self.near is not None:
-            await self.near.stop()
-        if self.backend.owns_connection:
-            await self.backend.close()
-
-    async def __aenter__(self) -> Cache:
-        if self.enabled:
-            await self.connect()
-        else:
-            logger.info("CACHE_DISABLED: caching is off for %s.", self.health.name)
-        if self.near is not None:
-            assert isinstance(self.backend, RedisBackend)
-            self.near.start(self.backend, self.keyspace.start)
-        self._previous_default = set_default(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if _default_store is self:
-            set_default(self._previous_default)
-        self._previous_default = None
-        await self.close()
-
-    @asynccontextmanager
-    async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Lifespan handler: `FastAPI(lifespan=store.lifespan)` connects on startup and
-        closes on shutdown."""
-        warn_misplaced(app, self.warn_once)
-        async with self:
-            yield
-
-    @contextmanager
-    def disabled(self) -> Iterator[None]:
-        """Turn caching off for the block, then back: endpoints and `@cached` functions
-        run on every call as if undecorated (no cache headers, nothing read, written or
-        counted), for every request the store serves meanwhile. Invalidations still
-        delete, so nothing stale comes back when caching is on again."""
-        previous = self.enabled
-        self.enabled = False
-        try:
-            yield
-        finally:
-            self.enabled = previous
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was made: `hits` (including 304s and requests served
@@ -283,9 +222,14 @@ class Cache:
 
     # -- keys and invalidation -----------------------------------------------------------
 
-    def key_for(self, endpoint: Callable[..., Any], /, **args: Any) -> str:
-        """The key `@cache` gives `endpoint` called with `args` (defaults filled in)."""
-        return keyed(endpoint).key_for_call(self.keyspace, args)
+    def key_for(
+        self, endpoint: Callable[..., Any], origin: str | None = None, /, **args: Any
+    ) -> str:
+        """The key `@cache` gives `endpoint` called with `args` (defaults filled in): from
+        `origin` (`"https://example.com"`: scheme, Host, root path) on a `per_host` store;
+        without one, the base key (the arguments alone: the key on a `per_host=False`
+        store, and the name its variants are listed under, see docs/http.md)."""
+        return keyed(endpoint).key_for_call(self.keyspace, args, origin)
 
     def user_index(self, user_id: UserId) -> str:
         """The index listing every entry cached for `user_id` (as `per_user` returned it)."""
@@ -296,14 +240,15 @@ class Cache:
         return self.keyspace.tag_index(tag)
 
     def variants_index(self, key: str) -> str:
-        """The index listing the per-user and `vary` variants of the entry `key`."""
+        """The index listing the variants of the base key `key` (`key_for` without origin):
+        its entries for each origin, user, varying header value and undeclared query."""
         return self.keyspace.variants_index(key)
 
     async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
-        """Delete the entry that `endpoint` called with `args` produced, for every user,
-        every `vary` variant and every value of its dependency parameters (defaults are
-        filled in as FastAPI would; dependencies need not be given). Returns how many
-        entries were deleted."""
+        """Delete the entries that `endpoint` called with `args` produced, for every origin
+        (host and scheme), every user, every varying header value, every undeclared query
+        and every value of its dependency parameters (defaults are filled in as FastAPI
+        would; dependencies need not be given). Returns how many entries were deleted."""
         indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
         return await self.invalidations.run(indexes, keys)
 
@@ -328,25 +273,16 @@ class Cache:
         return await self.invalidations.clear()
 
 
-_default_store: Cache | None = None
 _fallback_store: Cache | None = None
-
-
-def set_default(store: Cache | None) -> Cache | None:
-    """Make `store` the default store of `@cache` endpoints that name none (None: back to
-    the process-wide in-memory store); returns the previous default."""
-    global _default_store
-    previous = _default_store
-    _default_store = store
-    return previous
 
 
 def default_store() -> Cache:
     """The store `@cache` uses when given none: the one configured by
     `FastApiRedisCache().init(...)` or last entered, else a process-wide in-memory store."""
     global _fallback_store
-    if _default_store is not None:
-        return _default_store
+    configured: Cache | None = current_default()
+    if configured is not None:
+        return configured
     if _fallback_store is None:
         _fallback_store = Cache()
     return _fallback_store
