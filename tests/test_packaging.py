@@ -101,9 +101,21 @@ def imported_distributions() -> set[str]:
     return {name for name in found if name not in sys.stdlib_module_names and name != "oxcache"}
 
 
+# Optional integrations: imported only by their own module, declared by their own extra.
+OPTIONAL = {"opentelemetry": "opentelemetry-api", "prometheus_client": "prometheus-client"}
+
+
 def test_every_imported_package_has_a_declared_floor() -> None:
     declared = {requirement_name(r): r for r in PROJECT["dependencies"]}
-    assert imported_distributions() <= set(declared), imported_distributions()
+    extras = {
+        requirement_name(r)
+        for name, requirements in PROJECT["optional-dependencies"].items()
+        if name not in ("test", "dev", "docs")
+        for r in requirements
+    }
+    imported = imported_distributions()
+    assert {OPTIONAL[m] for m in imported & set(OPTIONAL)} <= extras
+    assert imported - set(OPTIONAL) <= set(declared), imported
     floors = {name: lowest_pins.pin(r).split("==")[1] for name, r in declared.items()}
 
     def at_least(version: str, minimum: tuple[int, ...]) -> bool:

@@ -35,6 +35,7 @@ from oxcache.errors import (
 )
 from oxcache.functions import cached
 from oxcache.near import NearCache
+from oxcache.observe import CacheEvent, Observer
 from oxcache.route import CachedRoute
 from oxcache.store import Cache, default_store
 
@@ -49,6 +50,7 @@ except _PackageNotFoundError:  # pragma: no cover - imported from a source tree,
 __all__ = [
     "Backend",
     "Cache",
+    "CacheEvent",
     "CacheUnavailable",
     "CachedRoute",
     "ClusterBackend",
@@ -58,6 +60,7 @@ __all__ = [
     "KeyBuildError",
     "MemoryBackend",
     "NearCache",
+    "Observer",
     "OxcacheError",
     "RedisBackend",
     "SentinelBackend",

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar, cast, overload
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from oxcache.body import cached_methods
 from oxcache.deferred import PENDING_PARAM
 from oxcache.endpoint import REQUEST_PARAM, RESPONSE_PARAM, USER_PARAM, CachedEndpoint
 from oxcache.options import (
@@ -63,6 +64,7 @@ def cache(
     refresh_on_no_cache: bool | None = None,
     early_recompute: float = 0.0,
     compress: bool | int | None = None,
+    methods: Sequence[str] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -82,6 +84,7 @@ def cache(
     refresh_on_no_cache: bool | None = None,
     early_recompute: float = 0.0,
     compress: bool | int | None = None,
+    methods: Sequence[str] | None = None,
 ) -> Any:
     """Cache a FastAPI path operation's responses.
 
@@ -91,7 +94,8 @@ def cache(
         @cache(expire=60)
         async def item(id: int): ...
 
-    Only GET and HEAD requests with a 2xx response are cached; the key is built from the
+    Only GET and HEAD requests (and POST, opted in with `methods=`) with a 2xx response
+    are cached; the key is built from the
     endpoint's arguments (`prefix:module.function(name=value,...)`). Hits and misses carry
     `Cache-Control`, `Expires`, `ETag` and the hit/miss header; `If-None-Match` gives 304.
     A request with `Cache-Control: no-cache` or `no-store` bypasses the cache entirely.
@@ -138,11 +142,17 @@ def cache(
             of 1 KiB and more, a number of bytes sets that threshold, False never
             compresses. An entry is stored compressed only when that makes it smaller;
             reading needs no setting.
+        methods: The request methods cached: GET and HEAD by default; `["GET", "POST"]`
+            (or `["POST"]`) also caches POST requests, for query endpoints (search,
+            GraphQL) whose POST changes nothing. A POST's key adds the XXH3-128 digest of
+            its raw body; it never gets a 304. Never opt in an endpoint with side effects:
+            a hit skips them. See docs/decorator.md, "POST queries".
     """
     if callable(expire) and not isinstance(expire, (int, timedelta)):
         return cache()(expire)  # bare @cache
     expire_ms = ttl_ms(expire)
     compress_threshold(compress)  # a bad value fails here, not at the first request
+    cached_methods(methods)
 
     def decorator(func: F) -> F:
         options = Options(
@@ -159,6 +169,7 @@ def cache(
             refresh_on_no_cache=refresh_on_no_cache,
             early_recompute=early_recompute,
             compress=compress,
+            methods=methods,
         )
         return _wrap(func, CachedEndpoint(func, options, store))
 

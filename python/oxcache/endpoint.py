@@ -15,10 +15,12 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from oxcache.body import body_part
 from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer
 from oxcache.errors import ConfigError
-from oxcache.http import CACHED_METHODS, NOT_MODIFIED_HEADERS
+from oxcache.http import NOT_MODIFIED_HEADERS
 from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
+from oxcache.observe import BYPASS, note
 from oxcache.options import Options
 from oxcache.registry import registered_name
 from oxcache.signature import annotation_types, is_ignored_annotation, resolved_hints
@@ -68,12 +70,13 @@ class CachedEndpoint:
     `Response` and the `per_user` dependency when it does not take them). `store` is the
     `Cache` it names, or None for the default store at request time."""
 
-    #: The request methods it caches (the store's lifespan warns about a route with none).
-    methods = CACHED_METHODS
-
     def __init__(self, func: Callable[..., Any], options: Options, store: Cache | None) -> None:
         self.func = func
         self.options = options
+        #: The request methods it caches (the store's lifespan warns about a route with none).
+        self.methods = options.methods
+        #: Whether its POST requests are cached, keyed by their body (`oxcache.body`).
+        self.keys_body = "POST" in self.methods
         self.ttl_ms = options.ttl_ms
         self.per_user = options.per_user
         self.shared = options.shared
@@ -168,6 +171,10 @@ class CachedEndpoint:
         if user is not None or varied is not None or query is not None:
             origin = None if extra is None else extra[0][1]
             extra = call_parts(user, names, varied, query, origin)
+        if self.keys_body:
+            part = body_part(scope)  # a POST's body, read by `serve.handle`
+            if part is not None:
+                extra = [*(extra or ()), part]
         return self.keys.key(space, kwargs, extra)
 
     def declared_query(self, route: Any) -> frozenset[str]:
@@ -241,9 +248,11 @@ class CachedEndpoint:
             self.run_s = took if not self.run_s else 0.8 * self.run_s + 0.2 * took
         return result
 
-    async def bypass(self, store: Cache, kwargs: dict[str, Any]) -> Any:
-        """Serve a cacheable request without the cache (counted in `stats()`)."""
+    async def bypass(self, store: Cache, kwargs: dict[str, Any], reason: str | None) -> Any:
+        """Serve a cacheable request without the cache (counted in `stats()`, and reported
+        to the store's observers with `reason`)."""
         store.counters.bypasses += 1
+        note(BYPASS, reason)
         return await self.call(kwargs)
 
     def warn_once(self, store: Cache, what: str, message: str, *args: Any) -> None:

@@ -14,6 +14,7 @@ from fastapi import Response
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 
+from oxcache import observe
 from oxcache._core import encode_entry, etag, if_none_match
 from oxcache.directives import judge, own_control, stale_windows, with_private
 from oxcache.endpoint import CachedEndpoint
@@ -66,6 +67,8 @@ def _shared_hit(store: Cache, replay: Replay, entry: Any, collapsed: bool = True
     if response is not None:
         store.counters.hits += 1
         store.counters.coalesced += 1
+        if collapsed:
+            observe.note(observe.HIT, observe.COALESCED)
     return response
 
 
@@ -152,6 +155,7 @@ async def run(
     """Run the endpoint, store a cacheable result; serve `stale` if it fails and
     stale-if-error allows. Returns the response and what was stored (or None)."""
     store.counters.misses += 1
+    observe.note(observe.MISS)
     per_user = uid is not None
     try:
         result = await endpoint.call(kwargs)
@@ -180,8 +184,11 @@ async def run(
     stored = await store_response(endpoint, store, response, kwargs, key, uid, request)
     name = store.status_name
     if isinstance(stored, str):
+        observe.note(observe.MISS, stored)  # why it was not stored
         status = None if name is None else forwarded(name, replay.fwd, detail=stored)
         return mark(response, None, status), None
+    if not stored.written:
+        observe.note(observe.MISS, UNAVAILABLE)
     status = None
     if name is not None:
         written = stored.written
@@ -210,6 +217,7 @@ def _serve_stale(store: Cache, replay: Replay, stale: Any) -> Any:
     served = replay.replay(stale, now_ms, status)
     if served is not None:
         store.counters.stale += 1
+        observe.note(observe.STALE, observe.STALE_IF_ERROR)
     return served
 
 
@@ -262,7 +270,7 @@ async def store_response(
         key = endpoint.request_key(space, kwargs, uid, names, scan[4], request.scope, scan[5])
     try:
         variant = space.per_host or per_user or bool(endpoint.vary_names)
-        variant = variant or endpoint.request_param is not None
+        variant = variant or endpoint.request_param is not None or endpoint.keys_body
         indexes = endpoint.keys.indexes(space, kwargs, uid, variant)
     except Exception as exc:  # a tag that cannot be formatted from these arguments
         logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)

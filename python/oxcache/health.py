@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from oxcache.errors import CacheUnavailable
+from oxcache.observe import Observers
 
 __all__ = ["Health", "Stats"]
 
@@ -39,13 +40,31 @@ class Health:
     """Whether the backend named `name` may be used now. `on_error="raise"` turns every
     failure, and every request while the circuit is open, into `CacheUnavailable`."""
 
-    __slots__ = ("counters", "down_until", "healthy", "name", "on_error", "retry_after", "warned")
+    __slots__ = (
+        "counters",
+        "down_until",
+        "healthy",
+        "name",
+        "observers",
+        "on_error",
+        "retry_after",
+        "warned",
+    )
 
-    def __init__(self, name: str, retry_after: float, on_error: str, counters: Stats) -> None:
+    def __init__(
+        self,
+        name: str,
+        retry_after: float,
+        on_error: str,
+        counters: Stats,
+        observers: Observers | None = None,
+    ) -> None:
         self.name = name
         self.retry_after = retry_after
         self.on_error = on_error
         self.counters = counters
+        #: Told of every failure (the store's `observers`).
+        self.observers = Observers() if observers is None else observers
         #: `time.monotonic()` until which the backend is left alone (0: not failed).
         self.down_until = 0.0
         #: False from a failure until the backend answers again.
@@ -72,6 +91,8 @@ class Health:
     def failed(self, exc: BaseException) -> None:
         """A backend call failed: open the circuit, log CONNECT_FAIL once per outage."""
         self.counters.errors += 1
+        if self.observers:
+            self.observers.storage_error(self.name, exc)
         self.down_until = time.monotonic() + self.retry_after
         if self.healthy:
             self.healthy = False

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Callable, Union
 
+from oxcache.body import cached_methods
 from oxcache.errors import ConfigError
 
 __all__ = [
@@ -112,8 +113,11 @@ class Options:
         refresh_on_no_cache: bool | None = None,
         early_recompute: float = 0.0,
         compress: bool | int | None = None,
+        methods: Sequence[str] | None = None,
     ) -> None:
         self.ttl_ms = expire_ms
+        #: The request methods cached (`oxcache.body`): GET and HEAD unless POST is opted in.
+        self.methods = cached_methods(methods)
         self.compress_over = compress_threshold(compress)
         if not isinstance(early_recompute, (int, float)) or not 0 <= early_recompute < 1e6:
             raise ConfigError("early_recompute must be a number >= 0 (XFetch's beta; 1 is usual)")

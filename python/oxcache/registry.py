@@ -156,8 +156,9 @@ def warn_misplaced(app: Any, warn_once: Callable[..., object]) -> None:
         warn_once(
             "methods:" + str(id(func)),
             "%s.%s is never cached: its route takes %s %s, and @cache caches only GET and "
-            "HEAD requests. Remove @cache from it (after a write, invalidate what it "
-            "changed: store.invalidate(...), store.invalidate_tag(...)).",
+            "HEAD requests unless told otherwise. Remove @cache from it (after a write, "
+            "invalidate what it changed: store.invalidate(...), store.invalidate_tag(...)), "
+            'or, for a query that changes nothing (search, GraphQL), @cache(methods=["POST"]).',
             getattr(func, "__module__", "?"),
             getattr(func, "__qualname__", func),
             methods,

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Response
 from starlette.requests import Request
 
+from oxcache import body, observe
 from oxcache._core import Entry, EntryHead, KeyBuildError, if_none_match, secret_digest_bytes
 from oxcache.directives import own_control, stale_windows, uncovered
 from oxcache.early import EARLY_SCOPE_KEY, MEMO_MAX_REQUEST, EarlyState, RouteMemo
@@ -119,7 +120,7 @@ async def bypass(
     detail: str | None = None,
 ) -> Any:
     """Serve a request without the cache, its Cache-Status saying why (`fwd`, `detail`)."""
-    result = await endpoint.bypass(store, kwargs)
+    result = await endpoint.bypass(store, kwargs, detail)
     name = store.status_name
     return mark(result, sub_response, None if name is None else forwarded(name, fwd, detail=detail))
 
@@ -154,13 +155,18 @@ async def handle(
     store = endpoint.store or default_store()
     scope = request.scope
     name = store.status_name
-    if scope["method"] not in CACHED_METHODS:
+    if scope["method"] not in endpoint.methods:
         result = await endpoint.call(kwargs)
         return mark(result, sub_response, None if name is None else forwarded(name, METHOD))
     if not store.enabled:
         result = await endpoint.call(kwargs)
         status = None if name is None else forwarded(name, BYPASS, detail=DISABLED)
         return mark(result, sub_response, status)
+    if store.observers and not observe.active():
+        # Observed: this request again, timed and reported (one truth test when not).
+        return await observe.run(
+            store.observers, endpoint, handle(endpoint, request, sub_response, kwargs, user)
+        )
     if endpoint.ttl_ms <= 0:
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, EXPIRE)
     names = endpoint.vary_names
@@ -198,6 +204,17 @@ async def handle(
             endpoint.name,
         )
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, CREDENTIALS)
+    if endpoint.keys_body and scope["method"] == "POST":  # opted in: keyed by its body
+        if not await body.read(request):
+            endpoint.warn_once(
+                store,
+                "body",
+                "%s is served uncached to POST requests whose body FastAPI parsed as a form "
+                "(it cannot be read again to key the request)",
+                endpoint.name,
+            )
+            return await bypass(endpoint, store, kwargs, sub_response, BYPASS, body.UNREADABLE)
+        condition = None  # FastAPI ignores If-None-Match on a POST: no 304 from the cache
 
     deferred = endpoint.deferred
     if deferred is not None and deferred.keyed(store.keyspace.ignored):
@@ -263,6 +280,7 @@ async def handle(
                 response = _usable(endpoint, replay, entry, now_ms)
                 if response is not None:
                     store.counters.stale += 1
+                    observe.note(observe.STALE, observe.STALE_WHILE_REVALIDATE)
                     logger.info("KEY_FOUND_IN_CACHE: key=%s (stale, revalidating)", key)
                     refresh_later(endpoint, store, request, kwargs, key, uid, response)
                     return response
@@ -292,6 +310,9 @@ async def answer_early(
     own = endpoint.store or default_store()
     if not own.enabled:
         return None  # `handle` runs the endpoint
+    if own.observers and not observe.active():
+        answer = answer_early(endpoint, scope, memo, solve)
+        return await observe.run(own.observers, endpoint, answer)
     names = endpoint.vary_names
     cache_control, pragma, condition, credentials, varied, host = scan_request(scope, names)
     if cache_control is not None or pragma is not None:

@@ -19,6 +19,7 @@ from oxcache.keys import KeySpace, UserId
 from oxcache.lifecycle import Lifecycle, current_default
 from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
+from oxcache.observe import Observer, Observers
 from oxcache.options import STORE_SETTING, StoreSetting, check_store_options
 from oxcache.registry import keyed
 
@@ -92,6 +93,8 @@ class Cache(Lifecycle):
             every response of a cached endpoint ("oxcache"); None sends no such header.
         enabled: False turns caching off (tests, development): see `disabled()`; entering
             such a store does not check the backend. `store.enabled` may change any time.
+        observers: `Observer`s told of every request of its endpoints and every storage
+            failure (metrics, traces: docs/observability.md); `store.observers` is the list.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Cache(Lifecycle):
         per_host: bool = True,
         cache_status: str | None = "oxcache",
         enabled: bool = True,
+        observers: Iterable[Observer] = (),
     ) -> None:
         check_store_options(
             sources=(url, backend, client, sentinel),
@@ -167,7 +171,11 @@ class Cache(Lifecycle):
         #: Whether requests and `@cached` calls use the cache (see `disabled()`).
         self.enabled = enabled
         self.counters = Stats()
-        self.health = Health(describe(backend, url), retry_after, on_error, self.counters)
+        #: Told of each request and storage failure (`oxcache.observe`); empty: nobody.
+        self.observers = Observers(observers)
+        self.health = Health(
+            describe(backend, url), retry_after, on_error, self.counters, self.observers
+        )
         self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
         #: Reading and writing entries under the rules above (what the request path uses).
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)

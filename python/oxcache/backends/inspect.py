@@ -261,8 +261,8 @@ class RedisDatabase:
         return hits, sum(int(info.get("keyspace_misses", 0)) for info in infos)
 
     async def invalidate(self, indexes: Sequence[str], keys: Sequence[str]) -> int:
-        """Delete through the store's script (`RedisBackend.invalidate`): every entry
-        `indexes` list, the indexes, and `keys`; how many entries existed."""
+        """Delete as the store invalidates (`RedisBackend.invalidate`): every entry
+        `indexes` list (unlisted from them), and `keys`; how many entries existed."""
         with _redis_errors():
             return await self.backend.invalidate(indexes, keys)
 
