@@ -1,18 +1,22 @@
-//! The cache entry envelope: a fixed 44-byte head (status, times, digest, lengths), a compact
-//! header block, then the body. Layout in `docs/formats.md`.
+//! The cache entry envelope: a fixed 68-byte head (status, times, digests, lengths, the
+//! generations stamp, and a check over the head), a compact header block, then the body.
+//! Every byte is covered: the head check covers the head, which holds the digests of the
+//! header block and of the body. Layout in `docs/formats.md`.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyTuple};
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::etag::{digest, format_etag, DETACH_THRESHOLD};
 use crate::EntryError;
 
 pub const MAGIC: &[u8; 3] = b"OXC";
-pub const VERSION: u8 = 1;
-pub const HEAD_SIZE: usize = 44;
+pub const VERSION: u8 = 2;
+pub const HEAD_SIZE: usize = 68;
+/// Where the head check starts: it covers every byte of the head before it.
+const CHECK_AT: usize = 60;
 
 /// Well-known header pairs written as `0x00, code`.
 const WELL_KNOWN: [(&[u8], &[u8]); 3] = [
@@ -33,6 +37,8 @@ pub struct Head {
     pub digest: u128,
     pub body_len: u32,
     pub headers_len: u16,
+    pub generations: u64,
+    pub headers_digest: u64,
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -58,15 +64,27 @@ pub fn read_head(data: &[u8]) -> Result<Head, String> {
             data[3]
         ));
     }
+    if xxh3_64(&data[..CHECK_AT]) != be_u64(&data[CHECK_AT..HEAD_SIZE]) {
+        return Err("cache entry head does not match its check (corrupted)".to_owned());
+    }
+    let status = u16::from_be_bytes([data[4], data[5]]);
+    if !(100..=999).contains(&status) {
+        // Only a head written on purpose gets here: encode_entry never writes one.
+        return Err(format!(
+            "cache entry with status {status}, not from 100 to 999"
+        ));
+    }
     let mut digest = [0u8; 16];
     digest.copy_from_slice(&data[22..38]);
     Ok(Head {
-        status: u16::from_be_bytes([data[4], data[5]]),
+        status,
         created_ms: be_u64(&data[6..14]),
         expires_ms: be_u64(&data[14..22]),
         digest: u128::from_be_bytes(digest),
         body_len: u32::from_be_bytes([data[38], data[39], data[40], data[41]]),
         headers_len: u16::from_be_bytes([data[42], data[43]]),
+        generations: be_u64(&data[44..52]),
+        headers_digest: be_u64(&data[52..60]),
     })
 }
 
@@ -133,24 +151,29 @@ pub fn decode_headers(block: &[u8]) -> Result<Vec<HeaderPair<'_>>, String> {
     Ok(out)
 }
 
-/// Write a whole entry into `out` (which must be exactly the entry's size).
-fn write_entry(
-    out: &mut [u8],
-    status: u16,
-    created_ms: u64,
-    expires_ms: u64,
-    digest: u128,
-    block: &[u8],
-    body: &[u8],
-) {
+/// The fields of an entry's head that the caller chooses.
+pub struct Fields {
+    pub status: u16,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub generations: u64,
+}
+
+/// Write a whole entry into `out` (which must be exactly the entry's size); `digest` is the
+/// body's XXH3-128.
+fn write_entry(out: &mut [u8], fields: &Fields, digest: u128, block: &[u8], body: &[u8]) {
     out[..3].copy_from_slice(MAGIC);
     out[3] = VERSION;
-    out[4..6].copy_from_slice(&status.to_be_bytes());
-    out[6..14].copy_from_slice(&created_ms.to_be_bytes());
-    out[14..22].copy_from_slice(&expires_ms.to_be_bytes());
+    out[4..6].copy_from_slice(&fields.status.to_be_bytes());
+    out[6..14].copy_from_slice(&fields.created_ms.to_be_bytes());
+    out[14..22].copy_from_slice(&fields.expires_ms.to_be_bytes());
     out[22..38].copy_from_slice(&digest.to_be_bytes());
     out[38..42].copy_from_slice(&(body.len() as u32).to_be_bytes());
     out[42..44].copy_from_slice(&(block.len() as u16).to_be_bytes());
+    out[44..52].copy_from_slice(&fields.generations.to_be_bytes());
+    out[52..60].copy_from_slice(&xxh3_64(block).to_be_bytes());
+    let check = xxh3_64(&out[..CHECK_AT]);
+    out[CHECK_AT..HEAD_SIZE].copy_from_slice(&check.to_be_bytes());
     out[HEAD_SIZE..HEAD_SIZE + block.len()].copy_from_slice(block);
     out[HEAD_SIZE + block.len()..].copy_from_slice(body);
 }
@@ -164,18 +187,26 @@ pub fn encode(
     created_ms: u64,
     expires_ms: u64,
 ) -> Result<Vec<u8>, String> {
-    check_status_and_body(status, body.len())?;
-    let block = encode_headers(headers)?;
-    let mut out = vec![0u8; HEAD_SIZE + block.len() + body.len()];
-    write_entry(
-        &mut out,
+    let fields = Fields {
         status,
         created_ms,
         expires_ms,
-        xxh3_128(body),
-        &block,
-        body,
-    );
+        generations: 0,
+    };
+    encode_with(&fields, headers, body)
+}
+
+/// `encode` with every field of the head given.
+#[cfg(test)]
+pub fn encode_with(
+    fields: &Fields,
+    headers: &[HeaderPair<'_>],
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    check_status_and_body(fields.status, body.len())?;
+    let block = encode_headers(headers)?;
+    let mut out = vec![0u8; HEAD_SIZE + block.len() + body.len()];
+    write_entry(&mut out, fields, xxh3_128(body), &block, body);
     Ok(out)
 }
 
@@ -214,13 +245,14 @@ fn extract_int<T: for<'a, 'py> FromPyObject<'a, 'py>>(
 }
 
 /// Encode a cache entry (see `docs/formats.md`): status, headers as `(name, value)` bytes
-/// pairs, body, and creation and expiry times in Unix milliseconds.
+/// pairs, body, creation and expiry times in Unix milliseconds, and the stamp of the
+/// generations the entry was built under (`generation_stamp`; 0 for none).
 ///
 /// Raises `ValueError` for a status outside 100..=999, a header name of 0 or over 255 bytes,
 /// a header value or the header block over 65535 bytes, a body of 4 GiB or more, or times
-/// outside 0..2**64.
+/// or a stamp outside 0..2**64.
 #[pyfunction]
-#[pyo3(signature = (status, headers, body, created_ms, expires_ms))]
+#[pyo3(signature = (status, headers, body, created_ms, expires_ms, generations=None))]
 pub fn encode_entry<'py>(
     py: Python<'py>,
     status: &Bound<'py, PyAny>,
@@ -228,6 +260,7 @@ pub fn encode_entry<'py>(
     body: &[u8],
     created_ms: &Bound<'py, PyAny>,
     expires_ms: &Bound<'py, PyAny>,
+    generations: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let status_err =
         || PyValueError::new_err(format!("status must be from 100 to 999, got {status}"));
@@ -235,6 +268,10 @@ pub fn encode_entry<'py>(
         .and_then(|s| u16::try_from(s).map_err(|_| status_err()))?;
     let created_ms: u64 = extract_int(created_ms, "created_ms", "0 to 2**64-1")?;
     let expires_ms: u64 = extract_int(expires_ms, "expires_ms", "0 to 2**64-1")?;
+    let generations: u64 = match generations {
+        Some(value) => extract_int(value, "generations", "0 to 2**64-1")?,
+        None => 0,
+    };
     check_status_and_body(status, body.len()).map_err(PyValueError::new_err)?;
     // Keep the bytes objects alive while their slices are borrowed.
     let mut owned: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> = Vec::new();
@@ -274,7 +311,13 @@ pub fn encode_entry<'py>(
         .cast_into_unchecked::<PyBytes>();
         let buf =
             std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>(), len);
-        write_entry(buf, status, created_ms, expires_ms, digest, &block, body);
+        let fields = Fields {
+            status,
+            created_ms,
+            expires_ms,
+            generations,
+        };
+        write_entry(buf, &fields, digest, &block, body);
         Ok(obj)
     }
 }
@@ -294,6 +337,8 @@ pub struct Entry {
     pub created_ms: u64,
     /// When the entry stops being fresh, in Unix milliseconds.
     pub expires_ms: u64,
+    /// The stamp of the generations it was built under (`generation_stamp`; 0 for none).
+    pub generations: u64,
 }
 
 #[pymethods]
@@ -323,6 +368,8 @@ pub struct EntryHead {
     pub expires_ms: u64,
     /// The length of the body in bytes.
     pub body_len: u32,
+    /// The stamp of the generations it was built under (`generation_stamp`; 0 for none).
+    pub generations: u64,
 }
 
 #[pymethods]
@@ -335,7 +382,8 @@ impl EntryHead {
     }
 }
 
-/// Check lengths and the header block; returns the head, the decoded headers and the body.
+/// Check the head, the lengths and the header block; returns the head, the decoded headers
+/// and the body (whose digest the caller checks).
 pub fn split(data: &[u8]) -> Result<(Head, Vec<HeaderPair<'_>>, &[u8]), String> {
     let head = read_head(data)?;
     let block_end = HEAD_SIZE + usize::from(head.headers_len);
@@ -346,7 +394,11 @@ pub fn split(data: &[u8]) -> Result<(Head, Vec<HeaderPair<'_>>, &[u8]), String> 
             data.len()
         ));
     }
-    let headers = decode_headers(&data[HEAD_SIZE..block_end])?;
+    let block = &data[HEAD_SIZE..block_end];
+    if xxh3_64(block) != head.headers_digest {
+        return Err("cache entry headers do not match their digest (corrupted)".to_owned());
+    }
+    let headers = decode_headers(block)?;
     Ok((head, headers, &data[block_end..]))
 }
 
@@ -383,10 +435,11 @@ pub fn decode(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
         etag: format_etag(head.digest),
         created_ms: head.created_ms,
         expires_ms: head.expires_ms,
+        generations: head.generations,
     })
 }
 
-/// Read only the fixed-size head of an entry (`data` may be just its first 44 bytes).
+/// Read only the fixed-size head of an entry (`data` may be just its first 68 bytes).
 #[pyfunction]
 pub fn peek_entry(data: &[u8]) -> PyResult<EntryHead> {
     peek(data)
@@ -401,7 +454,15 @@ pub fn peek(data: &[u8]) -> PyResult<EntryHead> {
         created_ms: head.created_ms,
         expires_ms: head.expires_ms,
         body_len: head.body_len,
+        generations: head.generations,
     })
+}
+
+/// Recompute the head check of `data` after a test changed its head on purpose.
+#[cfg(test)]
+pub fn reseal(data: &mut [u8]) {
+    let check = xxh3_64(&data[..CHECK_AT]);
+    data[CHECK_AT..HEAD_SIZE].copy_from_slice(&check.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -446,8 +507,8 @@ mod tests {
         magic[0] = b'X';
         assert!(read_head(&magic).is_err());
         let mut version = data.clone();
-        version[3] = 2;
-        assert!(read_head(&version).unwrap_err().contains("version 2"));
+        version[3] = 1;
+        assert!(read_head(&version).unwrap_err().contains("version 1"));
         assert!(decode_headers(&[0, 9]).is_err());
         assert!(decode_headers(&[0]).is_err());
         assert!(decode_headers(&[5, b'a']).is_err());
@@ -491,17 +552,50 @@ mod tests {
 
     #[test]
     fn head_layout_is_big_endian() {
-        let data = encode(304, &[], b"", 0x0102, 0x0304).expect("encodes");
+        let fields = Fields {
+            status: 304,
+            created_ms: 0x0102,
+            expires_ms: 0x0304,
+            generations: 0x0506,
+        };
+        let data = encode_with(&fields, &[], b"").expect("encodes");
         assert_eq!(data.len(), HEAD_SIZE);
-        assert_eq!(&data[..6], b"OXC\x01\x01\x30");
+        assert_eq!(&data[..6], b"OXC\x02\x01\x30");
         assert_eq!(&data[6..14], &[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(&data[14..22], &[0, 0, 0, 0, 0, 0, 3, 4]);
         assert_eq!(&data[22..38], &xxh3_128(b"").to_be_bytes());
         assert_eq!(&data[38..44], &[0, 0, 0, 0, 0, 0]);
+        assert_eq!(&data[44..52], &[0, 0, 0, 0, 0, 0, 5, 6]);
+        assert_eq!(&data[52..60], &xxh3_64(b"").to_be_bytes());
+        assert_eq!(&data[60..68], &xxh3_64(&data[..60]).to_be_bytes());
         assert_eq!(
             format_etag(read_head(&data).expect("head").digest),
             "\"99aa06d3014798d86001c324468d497f\""
         );
+    }
+
+    #[test]
+    fn every_bit_of_an_entry_is_checked() {
+        let data = sample();
+        for i in 0..data.len() {
+            for bit in 0..8 {
+                let mut bad = data.clone();
+                bad[i] ^= 1 << bit;
+                let caught = match split(&bad) {
+                    Err(_) => true,
+                    Ok((head, _, body)) => xxh3_128(body) != head.digest,
+                };
+                assert!(caught, "a flip of bit {bit} of byte {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_written_on_purpose_with_a_bad_status_is_refused() {
+        let mut data = sample();
+        data[4..6].copy_from_slice(&32968u16.to_be_bytes());
+        reseal(&mut data);
+        assert!(read_head(&data).unwrap_err().contains("status 32968"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod codec;
 mod entry;
 mod etag;
+mod generation;
 mod headers;
 mod key;
 mod stored;
@@ -37,7 +38,8 @@ pyo3::create_exception!(
 /// headers of RFC 9110 and RFC 9111, `parse_response_cache_control` a response's own
 /// directives, and none of them raises; `encode_entry`, `decode_entry` and
 /// `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
-/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+/// `pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form, and
+/// `generation_stamp`, `lease_value` and `is_lease` what a miss builds its entry on;
 /// `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
 /// byte format is specified in `docs/formats.md` and written and read only here; users import
 /// from `oxcache`.
@@ -70,6 +72,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stored::unpack_entry, m)?)?;
     m.add_function(wrap_pyfunction!(stored::decode_stored, m)?)?;
     m.add_function(wrap_pyfunction!(stored::peek_stored, m)?)?;
+    m.add_function(wrap_pyfunction!(generation::generation_stamp, m)?)?;
+    m.add_function(wrap_pyfunction!(generation::lease_value, m)?)?;
+    m.add_function(wrap_pyfunction!(generation::is_lease, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_compress, m)?)?;
     m.add_function(wrap_pyfunction!(codec::lz4_decompress, m)?)?;
     Ok(())

@@ -1,5 +1,5 @@
 //! The two forms an entry is stored in: plain (an encoded entry, `entry`) or compressed
-//! (`b"OXZ\x01"`, the entry's 44-byte head, then the rest of the entry as one LZ4 block).
+//! (`b"OXZ\x01"`, the entry's 68-byte head, then the rest of the entry as one LZ4 block).
 //! Layout in `docs/formats.md`, section "Compressed entries". Everything that reads a value
 //! from storage (the store, the CLI) goes through `decode_stored` / `peek_stored`.
 
@@ -12,7 +12,7 @@ use crate::EntryError;
 
 /// The first bytes of a compressed entry: `OXZ` and codec 1 (LZ4 block).
 pub const MAGIC: &[u8; 4] = b"OXZ\x01";
-/// How many bytes peek either form: the prefix and the entry's head (`GETRANGE key 0 47`).
+/// How many bytes peek either form: the prefix and the entry's head (`GETRANGE key 0 71`).
 pub const STORED_HEAD_SIZE: usize = MAGIC.len() + HEAD_SIZE;
 /// An LZ4 block expands at most about 255 times (plus a few bytes for a short block).
 const MAX_RATIO: usize = 255;
@@ -177,7 +177,7 @@ pub fn decode_stored(py: Python<'_>, data: &[u8]) -> PyResult<Entry> {
 }
 
 /// The head of a stored value of either form, from at least its first `STORED_HEAD_SIZE`
-/// bytes (a plain entry's first 44 do); `EntryError` for a short or foreign head.
+/// bytes (a plain entry's first 68 do); `EntryError` for a short or foreign head.
 #[pyfunction]
 pub fn peek_stored(data: &[u8]) -> PyResult<EntryHead> {
     entry::peek(data.strip_prefix(MAGIC).unwrap_or(data))
@@ -186,7 +186,7 @@ pub fn peek_stored(data: &[u8]) -> PyResult<EntryHead> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::encode;
+    use crate::entry::{encode, reseal};
 
     fn big() -> Vec<u8> {
         let body = b"{\"id\": 1, \"name\": \"item\"}, ".repeat(100);
@@ -236,17 +236,22 @@ mod tests {
         assert!(unpack(&packed[..packed.len() - 1]).is_err());
         assert!(unpack(&packed[..30]).unwrap_err().contains("too short"));
         let mut other_version = packed.clone();
-        other_version[7] = 2;
-        assert!(unpack(&other_version).unwrap_err().contains("version 2"));
+        other_version[7] = 1;
+        assert!(unpack(&other_version).unwrap_err().contains("version 1"));
+        let mut flipped = packed.clone();
+        flipped[20] ^= 4;
+        assert!(unpack(&flipped).unwrap_err().contains("check"));
         // A head claiming more than 255 times the block is refused before decompressing.
         let mut huge = packed[..STORED_HEAD_SIZE + 1].to_vec();
         huge[42..46].copy_from_slice(&u32::MAX.to_be_bytes());
+        reseal(&mut huge[4..]);
         assert!(unpack(&huge).unwrap_err().contains("more than a block"));
         // Exactly at the bound, the block is read (and here fails).
         let mut at_bound = packed[..STORED_HEAD_SIZE].to_vec();
         at_bound.push(0);
         at_bound[42..46].copy_from_slice(&(255 + 16u32).to_be_bytes());
         at_bound[46..48].copy_from_slice(&0u16.to_be_bytes());
+        reseal(&mut at_bound[4..]);
         assert!(unpack(&at_bound).unwrap_err().contains("LZ4"));
         // Not the prefix: left as is, whatever it is.
         assert_eq!(unpack(b"OXZ").expect("not compressed").as_ref(), b"OXZ");

@@ -167,22 +167,32 @@ RESPONSE_CC_FIELDS = (
 )
 
 ENTRY_CASES = [
+    # status, headers, body, created_ms, expires_ms, generations (the stamp)
     (
         200,
         [(b"content-type", b"application/json")],
         b'{"a":1}',
         1_700_000_000_000,
         1_700_000_060_000,
+        0,
     ),
-    (201, [(b"content-type", b"text/plain; charset=utf-8"), (b"x-custom", b"yes")], b"hi", 0, 1),
+    (
+        201,
+        [(b"content-type", b"text/plain; charset=utf-8"), (b"x-custom", b"yes")],
+        b"hi",
+        0,
+        1,
+        0x0123_4567_89AB_CDEF,
+    ),
     (
         203,
         [(b"content-type", b"text/html; charset=utf-8"), (b"vary", b"accept")],
         b"",
         5,
         2**64 - 1,
+        2**64 - 1,
     ),
-    (200, [(b"content-type", b"application/octet-stream")], bytes(range(256)), 10, 20),
+    (200, [(b"content-type", b"application/octet-stream")], bytes(range(256)), 10, 20, 0),
 ]
 
 
@@ -264,9 +274,10 @@ def build() -> dict[str, object]:
             "body_hex": b.hex(),
             "created_ms": c,
             "expires_ms": x,
-            "entry_hex": reference.encode_entry(s, h, b, c, x).hex(),
+            "generations": g,
+            "entry_hex": reference.encode_entry(s, h, b, c, x, g).hex(),
         }
-        for s, h, b, c, x in ENTRY_CASES
+        for s, h, b, c, x, g in ENTRY_CASES
     ]
     from oxcache._core import lz4_compress
 

@@ -21,8 +21,8 @@ import xxhash
 
 KEY_FORMAT_VERSION = 2
 KEY_HASH_THRESHOLD = 256
-ENTRY_VERSION = 1
-ENTRY_HEAD_SIZE = 44
+ENTRY_VERSION = 2
+ENTRY_HEAD_SIZE = 68
 DELTA_MAX = 2_147_483_648
 MAX_DEPTH = 32
 
@@ -392,8 +392,11 @@ WELL_KNOWN = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"content-type", b"text/html; charset=utf-8"),
 ]
-HEAD = struct.Struct(">3sBHQQ16sIH")  # magic, version, status, created, expires, digest, lens
-assert HEAD.size == ENTRY_HEAD_SIZE
+# magic, version, status, created, expires, digest, body_len, headers_len, generations,
+# headers digest, then the head check over all of that.
+HEAD = struct.Struct(">3sBHQQ16sIHQQ")
+CHECK = struct.Struct(">Q")
+assert HEAD.size + CHECK.size == ENTRY_HEAD_SIZE
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,7 @@ class Entry:
     etag: str
     created_ms: int
     expires_ms: int
+    generations: int = 0
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,7 @@ class EntryHead:
     created_ms: int
     expires_ms: int
     body_len: int
+    generations: int = 0
 
 
 def encode_entry(
@@ -421,12 +426,14 @@ def encode_entry(
     body: bytes,
     created_ms: int,
     expires_ms: int,
+    generations: int | None = None,
 ) -> bytes:
     if not isinstance(status, int) or not 100 <= status <= 999:
         raise ValueError("status must be an int from 100 to 999")
-    for value in (created_ms, expires_ms):
+    generations = 0 if generations is None else generations
+    for value in (created_ms, expires_ms, generations):
         if not isinstance(value, int) or not 0 <= value < 2**64:
-            raise ValueError("times must be ints from 0 to 2**64-1")
+            raise ValueError("times and the stamp must be ints from 0 to 2**64-1")
     if len(body) >= 2**32:
         raise ValueError("the body must be under 4 GiB")
     block = bytearray()
@@ -443,29 +450,47 @@ def encode_entry(
         raise ValueError("the header block must be at most 65535 bytes")
     digest = xxhash.xxh3_128_digest(body)
     head = HEAD.pack(
-        b"OXC", ENTRY_VERSION, status, created_ms, expires_ms, digest, len(body), len(block)
+        b"OXC",
+        ENTRY_VERSION,
+        status,
+        created_ms,
+        expires_ms,
+        digest,
+        len(body),
+        len(block),
+        generations,
+        xxhash.xxh3_64_intdigest(bytes(block)),
     )
-    return head + bytes(block) + body
+    return head + CHECK.pack(xxhash.xxh3_64_intdigest(head)) + bytes(block) + body
 
 
 def peek_entry(data: bytes) -> EntryHead:
     if len(data) < ENTRY_HEAD_SIZE:
         raise EntryError("too short")
-    magic, version, status, created, expires, digest, body_len, _ = HEAD.unpack_from(data)
+    fields = HEAD.unpack_from(data)
+    magic, version, status, created, expires, digest, body_len, _, generations, _ = fields
     if magic != b"OXC":
         raise EntryError("wrong magic")
     if version != ENTRY_VERSION:
         raise EntryError(f"version {version}")
-    return EntryHead(status, '"' + digest.hex() + '"', created, expires, body_len)
+    (check,) = CHECK.unpack_from(data, HEAD.size)
+    if xxhash.xxh3_64_intdigest(bytes(data[: HEAD.size])) != check:
+        raise EntryError("the head does not match its check")
+    if not 100 <= status <= 999:
+        raise EntryError(f"status {status}")
+    return EntryHead(status, '"' + digest.hex() + '"', created, expires, body_len, generations)
 
 
 def decode_entry(data: bytes) -> Entry:
     head = peek_entry(data)
     headers_len = struct.unpack_from(">H", data, 42)[0]
+    headers_digest = struct.unpack_from(">Q", data, 52)[0]
     block_end = ENTRY_HEAD_SIZE + headers_len
     if block_end + head.body_len != len(data):
         raise EntryError("length mismatch")
     block = data[ENTRY_HEAD_SIZE:block_end]
+    if xxhash.xxh3_64_intdigest(bytes(block)) != headers_digest:
+        raise EntryError("the header block does not match its digest")
     headers: list[tuple[bytes, bytes]] = []
     i = 0
     while i < len(block):
@@ -492,7 +517,34 @@ def decode_entry(data: bytes) -> Entry:
     body = bytes(data[block_end:])
     if etag(body) != head.etag:
         raise EntryError("digest mismatch")
-    return Entry(head.status, headers, body, head.etag, head.created_ms, head.expires_ms)
+    return Entry(
+        head.status, headers, body, head.etag, head.created_ms, head.expires_ms, head.generations
+    )
+
+
+# -- generations -------------------------------------------------------------------------------
+
+
+def generation_stamp(tokens: Iterable[bytes]) -> int:
+    """0 for no tokens; else the XXH3-64 of each token's u32 length and bytes, 0 read as 1."""
+    parts = list(tokens)
+    if not parts:
+        return 0
+    if not all(isinstance(t, bytes) for t in parts):
+        raise TypeError("generation tokens must be bytes")
+    stamp = xxhash.xxh3_64_intdigest(b"".join(struct.pack(">I", len(t)) + t for t in parts))
+    return stamp or 1
+
+
+LEASE_MAGIC = b"OXL\x01"
+
+
+def lease_value(token: bytes) -> bytes:
+    return LEASE_MAGIC + bytes(token)
+
+
+def is_lease(data: bytes) -> bool:
+    return data[:4] == LEASE_MAGIC
 
 
 # -- LZ4 blocks (store compression) --------------------------------------------------------------

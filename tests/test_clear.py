@@ -83,10 +83,12 @@ class Refusing(RedisBackend):
 
     down = True
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
         if self.down:
             raise redis.ConnectionError("Redis is down")
-        return await super().invalidate(indexes, keys)
+        return await super().invalidate(indexes, keys, generations)
 
 
 def test_a_long_outage_queue_is_never_replayed_as_a_clear_of_an_unprefixed_database(

@@ -105,7 +105,8 @@ def test_stats_counts_entries_per_endpoint_user_and_tag(
     }
     assert result["users"] == {"a": 1, "b": 1}
     assert result["tags"] == {"items": 2, "item:1": 1, "item:2": 1}
-    assert result["indexes"] == {"tag": 3, "user": 2, "variants": 1}
+    # each index has its generation key (issue 17)
+    assert result["indexes"] == {"gen": 6, "tag": 3, "user": 2, "variants": 1}
 
     assert main(site.cli("stats")) == 0
     text = capsys.readouterr().out
@@ -253,9 +254,10 @@ def test_purge_all_deletes_only_under_the_prefix(
     redis_client.set(other, b"1")
     try:
         assert main(site.cli("purge", "--all", "--dry-run")) == 0
-        assert "would delete 4 entries and 6 index keys" in capsys.readouterr().out
+        # 6 indexes and their 6 generation keys
+        assert "would delete 4 entries and 12 index keys" in capsys.readouterr().out
         assert main(site.cli("purge", "--all")) == 0
-        assert "deleted 4 entries and 6 index keys" in capsys.readouterr().out
+        assert "deleted 4 entries and 12 index keys" in capsys.readouterr().out
         assert list(redis_client.scan_iter(match=f"{site.prefix}:*")) == []
         assert redis_client.exists(other) == 1
     finally:
@@ -509,12 +511,13 @@ def test_without_prefix_another_prefixs_cache_is_named_not_misread(
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert result["entries"] == 0 and result["unreadable"] == 0 and result["endpoints"] == {}
-    assert result["other_prefixes"] == {site.prefix: {"entries": 4, "indexes": 6}}
+    # 6 indexes and their 6 generation keys
+    assert result["other_prefixes"] == {site.prefix: {"entries": 4, "indexes": 12}}
     assert result["foreign"] == 2
     assert f"Pass --prefix {site.prefix} to read that cache" in captured.err
     assert main([*argv, "stats"]) == 0
     text = capsys.readouterr().out
-    assert f"'{site.prefix}': 4 entries, 6 index keys" in text
+    assert f"'{site.prefix}': 4 entries, 12 index keys" in text
     assert "other programs' keys (not oxcache's): 2" in text
     for command in (["keys"], ["keys", "--endpoint", "me"]):
         assert main([*argv, *command]) == 0

@@ -26,18 +26,26 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 class Gate:
-    """Wraps the store's backend GET: counts the reads and holds each until released."""
+    """Wraps the store's backend reads (a GET, or an entry with its generations: issue 17):
+    counts them and holds each until released."""
 
     def __init__(self, store: Cache) -> None:
         self.calls = 0
         self.open = asyncio.Event()
         self.original: Callable[[str], Awaitable[bytes | None]] = store.backend.get
+        self.original_read: Callable[..., Awaitable[Any]] = store.backend.read
         store.backend.get = self.get  # type: ignore[method-assign]
+        store.backend.read = self.read  # type: ignore[method-assign]
 
     async def get(self, key: str) -> bytes | None:
         self.calls += 1
         await self.open.wait()
         return await self.original(key)
+
+    async def read(self, key: str, generations: Any, head: int = 0) -> Any:
+        self.calls += 1
+        await self.open.wait()
+        return await self.original_read(key, generations, head)
 
 
 async def settle(until: Callable[[], bool]) -> None:

@@ -10,6 +10,7 @@ import os
 from typing import Any, Callable
 
 import pytest
+import xxhash
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import example, given, settings
@@ -58,14 +59,14 @@ def test_pack_keeps_the_head_and_only_shrinks() -> None:
     body = json.dumps([{"id": i, "name": f"item {i}"} for i in range(500)]).encode()
     data = core.encode_entry(200, [(b"content-type", b"application/json")], body, 1, 2)
     packed = pack_entry(data)
-    assert packed[:4] == b"OXZ\x01" and packed[4:48] == data[:44]
+    assert packed[:4] == b"OXZ\x01" and packed[4:72] == data[:68]
     assert len(packed) < len(data) // 3
     assert unpack_entry(packed) == data
     a, b = core.peek_entry(packed[4:]), core.peek_entry(data)
     assert (a.etag, a.body_len, a.expires_ms) == (b.etag, b.body_len, b.expires_ms)
     noise = core.encode_entry(200, [], os.urandom(600), 1, 2)
     assert pack_entry(noise) == noise  # incompressible: stored as is
-    for bad in (packed[:-1], packed[:30], packed[:48] + b"\xff" * 8):
+    for bad in (packed[:-1], packed[:30], packed[:72] + b"\xff" * 8):
         with pytest.raises(core.EntryError):
             core.decode_entry(unpack_entry(bad))
 
@@ -113,7 +114,7 @@ def test_pack_agrees_with_the_reference_and_unpacks_to_the_entry(data: bytes) ->
     assert packed == reference.pack_entry(data, core.lz4_compress) == pack_entry(data)
     assert reference.pack_entry(data) == data  # the literals-only writer never shrinks
     if packed is not data:
-        assert packed[:4] == b"OXZ\x01" and packed[4:48] == data[:44]
+        assert packed[:4] == b"OXZ\x01" and packed[4:72] == data[:68]
         assert len(packed) < len(data)
     for value in (data, packed):
         assert core.unpack_entry(value) == reference.unpack_entry(value) == data
@@ -169,14 +170,14 @@ def damaged(draw: st.DrawFn) -> bytes:
     st.one_of(
         damaged(),
         st.binary(max_size=80),
-        st.binary(max_size=60).map(lambda b: b"OXZ\x01" + PLAIN[:44] + b),
+        st.binary(max_size=60).map(lambda b: b"OXZ\x01" + PLAIN[:68] + b),
         st.binary(max_size=60).map(lambda b: b"OXZ\x01" + b),
     )
 )
 @example(b"OXZ\x01" + core.encode_entry(200, [], b"", 1, 2))  # an empty block is not a block
-@example(b"OXZ\x01" + FIVE_A[:44] + b"\x10A\x01\x00")  # a block that ends on a match
-@example(b"OXZ\x01" + FIVE_A[:44] + b"\x10A\x01\x00\x00")  # the same, ended by literals
-@example(PACKED[:48])
+@example(b"OXZ\x01" + FIVE_A[:68] + b"\x10A\x01\x00")  # a block that ends on a match
+@example(b"OXZ\x01" + FIVE_A[:68] + b"\x10A\x01\x00\x00")  # the same, ended by literals
+@example(PACKED[:72])
 @example(b"OXZ")
 def test_damaged_values_are_entry_errors_in_both(data: bytes) -> None:
     for func in ("unpack_entry", "decode_stored", "peek_stored"):
@@ -187,15 +188,16 @@ def test_damaged_values_are_entry_errors_in_both(data: bytes) -> None:
 
 
 def test_each_kind_of_damage_is_an_entry_error() -> None:
-    huge = bytearray(PACKED[:49])
+    huge = bytearray(PACKED[:73])
     huge[42:46] = (2**32 - 1).to_bytes(4, "big")  # more than 255 times a 1-byte block
+    huge[64:72] = xxhash.xxh3_64_intdigest(bytes(huge[4:64])).to_bytes(8, "big")  # head check
     for impl in (core, reference):
-        for bad in (PACKED[:-1], PACKED[:30], PACKED[:48] + b"\xff" * 8, bytes(huge)):
+        for bad in (PACKED[:-1], PACKED[:30], PACKED[:72] + b"\xff" * 8, bytes(huge)):
             with pytest.raises(impl.EntryError):
                 impl.unpack_entry(bad)
             with pytest.raises(impl.EntryError):
                 impl.decode_stored(bad)
-        for bad in (PACKED[:47], PLAIN[:43], b"OXZ\x01" + b"OXZ\x01" + PLAIN):
+        for bad in (PACKED[:71], PLAIN[:67], b"OXZ\x01" + b"OXZ\x01" + PLAIN):
             with pytest.raises(impl.EntryError):
                 impl.peek_stored(bad)
         for bad in (PACKED, PLAIN[:-1], PLAIN + b"\x00", b""):
@@ -208,7 +210,7 @@ def test_the_codec_keeps_value_error_outside_the_entry_path() -> None:
         core.lz4_decompress(b"", 0)
     assert not issubclass(core.EntryError, ValueError)
     with pytest.raises(core.EntryError):
-        core.unpack_entry(b"OXZ\x01" + PLAIN[:44])
+        core.unpack_entry(b"OXZ\x01" + PLAIN[:68])
 
 
 def test_large_entries_round_trip_with_the_interpreter_released() -> None:

@@ -490,7 +490,7 @@ def damaged(draw: st.DrawFn) -> bytes:
 @PROPS
 @given(
     st.one_of(
-        st.binary(max_size=120), damaged(), st.binary(max_size=60).map(lambda b: b"OXC\x01" + b)
+        st.binary(max_size=120), damaged(), st.binary(max_size=90).map(lambda b: b"OXC\x02" + b)
     )
 )
 def test_decode_and_peek_never_crash_and_agree(data: bytes) -> None:
@@ -504,11 +504,11 @@ def test_each_kind_of_damage_is_an_entry_error(impl: ModuleType) -> None:
     body_flip = bytearray(data)
     body_flip[-1] ^= 1
     other_version = bytearray(data)
-    other_version[3] = 2
+    other_version[3] = 1
     bad_code = bytearray(data)
-    bad_code[44:46] = b"\x00\x09"
+    bad_code[68:70] = b"\x00\x09"
     for bad in (
-        data[:43],
+        data[:67],
         b"XYZ" + data[3:],
         bytes(other_version),
         data[:-1],

@@ -239,9 +239,12 @@ class _RacingReads(MemoryBackend):
         await asyncio.wait_for(self.stored.wait(), timeout=10)
         return absent
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Any = ()) -> None:
-        await super().set(key, value, ttl_ms, indexes)
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, indexes: Any = (), expect: Any = None
+    ) -> bool:
+        done = await super().set(key, value, ttl_ms, indexes, expect)
         self.stored.set()
+        return done
 
 
 def test_single_flight_a_miss_whose_read_raced_the_write_does_not_run_again() -> None:

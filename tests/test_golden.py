@@ -100,11 +100,21 @@ def test_golden_entries(impl: ModuleType) -> None:
         headers = [(bytes.fromhex(n), bytes.fromhex(v)) for n, v in case["headers"]]
         body = bytes.fromhex(case["body_hex"])
         data = impl.encode_entry(
-            case["status"], headers, body, case["created_ms"], case["expires_ms"]
+            case["status"],
+            headers,
+            body,
+            case["created_ms"],
+            case["expires_ms"],
+            case["generations"],
         )
         assert data.hex() == case["entry_hex"]
         entry = impl.decode_entry(bytes.fromhex(case["entry_hex"]))
-        assert (entry.status, list(entry.headers), entry.body) == (case["status"], headers, body)
+        assert (entry.status, list(entry.headers), entry.body, entry.generations) == (
+            case["status"],
+            headers,
+            body,
+            case["generations"],
+        )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -147,6 +157,6 @@ def test_golden_stored_entries_are_what_the_rust_core_writes() -> None:
 
 
 def test_format_versions() -> None:
-    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (2, 1, 44)
+    assert (core.KEY_FORMAT_VERSION, core.ENTRY_VERSION, core.ENTRY_HEAD_SIZE) == (2, 2, 68)
     assert core.KEY_HASH_THRESHOLD == 256
-    assert core.STORED_HEAD_SIZE == 48
+    assert core.STORED_HEAD_SIZE == 72

@@ -43,8 +43,9 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
 
 
 def get_calls(client: redis.Redis) -> int:
+    """Reads of entries: GETs, and the MGETs that read an indexed entry with its generations."""
     stats = client.info("commandstats")
-    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("get", "mget"))
 
 
 @pytest.fixture

@@ -273,7 +273,7 @@ def test_an_unparseable_reply_fails_the_reads_and_drops_the_connection(run: Runn
         protocol = _ReplyProtocol(pipe, transport, None)
         task = asyncio.ensure_future(pipe.request(encode_get(b"k")))
         await asyncio.sleep(0)
-        protocol.data_received(b"*1\r\n$1\r\nx\r\n")  # an array: never a GET's reply
+        protocol.data_received(b":1\r\n")  # an integer: never a GET's or an MGET's reply
         result = await asyncio.gather(task, return_exceptions=True)
         return result[0], transport.aborted
 

@@ -138,9 +138,11 @@ class FlakyBackend(MemoryBackend):
         self.check()
         return await super().get(key)
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
         self.check()
-        return await super().invalidate(indexes, keys)
+        return await super().invalidate(indexes, keys, generations)
 
 
 def test_failed_invalidation_is_replayed_before_anything_is_served() -> None:

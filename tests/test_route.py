@@ -214,6 +214,10 @@ class CountingBackend(MemoryBackend):
         self.gets += 1
         return await super().get(key)
 
+    async def read(self, key: str, generations: Any, head: int = 0) -> Any:
+        self.gets += 1  # an entry read with its generations (issue 17)
+        return await super().read(key, generations, head)
+
 
 def test_invalidation_is_seen_and_a_miss_reads_once() -> None:
     backend = CountingBackend()

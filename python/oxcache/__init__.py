@@ -34,6 +34,7 @@ from oxcache.errors import (
     OxcacheError,
 )
 from oxcache.functions import cached
+from oxcache.invalidation import Invalidated
 from oxcache.near import NearCache
 from oxcache.observe import CacheEvent, Observer
 from oxcache.route import CachedRoute
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "EntryError",
     "FastApiRedisCache",
+    "Invalidated",
     "KeyBuildError",
     "MemoryBackend",
     "NearCache",

@@ -4,13 +4,14 @@ strong entity-tag of a body; `if_none_match` and `parse_cache_control` read the 
 headers of RFC 9110 and RFC 9111, `parse_response_cache_control` a response's own
 directives, and none of them raises; `encode_entry`, `decode_entry` and
 `peek_entry` read and write the versioned binary envelope a cached response is stored in, and
-`pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form;
+`pack_entry`, `unpack_entry`, `decode_stored` and `peek_stored` its compressed form, and
+`generation_stamp`, `lease_value` and `is_lease` what a miss builds its entry on;
 `secret_digest` and `secret_digest_bytes` write secrets into keys as digests. Every stored
 byte format is specified in `docs/formats.md` and written and read only here; users import
 from `oxcache`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import final
 
 __all__ = [
@@ -31,7 +32,10 @@ __all__ = [
     "decode_stored",
     "encode_entry",
     "etag",
+    "generation_stamp",
     "if_none_match",
+    "is_lease",
+    "lease_value",
     "lz4_compress",
     "lz4_decompress",
     "pack_entry",
@@ -227,6 +231,9 @@ class Entry:
     @property
     def expires_ms(self) -> int:
         """When the entry stops being fresh, in Unix milliseconds."""
+    @property
+    def generations(self) -> int:
+        """The stamp of the generations it was built under (0 for none)."""
 
 @final
 class EntryHead:
@@ -247,6 +254,9 @@ class EntryHead:
     @property
     def body_len(self) -> int:
         """The length of the body in bytes."""
+    @property
+    def generations(self) -> int:
+        """The stamp of the generations it was built under (0 for none)."""
 
 def encode_entry(
     status: int,
@@ -254,13 +264,15 @@ def encode_entry(
     body: bytes,
     created_ms: int,
     expires_ms: int,
+    generations: int | None = None,
 ) -> bytes:
-    """Encode a cache entry: status, headers as `(name, value)` bytes pairs, body, and the
-    creation and expiry times in Unix milliseconds.
+    """Encode a cache entry: status, headers as `(name, value)` bytes pairs, body, the
+    creation and expiry times in Unix milliseconds, and the stamp of the generations it is
+    built under (0, the default, for none).
 
     Raises `ValueError` for a status outside 100..=999, a header name of 0 or over 255
     bytes, a header value or the header block over 65535 bytes, a body of 4 GiB or more, or
-    times outside 0..2**64; `TypeError` for arguments of the wrong type.
+    times or a stamp outside 0..2**64; `TypeError` for arguments of the wrong type.
     """
 
 def decode_entry(data: bytes) -> Entry:
@@ -269,8 +281,9 @@ def decode_entry(data: bytes) -> Entry:
 def peek_entry(data: bytes) -> EntryHead:
     """Read only the head of an entry (`data` may be just its first `ENTRY_HEAD_SIZE` bytes).
 
-    Raises `EntryError` for a short head, wrong magic bytes or another version; the body is
-    not checked.
+    Raises `EntryError` for a short head, wrong magic bytes, another version, a head that
+    does not match its check, or a status outside 100..=999; the header block and the body
+    are not checked.
     """
 
 def pack_entry(data: bytes) -> bytes:
@@ -298,9 +311,21 @@ def peek_stored(data: bytes) -> EntryHead:
     """Read the head of a stored value of either form, from at least its first
     `STORED_HEAD_SIZE` bytes (or all of it).
 
-    Raises `EntryError` for a short head, wrong magic bytes or another version; nothing after
+    Raises `EntryError` for a short or damaged head (as `peek_entry`); nothing after
     the head is checked.
     """
+
+def generation_stamp(tokens: Sequence[bytes]) -> int:
+    """The stamp an entry built under the generation `tokens` (in the order of its indexes)
+    records: 0 for none, else the XXH3-64 of each token's length (u32, big-endian) and bytes
+    (1 where that is 0). `TypeError` for anything but bytes."""
+
+def lease_value(token: bytes) -> bytes:
+    """The value a miss puts under an empty key before it runs the endpoint: `b"OXL\\x01"`
+    and `token`. Never an entry: a reader takes it for a miss."""
+
+def is_lease(data: bytes) -> bool:
+    """Whether a stored value is a lease (a miss in progress) rather than an entry."""
 
 def lz4_compress(data: bytes) -> bytes:
     """`data` as one LZ4 block (no frame, no size prefix), as `Cache(compress_over=...)`

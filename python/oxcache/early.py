@@ -18,8 +18,9 @@ MEMO_MAX_REQUEST = 2048
 
 
 class RouteMemo:
-    """What `CachedRoute` learned for one route: raw request -> (store, key), the oldest
-    forgotten first past `MEMO_LIMIT` requests. `endpoint` is the route's `CachedEndpoint`;
+    """What `CachedRoute` learned for one route: raw request -> (store, key, the
+    generations the key's entry is read under), the oldest forgotten first past
+    `MEMO_LIMIT` requests. `endpoint` is the route's `CachedEndpoint`;
     `names` the varying headers its keys held when they were learned."""
 
     __slots__ = ("__weakref__", "endpoint", "keys", "limit", "names")
@@ -27,7 +28,7 @@ class RouteMemo:
     def __init__(self, endpoint: Any, limit: int | None = None) -> None:
         self.endpoint = endpoint
         self.limit = MEMO_LIMIT if limit is None else limit
-        self.keys: OrderedDict[tuple[Any, ...], tuple[Any, str]] = OrderedDict()
+        self.keys: OrderedDict[tuple[Any, ...], tuple[Any, str, tuple[str, ...]]] = OrderedDict()
         self.names: tuple[bytes, ...] = getattr(endpoint, "vary_names", ())
 
     def check(self, names: tuple[bytes, ...]) -> None:
@@ -75,12 +76,19 @@ class EarlyState:
         self.read_at = 0.0
         self.refresh_due: bool | None = None
 
-    def learn(self, store: Any, key: str, names: tuple[bytes, ...] = ()) -> None:
-        """FastAPI's path computed `key`, holding the varying headers `names`, for this raw
-        request (not remembered if the varying headers changed in between)."""
+    def learn(
+        self,
+        store: Any,
+        key: str,
+        names: tuple[bytes, ...] = (),
+        generations: tuple[str, ...] = (),
+    ) -> None:
+        """FastAPI's path computed `key`, holding the varying headers `names` and read under
+        `generations`, for this raw request (not remembered if the varying headers changed
+        in between)."""
         if not self.learns or names is not self.names or names is not self.memo.names:
             return
         keys = self.memo.keys
         if self.signature not in keys and len(keys) >= self.memo.limit:
             keys.popitem(last=False)  # the oldest
-        keys[self.signature] = (store, key)
+        keys[self.signature] = (store, key, generations)

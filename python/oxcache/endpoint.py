@@ -5,6 +5,8 @@ headers their `Vary` names), and how it is called."""
 from __future__ import annotations
 
 import inspect
+import re
+import string
 import time
 from collections.abc import Iterable, MutableMapping
 from contextlib import AsyncExitStack
@@ -64,6 +66,10 @@ def _find_param(signature: inspect.Signature, hints: dict[str, Any], cls: type[A
     return None
 
 
+#: Keys whose generations an endpoint remembers before it starts over.
+_GENERATIONS_MEMO = 10_000
+
+
 class CachedEndpoint:
     """One `@cache` endpoint: `func`, its `Options`, its `EndpointKeys` and the signature
     of the wrapper FastAPI calls (the endpoint's own parameters, plus the `Request`, the
@@ -104,6 +110,15 @@ class CachedEndpoint:
         if any(p.kind is p.VAR_POSITIONAL for p in self.params):
             raise ConfigError(f"@cache cannot key {self.name}: *args parameters are not supported")
         self.keys = EndpointKeys(self.module, self.name, self.params, hints, options.tags)
+        #: key -> the generations its entry is read under (see `generations`), and the
+        #: parameters the tags are formatted from.
+        self._generations: dict[str, tuple[str, ...]] = {}
+        self._tag_roots = frozenset(
+            re.split(r"[.\[]", field, maxsplit=1)[0]
+            for template in options.tags
+            for _, field, _, _ in string.Formatter().parse(template)
+            if field
+        )
         self.deps = self.keys.deps
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
@@ -176,6 +191,37 @@ class CachedEndpoint:
             if part is not None:
                 extra = [*(extra or ()), part]
         return self.keys.key(space, kwargs, extra)
+
+    def indexes(self, space: KeySpace, kwargs: dict[str, Any], user: str | None) -> list[str]:
+        """The indexes an entry of this call is listed in: its user's, its tags, and the
+        variants of its base key when its key holds more than the arguments (a user, an
+        origin, varying headers, an undeclared query)."""
+        variant = space.per_host or user is not None or bool(self.vary_names)
+        variant = variant or self.request_param is not None or self.keys_body
+        return self.keys.indexes(space, kwargs, user, variant)
+
+    def generations(
+        self, space: KeySpace, kwargs: dict[str, Any], user: str | None, key: str | None = None
+    ) -> tuple[str, ...]:
+        """The generations an entry of this call is read and written under: those of its
+        `indexes` (`KeySpace.generation`); none when a tag cannot be formatted from the
+        arguments (such a call is never stored: `fill` says why). With its `key`,
+        remembered: the key holds every input of the indexes (the arguments, the user)
+        unless a tag is formatted from a parameter the key leaves out, and a hit then costs
+        a dictionary lookup."""
+        if key is not None:
+            found = self._generations.get(key)
+            if found is not None:
+                return found
+        try:
+            made = space.generations(self.indexes(space, kwargs, user))
+        except Exception:
+            return ()
+        if key is not None and self._tag_roots.issubset(self.keys.names(space.ignored)):
+            if len(self._generations) >= _GENERATIONS_MEMO:
+                self._generations.clear()
+            self._generations[key] = made
+        return made
 
     def declared_query(self, route: Any) -> frozenset[str]:
         """The query parameters `route` declares for this endpoint (none without a route:

@@ -2,13 +2,25 @@
 open or invalidations are queued (they replay first), a failure is a miss or a skipped write
 (never an error, unless `on_error="raise"`), values are decoded and encoded by the Rust core
 in either stored form (plain or LZ4-compressed), and the near cache's L1 is consulted first
-and kept coherent."""
+and kept coherent.
+
+An entry listed in indexes (its user, its variants, its tags) is read together with the
+tokens of their generations, in the same round trip, and is a hit only when it was built
+under exactly those tokens: an invalidation deletes them, so it holds even where Redis
+evicted an index, and a token that is gone is a miss.
+
+A miss takes its `Lease` before it runs the endpoint (memcache's leases, NSDI 2013): the
+tokens (created where missing), which stamp what it stores, and what the entry's key holds
+(a lease value put there when it held nothing); its write lands only while the key still
+holds that. An invalidation that deletes the key takes the lease with it, so a miss that
+read its data before an invalidation never stores it after."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from oxcache._core import (
     STORED_HEAD_SIZE,
@@ -16,6 +28,9 @@ from oxcache._core import (
     EntryError,
     EntryHead,
     decode_stored,
+    generation_stamp,
+    is_lease,
+    lease_value,
     pack_entry,
     peek_stored,
 )
@@ -26,9 +41,48 @@ from oxcache.invalidation import Invalidations
 from oxcache.near import NearCache
 from oxcache.options import STORE_SETTING, StoreSetting
 
-__all__ = ["Entries"]
+__all__ = ["GENERATION_MIN_TTL_MS", "Entries", "Lease"]
 
 logger = logging.getLogger("oxcache")
+
+T = TypeVar("T")
+
+#: A generation token lives at least this long (and at least as long as the entry whose miss
+#: made it); it is never extended, since every change of it empties near caches of what was
+#: read under it. One that expired costs misses, never a stale hit.
+GENERATION_MIN_TTL_MS = 3_600_000
+_UNCHECKED = "\x00unchecked"
+
+
+class Lease:
+    """What a miss builds its entry on, taken before it reads its data: the `stamp` of the
+    tokens its indexes' generations had, and what its key held (`held`: the first bytes of
+    an entry there, or a lease value, `placed` when this miss put it there). Two requests
+    with equal `basis` read their data under the same invalidations."""
+
+    __slots__ = ("held", "placed", "stamp")
+
+    def __init__(self, held: bytes, stamp: int, placed: bool) -> None:
+        self.held = held
+        self.stamp = stamp
+        self.placed = placed
+
+    @property
+    def basis(self) -> tuple[bytes, int]:
+        """What two runs that read under the same invalidations have in common."""
+        return self.held, self.stamp
+
+    @property
+    def mark(self) -> bytes:
+        """`basis` as bytes, to compare across workers (it follows the miss lock's token)."""
+        return b"%d:%s" % (self.stamp, self.held)
+
+
+def _stamp(tokens: Sequence[bytes | None]) -> int | None:
+    """The stamp of the tokens read with an entry; None when one is missing (a miss)."""
+    if None in tokens:
+        return None
+    return generation_stamp(cast("Sequence[bytes]", tokens))
 
 
 class Entries:
@@ -53,8 +107,8 @@ class Entries:
         #: The reads in progress, which concurrent reads of the same key join.
         self.shared = SharedReads(invalidations)
 
-    async def _fetch(self, get: Callable[..., Awaitable[bytes | None]], *args: Any) -> bytes | None:
-        """Run one backend read under the store's rules: skipped while the circuit is open,
+    async def _fetch(self, get: Callable[..., Awaitable[T]], *args: Any) -> T | None:
+        """Run one backend call under the store's rules: skipped while the circuit is open,
         after any queued invalidations, and a failure is a miss (or raises, see `on_error`)."""
         health = self.health
         if not health.available():
@@ -70,13 +124,25 @@ class Entries:
             health.succeeded()
         return data
 
-    async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable;
-        concurrent reads of `key` share one (see `oxcache.coalesce`)."""
-        return await self.shared.read(key, self.read_alone)
+    async def read(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable, unreachable, or
+        not built under the current tokens of `generations` (those of its indexes);
+        concurrent reads of `key` share one (see `oxcache.coalesce`). None for
+        `generations`: whatever it was built under (to look at an entry; the request path
+        never reads so), shared only with other such reads, and kept in the near cache only
+        if it belongs to no index."""
+        if generations is None:
+            # Shared only with other such reads: `_UNCHECKED` never ends a key (a key's
+            # text holds no control character).
+            return await self.shared.read(key + _UNCHECKED, lambda _: self.read_alone(key, None))
+        # A key's generations follow from the key (`CachedEndpoint.generations`): the
+        # reads of one key that share a read ask for the same ones.
+        return await self.shared.read(key, lambda k: self.read_alone(k, generations))
 
-    async def read_alone(self, key: str) -> Entry | None:
+    async def read_alone(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
         """`read`, not shared with concurrent reads of `key`."""
+        unchecked = generations is None
+        names: tuple[str, ...] = () if generations is None else generations
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
@@ -84,18 +150,33 @@ class Entries:
             if held is not None:
                 self.health.counters.l1_hits += 1
                 return held
-            token = near.begin(key)
-        data = await self._fetch(self.backend.get, key)
-        if data is None:
-            if near is not None and token is not None:
-                near.end(key, token)
-            return None
+            token = near.begin(key, names)
+        tokens: Sequence[bytes | None] = ()
+        if names:
+            found = await self._fetch(self.backend.read, key, names)
+            data, tokens = found if found is not None else (None, ())
+        else:
+            data = await self._fetch(self.backend.get, key)
+        entry = None if data is None else self._decode(key, data)
+        current = entry is not None and entry.generations == (_stamp(tokens) if names else 0)
+        if not current and not unchecked:
+            entry = None  # built under tokens an invalidation deleted (or that are gone)
+        if near is not None and token is not None:
+            if not current:
+                near.end(key, token, names)
+            else:
+                assert data is not None and entry is not None
+                read_under = tuple(zip(names, cast("list[bytes]", tokens), strict=True))
+                near.put(key, entry, len(data), token, read_under)
+        return entry
+
+    def _decode(self, key: str, data: bytes) -> Entry | None:
         self.health.counters.bytes_read += len(data)
         try:
-            entry = decode_stored(data)
+            return decode_stored(data)
         except EntryError as exc:
-            if near is not None and token is not None:
-                near.end(key, token)
+            if is_lease(data):
+                return None  # a miss is filling it
             self.health.warn_once(
                 "corrupt:" + key,
                 "ignoring an unreadable value under %s (%s); it will be overwritten",
@@ -103,23 +184,43 @@ class Entries:
                 exc,
             )
             return None
-        if near is not None and token is not None:
-            near.put(key, entry, len(data), token)
-        return entry
 
-    async def read_head(self, key: str) -> EntryHead | Entry | None:
-        """The fixed-size head of the entry under `key` (ETag, times), without its body.
-        With a near cache in use, the whole entry (from the L1, or read into it)."""
-        if self.near is not None and self.near.ready:
-            return await self.read(key)
+    async def read_head(
+        self, key: str, generations: tuple[str, ...] | None = ()
+    ) -> EntryHead | Entry | None:
+        """The fixed-size head of the entry under `key` (ETag, times), without its body,
+        under the same rules as `read`. With a near cache in use, the whole entry (from the
+        L1, or read into it)."""
+        if self.near is not None and self.near.ready and generations is not None:
+            return await self.read(key, generations)
         # Enough bytes for the head of either stored form (plain, or compressed).
-        data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
+        tokens: Sequence[bytes | None] = ()
+        if generations:
+            found = await self._fetch(self.backend.read, key, generations, STORED_HEAD_SIZE)
+            data, tokens = found if found is not None else (None, ())
+        else:
+            data = await self._fetch(self.backend.get_head, key, STORED_HEAD_SIZE)
         if data is None:
             return None
         try:
-            return peek_stored(data)
+            head = peek_stored(data)
         except EntryError:
             return None
+        if generations is not None and head.generations != (_stamp(tokens) if generations else 0):
+            return None
+        return head
+
+    async def lease(self, key: str, generations: tuple[str, ...], ttl_ms: int) -> Lease | None:
+        """Before a miss of `key` reads its data: its `Lease` (the tokens of `generations`,
+        created where missing, and what `key` holds, a new lease value if nothing); None
+        when storage cannot say (the miss then stores nothing)."""
+        ttl = max(ttl_ms + 1000, GENERATION_MIN_TTL_MS)
+        claim = lease_value(os.urandom(16))
+        got = await self._fetch(self.backend.lease, key, generations, ttl, claim, STORED_HEAD_SIZE)
+        if got is None:
+            return None
+        held, tokens = got
+        return Lease(held, generation_stamp(tokens), held == claim)
 
     async def write(
         self,
@@ -128,10 +229,13 @@ class Entries:
         ttl_ms: int,
         indexes: Sequence[str] = (),
         compress_over: int | StoreSetting | None = STORE_SETTING,
+        lease: Lease | None = None,
     ) -> bool:
         """Store an encoded entry, listed in `indexes`; LZ4-compressed from `compress_over`
-        bytes on (by default the store's setting; None: never). Logs KEY_ADDED_TO_CACHE, or
-        FAILED_TO_CACHE_KEY and returns False when the backend cannot take it."""
+        bytes on (by default the store's setting; None: never); with `lease` (a miss's), only
+        while the key still holds what the lease found there. Logs KEY_ADDED_TO_CACHE, or
+        FAILED_TO_CACHE_KEY and returns False when the backend cannot take it or the lease
+        was lost (an invalidation deleted the key meanwhile)."""
         if not self.health.available():
             logger.info("FAILED_TO_CACHE_KEY: key=%s (store unavailable)", key)
             return False
@@ -140,7 +244,10 @@ class Entries:
             data = pack_entry(data)
         near = self.near
         try:
-            await self.backend.set(key, data, ttl_ms, indexes)
+            if lease is None:
+                done = await self.backend.set(key, data, ttl_ms, indexes)
+            else:
+                done = await self.backend.set(key, data, ttl_ms, indexes, lease.held)
         except Exception as exc:
             if near is not None:
                 near.discard(key)
@@ -150,8 +257,12 @@ class Entries:
         if near is not None:
             near.discard(key)  # the others hear of it from Redis
         self.shared.forget(key)  # later reads see this write
+        self.shared.forget(key + _UNCHECKED)
         if not self.health.healthy:
             self.health.succeeded()
+        if done is False:
+            logger.info("FAILED_TO_CACHE_KEY: key=%s (invalidated while it was computed)", key)
+            return False
         self.health.counters.bytes_written += len(data)
         logger.info("KEY_ADDED_TO_CACHE: key=%s", key)
         return True

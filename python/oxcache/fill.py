@@ -1,6 +1,8 @@
 """Filling the cache on a miss: one endpoint run for all the concurrent misses of a key in
 this process (and, with `lock_timeout`, across workers), the response rendered as FastAPI
-would, stored when it may be, and stale-if-error and background refreshes."""
+would, stored when it may be, and stale-if-error and background refreshes. Every run takes
+its lease before it reads its data (`Entries.lease`) and stores only under it, so what it
+read before an invalidation is never stored after."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from oxcache import observe
 from oxcache._core import encode_entry, etag, if_none_match
 from oxcache.directives import judge, own_control, stale_windows, with_private
 from oxcache.endpoint import CachedEndpoint
+from oxcache.entries import Lease
 from oxcache.http import COMPUTED_HEADERS, FRESHNESS_HEADERS, Replay, scan_request
 from oxcache.responses import render
-from oxcache.status import STALE, STREAMING, TAGS, UNAVAILABLE, forwarded, mark
+from oxcache.status import INVALIDATED, STALE, STREAMING, TAGS, UNAVAILABLE, forwarded, mark
 from oxcache.store import Cache
 
 __all__ = ["Stored", "miss", "refresh", "refresh_later", "run", "store_response"]
@@ -35,7 +38,16 @@ def _now_ms() -> int:
 class Stored:
     """What a miss stored, shaped like a decoded `Entry` for the requests that waited."""
 
-    __slots__ = ("body", "created_ms", "etag", "expires_ms", "headers", "status", "written")
+    __slots__ = (
+        "body",
+        "created_ms",
+        "etag",
+        "expires_ms",
+        "headers",
+        "refused",
+        "status",
+        "written",
+    )
 
     def __init__(
         self,
@@ -52,8 +64,10 @@ class Stored:
         self.etag = etag
         self.created_ms = created_ms
         self.expires_ms = expires_ms
-        #: Whether the store took it (the waiting requests get it either way).
+        #: Whether the store took it (the waiting requests get it either way), and whether
+        #: it refused it because an invalidation deleted the run's lease meanwhile.
         self.written = True
+        self.refused = False
 
 
 def _shared_hit(store: Cache, replay: Replay, entry: Any, collapsed: bool = True) -> Any:
@@ -83,21 +97,29 @@ async def miss(
     replay: Replay,
     stale: Any,
     read_at: float | None = None,
+    generations: tuple[str, ...] = (),
 ) -> Any:
     """Run the endpoint once for all concurrent misses of `key` in this process (and, with
     `lock_timeout`, across workers), store the result, and answer.
 
     `read_at` is when this request started reading the store: a run of `key` that stored
     its entry after that raced our read, so the entry is read again instead of running the
-    endpoint a second time."""
+    endpoint a second time. `generations` are those of the entry's indexes: the run's
+    lease holds their tokens, which stamp what it stores."""
     flights = store.flights
     if read_at is not None and flights.landed_since(key, read_at):
-        entry = await store.entries.read(key)
+        entry = await store.entries.read(key, generations)
         if entry is not None and entry.expires_ms > _now_ms():
             found = _shared_hit(store, replay, entry, collapsed=False)
             if found is not None:
                 return found
-    flight = flights.running(key)
+    args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
+    # The lease first: a run in progress is joined only if it read under the same
+    # invalidations as this request would (see `Flights`).
+    finished = store.invalidations.finished
+    lease = await _lease(endpoint, store, key, generations)
+    basis = (None if lease is None else lease.basis, finished)
+    flight = flights.running(key, basis)
     if flight is not None:
         shared = await asyncio.shield(flight)
         found = None if shared is None else _shared_hit(store, replay, shared)
@@ -105,22 +127,25 @@ async def miss(
             return found
         # The run we waited for failed, was not cacheable, or varies on a header our key
         # does not hold: run it as the route would.
-        args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
-        return (await run(*args))[0]
-    flight = flights.start(key)
+        return (await run(*args, lease))[0]
+    flight = flights.start(key, basis)
     stored: Any = None
     token = b""
     try:
-        if store.flights.lock_ms > 0:
-            token = uuid.uuid4().bytes
+        if store.flights.lock_ms > 0 and lease is not None:
+            token = uuid.uuid4().bytes + lease.mark
             if not await flights.acquire(key, token):
                 token = b""
-                stored = await _wait_for_entry(store, key)
-                found = None if stored is None else _shared_hit(store, replay, stored)
-                if found is not None:
-                    return found
-        args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
-        response, stored = await run(*args)
+                # Another worker is computing: wait for its entry if it computes under
+                # the lease we found (else it read its data before an invalidation that
+                # we saw, and its entry will never be stored: run it ourselves).
+                holder = await flights.holder(key)
+                if holder is None or holder[16:] == lease.mark:
+                    stored = await _wait_for_entry(store, key, generations)
+                    found = None if stored is None else _shared_hit(store, replay, stored)
+                    if found is not None:
+                        return found
+        response, stored = await run(*args, lease)
         return response
     finally:
         flights.finish(key, flight, stored)
@@ -128,14 +153,23 @@ async def miss(
             await flights.release(key, token)
 
 
-async def _wait_for_entry(store: Cache, key: str) -> Any:
+async def _lease(
+    endpoint: CachedEndpoint, store: Cache, key: str, generations: tuple[str, ...]
+) -> Lease | None:
+    """The lease a run of `key` stores under (None: storage could not give one, and the
+    run stores nothing)."""
+    options = endpoint.options
+    return await store.entries.lease(key, generations, options.ttl_ms + options.stale_ms)
+
+
+async def _wait_for_entry(store: Cache, key: str, generations: tuple[str, ...]) -> Any:
     """Poll for the entry another worker is computing, at most `lock_timeout`."""
     deadline = time.monotonic() + store.flights.lock_ms / 1000
     delay = 0.005
     while time.monotonic() < deadline:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
-        entry = await store.entries.read(key)
+        entry = await store.entries.read(key, generations)
         if entry is not None and entry.expires_ms > _now_ms():
             return entry
     return None
@@ -151,9 +185,11 @@ async def run(
     uid: str | None,
     replay: Replay,
     stale: Any,
+    lease: Lease | None,
 ) -> tuple[Any, Stored | None]:
-    """Run the endpoint, store a cacheable result; serve `stale` if it fails and
-    stale-if-error allows. Returns the response and what was stored (or None)."""
+    """Run the endpoint, store a cacheable result under `lease` (None: not written); serve
+    `stale` if it fails and stale-if-error allows. Returns the response and what was
+    stored (or None)."""
     store.counters.misses += 1
     observe.note(observe.MISS)
     per_user = uid is not None
@@ -181,7 +217,7 @@ async def run(
         served = _serve_stale(store, replay, stale)
         if served is not None:
             return served, None
-    stored = await store_response(endpoint, store, response, kwargs, key, uid, request)
+    stored = await store_response(endpoint, store, response, kwargs, key, uid, request, lease)
     name = store.status_name
     if isinstance(stored, str):
         observe.note(observe.MISS, stored)  # why it was not stored
@@ -192,7 +228,7 @@ async def run(
     status = None
     if name is not None:
         written = stored.written
-        detail = None if written else UNAVAILABLE
+        detail = None if written else INVALIDATED if stored.refused else UNAVAILABLE
         status = forwarded(name, replay.fwd, stored=written, detail=detail)
     own = any(n == b"cache-control" for n, _ in stored.headers)
     created = stored.created_ms
@@ -243,10 +279,13 @@ async def store_response(
     key: str,
     uid: str | None,
     request: Request,
+    lease: Lease | None,
 ) -> Stored | str:
     """Store a rendered response if its own headers allow it (`directives.judge`): what was
     stored, or why not (a Cache-Status `detail`). A response whose `Vary` names a header
-    `key` does not hold is stored under the key that holds it, which the endpoint learns."""
+    `key` does not hold is stored under the key that holds it, which the endpoint learns.
+    It is written under `lease`, taken before the endpoint ran (None, or a lease of another
+    key: not written), so nothing read before an invalidation is written after it."""
     rendered = getattr(response, "body", None)
     if not isinstance(rendered, bytes):
         endpoint.warn_once(
@@ -267,11 +306,17 @@ async def store_response(
         endpoint.learn_vary(verdict.vary)
         names = endpoint.vary_names
         scan = scan_request(request.scope, names)
-        key = endpoint.request_key(space, kwargs, uid, names, scan[4], request.scope, scan[5])
+        learned = endpoint.request_key(space, kwargs, uid, names, scan[4], request.scope, scan[5])
+        if learned != key:
+            key = learned
+            if lease is not None:
+                # The run's lease is the old key's: take one for the key that holds the
+                # learned header, and write only if no invalidation of the entry's indexes
+                # (its call's variants, its user, its tags) came since the run's lease.
+                again = await _lease(endpoint, store, key, endpoint.generations(space, kwargs, uid))
+                lease = again if again is not None and again.stamp == lease.stamp else None
     try:
-        variant = space.per_host or per_user or bool(endpoint.vary_names)
-        variant = variant or endpoint.request_param is not None or endpoint.keys_body
-        indexes = endpoint.keys.indexes(space, kwargs, uid, variant)
+        indexes = endpoint.indexes(space, kwargs, uid)
     except Exception as exc:  # a tag that cannot be formatted from these arguments
         logger.info("FAILED_TO_CACHE_KEY: key=%s (tags: %s)", key, exc)
         return TAGS
@@ -288,14 +333,21 @@ async def store_response(
     if verdict.lifetime_ms is not None:  # the endpoint's own, when shorter (directives.judge)
         lifetime_ms = min(lifetime_ms, verdict.lifetime_ms)
     expires_ms = now_ms + lifetime_ms
-    data = encode_entry(response.status_code, stored_headers, rendered, now_ms, expires_ms)
-    # Kept past its freshness for as long as a stale copy may still be served.
-    keep_ms = lifetime_ms + max(stale_windows(own, options.swr_ms, options.sie_ms, per_user))
-    written = await store.entries.write(key, data, keep_ms, indexes, options.compress_over)
     stored = Stored(
         response.status_code, stored_headers, rendered, etag(rendered), now_ms, expires_ms
     )
-    stored.written = written
+    stored.written = False
+    if lease is not None:
+        data = encode_entry(
+            response.status_code, stored_headers, rendered, now_ms, expires_ms, lease.stamp
+        )
+        # Kept past its freshness for as long as a stale copy may still be served.
+        keep_ms = lifetime_ms + max(stale_windows(own, options.swr_ms, options.sie_ms, per_user))
+        written = await store.entries.write(
+            key, data, keep_ms, indexes, options.compress_over, lease
+        )
+        stored.written = written
+        stored.refused = not written and store.health.healthy
     return stored
 
 
@@ -323,6 +375,8 @@ async def refresh(
 ) -> None:
     """Background revalidation of a stale entry (after its stale copy was sent)."""
     try:
+        generations = endpoint.generations(store.keyspace, kwargs, uid)
+        lease = await _lease(endpoint, store, key, generations)
         fresh = dict(kwargs)
         sub_response = Response()
         del sub_response.headers["content-length"]
@@ -331,7 +385,7 @@ async def refresh(
             fresh[endpoint.response_param] = sub_response
         result = await endpoint.call(fresh, after=sub_response)
         response = await render(request, result, sub_response, endpoint.func, endpoint.is_async)
-        await store_response(endpoint, store, response, fresh, key, uid, request)
+        await store_response(endpoint, store, response, fresh, key, uid, request, lease)
     except Exception as exc:  # the stale copy stays until it runs out
         logger.warning("refreshing %s failed (%s: %s)", key, type(exc).__name__, exc)
     finally:

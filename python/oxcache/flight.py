@@ -1,7 +1,12 @@
 """Single flight: the misses of one key in one process share one endpoint run (and, with
 `lock_timeout`, one run in the whole deployment, behind a short Redis lock), a miss whose
 read raced a run that just stored the key reads the entry instead of running again, and a
-stale entry is refreshed by one background run at a time."""
+stale entry is refreshed by one background run at a time.
+
+A request joins a run only when both took their lease under the same invalidations (the
+same `basis`: what the key held, the generations' stamp, and how many invalidations this
+process finished), so a request that starts after `invalidate*()` returned never gets the
+answer of a run that read its data before."""
 
 from __future__ import annotations
 
@@ -39,8 +44,9 @@ class Flights:
         self.health = health
         self.keyspace = keyspace
         self.lock_ms = lock_ms
-        # key -> the future of the run computing it (its result: what was stored, or None).
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        # key -> the future of the run computing it (its result: what was stored, or None)
+        # and the basis it started under.
+        self._inflight: dict[str, tuple[asyncio.Future[Any], Any]] = {}
         # key -> when a run last stored it (time.monotonic()).
         self._landed: dict[str, float] = {}
         # key -> when its background refresh started (time.monotonic()).
@@ -51,23 +57,29 @@ class Flights:
         landed = self._landed.get(key)
         return landed is not None and landed >= since
 
-    def running(self, key: str) -> asyncio.Future[Any] | None:
-        """The run of `key` in progress on this event loop, if any."""
-        flight = self._inflight.get(key)
-        if flight is not None and flight.get_loop() is asyncio.get_running_loop():
+    def running(self, key: str, basis: Any = None) -> asyncio.Future[Any] | None:
+        """The run of `key` in progress on this event loop that started under `basis`
+        (what the request's own lease found), if any."""
+        item = self._inflight.get(key)
+        if item is None:
+            return None
+        flight, started_under = item
+        if flight.get_loop() is asyncio.get_running_loop() and started_under == basis:
             return flight
         return None
 
-    def start(self, key: str) -> asyncio.Future[Any]:
-        """Record a run of `key`; its future is resolved by `finish`."""
+    def start(self, key: str, basis: Any = None) -> asyncio.Future[Any]:
+        """Record a run of `key` under `basis`; its future is resolved by `finish`. It
+        replaces, for requests to come, a run that started under another basis."""
         flight = asyncio.get_running_loop().create_future()
-        self._inflight[key] = flight
+        self._inflight[key] = (flight, basis)
         return flight
 
     def finish(self, key: str, flight: asyncio.Future[Any], stored: Any = None) -> None:
         """End the run `flight` of `key`: the requests waiting on it get `stored` (None:
         nothing was stored, they run the endpoint themselves)."""
-        if self._inflight.get(key) is flight:
+        item = self._inflight.get(key)
+        if item is not None and item[0] is flight:
             del self._inflight[key]
         if not flight.done():
             flight.set_result(stored)
@@ -102,6 +114,16 @@ class Flights:
         except Exception as exc:
             self.health.failed(exc)
             return True
+
+    async def holder(self, key: str) -> bytes | None:
+        """The token holding the miss lock of `key` (None: free, or storage failed)."""
+        if not self.health.available():
+            return None
+        try:
+            return await self.backend.get(self.keyspace.lock_name(key))
+        except Exception as exc:
+            self.health.failed(exc)
+            return None
 
     async def release(self, key: str, token: bytes) -> None:
         """Release the miss lock of `key` if this token still holds it."""

@@ -21,6 +21,7 @@ import anyio.from_thread
 from pydantic import TypeAdapter
 
 from oxcache._core import KeyBuildError, cache_key, encode_entry
+from oxcache.entries import Lease
 from oxcache.errors import ConfigError
 from oxcache.keys import KeySpace
 from oxcache.options import ONE_YEAR, ttl_ms
@@ -101,9 +102,19 @@ class CachedFunction:
     def invalidation(self, space: KeySpace, args: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], [self.key_for_call(space, args)]
 
-    async def lookup(self, store: Cache, key: str) -> tuple[bool, Any]:
+    def generations(self, space: KeySpace, values: dict[str, Any]) -> tuple[str, ...]:
+        """The generations of a call's tags (none when a tag cannot be formatted: `save`
+        then says why the result is not stored)."""
+        try:
+            return space.generations([space.tag_index(t.format_map(values)) for t in self.tags])
+        except Exception:
+            return ()
+
+    async def lookup(
+        self, store: Cache, key: str, generations: tuple[str, ...]
+    ) -> tuple[bool, Any]:
         assert self.adapter is not None
-        entry = await store.entries.read(key)
+        entry = await store.entries.read(key, generations)
         if entry is None or entry.expires_ms <= time.time_ns() // 1_000_000:
             return False, None
         try:
@@ -137,7 +148,13 @@ class CachedFunction:
         if not store.warn_once(f"cached:{what}:{self.module}.{self.name}", text, key, message):
             logger.info(text, key, message)
 
-    async def save(self, store: Cache, key: str, values: dict[str, Any], result: Any) -> None:
+    async def lease(self, store: Cache, key: str, generations: tuple[str, ...]) -> Lease | None:
+        """Taken before the function runs: what its result is stored under."""
+        return await store.entries.lease(key, generations, self.ttl_ms)
+
+    async def save(
+        self, store: Cache, key: str, values: dict[str, Any], result: Any, lease: Lease | None
+    ) -> None:
         assert self.adapter is not None
         reason = self.refusal(result)
         if reason is not None:
@@ -155,14 +172,20 @@ class CachedFunction:
                 "it is returned uncached.",
             )
             return
+        if lease is None:
+            return  # storage could not say what the function read its data under
         now_ms = time.time_ns() // 1_000_000
-        data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms)
-        await store.entries.write(key, data, self.ttl_ms, indexes)
+        data = encode_entry(200, [], body, now_ms, now_ms + self.ttl_ms, lease.stamp)
+        await store.entries.write(key, data, self.ttl_ms, indexes, lease=lease)
 
-    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
+    def prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Cache, str, Any, tuple[str, ...]]:
+        """The store, key, argument values and generations of a call."""
         store = self.store or default_store()
         values = self.values(args, kwargs)
-        return store, self.key(store.keyspace, values), values
+        space = store.keyspace
+        return store, self.key(space, values), values, self.generations(space, values)
 
 
 def cached(
@@ -212,18 +235,19 @@ def cached(
                 if function.adapter is None:
                     return await func(*args, **kwargs)
                 try:
-                    target, key, values = function.prepare(args, kwargs)
+                    target, key, values, generations = function.prepare(args, kwargs)
                 except (KeyBuildError, TypeError) as exc:
                     logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                     return await func(*args, **kwargs)
                 if not target.enabled:
                     return await func(*args, **kwargs)
-                found, value = await function.lookup(target, key)
+                found, value = await function.lookup(target, key, generations)
                 if found:
                     return value
                 target.counters.misses += 1
+                lease = await function.lease(target, key, generations)
                 result = await func(*args, **kwargs)
-                await function.save(target, key, values, result)
+                await function.save(target, key, values, result, lease)
                 return result
 
             async_wrapper.__oxcache__ = function  # type: ignore[attr-defined]
@@ -234,21 +258,22 @@ def cached(
             if function.adapter is None:
                 return func(*args, **kwargs)
             try:
-                target, key, values = function.prepare(args, kwargs)
+                target, key, values, generations = function.prepare(args, kwargs)
             except (KeyBuildError, TypeError) as exc:
                 logger.info("FAILED_TO_CACHE_KEY: %s (%s)", function.name, exc)
                 return func(*args, **kwargs)
             if not target.enabled:
                 return func(*args, **kwargs)
             try:
-                found, value = anyio.from_thread.run(function.lookup, target, key)
+                found, value = anyio.from_thread.run(function.lookup, target, key, generations)
             except RuntimeError:  # not in a worker thread of an event loop
                 return func(*args, **kwargs)
             if found:
                 return value
             target.counters.misses += 1
+            lease = anyio.from_thread.run(function.lease, target, key, generations)
             result = func(*args, **kwargs)
-            anyio.from_thread.run(function.save, target, key, values, result)
+            anyio.from_thread.run(function.save, target, key, values, result, lease)
             return result
 
         sync_wrapper.__oxcache__ = function  # type: ignore[attr-defined]

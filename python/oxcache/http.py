@@ -46,15 +46,18 @@ FRESHNESS_HEADERS = frozenset({b"cache-control", b"expires"})
 NOT_MODIFIED_HEADERS = frozenset({b"cache-control", b"expires", b"vary", b"content-location"})
 
 _date_memo: tuple[int, bytes] = (-1, b"")
+#: 9999-12-31T23:59:59Z, the last instant an IMF-fixdate (a four-digit year) can write.
+_LAST_DATE_S = 253_402_300_799
 
 
 def http_date(seconds: int) -> bytes:
-    """Format a Unix time as an IMF-fixdate (RFC 9110 section 5.6.7), memoized per second."""
+    """Format a Unix time as an IMF-fixdate (RFC 9110 section 5.6.7), memoized per second.
+    Times past the year 9999 (an entry may hold any u64) are written as its last second."""
     global _date_memo
     memo = _date_memo
     if memo[0] == seconds:
         return memo[1]
-    value = formatdate(seconds, usegmt=True).encode("ascii")
+    value = formatdate(min(max(seconds, 0), _LAST_DATE_S), usegmt=True).encode("ascii")
     _date_memo = (seconds, value)
     return value
 

@@ -30,10 +30,11 @@ __all__ = ["HEAD_SIZE", "InspectError", "Inspector", "Plan", "decode", "prefix_o
 #: How much of a value `stats` reads to tell an entry (plain or compressed) from another.
 HEAD_SIZE = STORED_HEAD_SIZE
 
-# An index or lock: `prefix:@kind:...` (or `@kind:...` without a prefix); the prefix ends at
-# the first `:@kind:`. An entry: `prefix:module.function(arguments)`; module and function
-# names hold no `:` or `(`, so the prefix ends at the last `:` before the first `(`.
-_INDEX = re.compile(r"(?:([^(]*?):)?@(?:user|tag|variants|lock):")
+# An index, a generation or a lock: `prefix:@kind:...` (or `@kind:...` without a prefix);
+# the prefix ends at the first `:@kind:`. An entry: `prefix:module.function(arguments)`;
+# module and function names hold no `:` or `(`, so the prefix ends at the last `:` before
+# the first `(`.
+_INDEX = re.compile(r"(?:([^(]*?):)?@(?:user|tag|variants|lock|gen):")
 _ENTRY = re.compile(r"(?:([^(]*):)?[^:(@][^:(]*\(.*\)", re.DOTALL)
 
 

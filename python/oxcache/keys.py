@@ -239,6 +239,16 @@ class KeySpace:
         """The lock a miss of `key` takes when `lock_timeout` is set."""
         return self.index("lock", self.local(key))
 
+    def generation(self, index: str) -> str:
+        """The key holding the generation token of `index` (`prefix:@gen:<kind>:<name>` for
+        `prefix:@<kind>:<name>`): entries listed in the index record it, and invalidating
+        the index deletes it."""
+        return self.start + "@gen:" + index[len(self.start) + 1 :]
+
+    def generations(self, indexes: list[str]) -> tuple[str, ...]:
+        """The generations of `indexes`, in the same order."""
+        return tuple(self.generation(index) for index in indexes)
+
     def kind(self, key: str) -> str:
         """`entry`, or the index kind (`user`, `tag`, `variants`, `lock`) of a key."""
         local = self.local(key)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from oxcache.backends.base import Backend
 from oxcache.backends.redis import RedisBackend
 from oxcache.health import Health
+from oxcache.invalidation import Invalidations
 from oxcache.keys import KeySpace
 from oxcache.logs import LOGGER_NAME
 from oxcache.near import NearCache
@@ -49,6 +50,7 @@ class Lifecycle:
     backend: Backend
     near: NearCache | None
     health: Health
+    invalidations: Invalidations
     keyspace: KeySpace
     #: Whether requests and `@cached` calls use the cache (see `disabled()`).
     enabled: bool
@@ -69,7 +71,9 @@ class Lifecycle:
         return True
 
     async def close(self) -> None:
-        """Release the backend's connections (never a client that was passed in)."""
+        """Release the backend's connections (never a client that was passed in), and stop
+        retrying queued invalidations."""
+        self.invalidations.stop()
         if self.near is not None:
             await self.near.stop()
         if self.backend.owns_connection:

@@ -76,6 +76,11 @@ class NearCache:
         self.heartbeat = float(heartbeat)
         # key -> (entry, encoded size, monotonic deadline: min(freshness end, read + max_ttl))
         self._data: OrderedDict[str, tuple[Entry, int, float]] = OrderedDict()
+        # key -> the (generation, token) pairs a held entry was read under (entries of
+        # indexed endpoints only), and generation -> the token last read from Redis: a
+        # notification of a generation drops its token, and so every entry read under it.
+        self._under: dict[str, tuple[tuple[str, bytes], ...]] = {}
+        self._generations: dict[str, bytes] = {}
         self._bytes = 0
         # Reads from Redis in flight: key -> token. A notification for the key (or a flush)
         # removes the token, so a value read before a change can never be kept after it.
@@ -105,45 +110,72 @@ class NearCache:
     # -- the map -------------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
-        """The entry held for `key` if it is still fresh and within `max_ttl`, else None."""
+        """The entry held for `key` if it is still fresh, within `max_ttl`, and every
+        generation it was read under still has the token it had, else None."""
         item = self._data.get(key)
         if item is None:
             return None
         if item[2] <= time.monotonic():
             self._remove(key)
             return None
+        under = self._under.get(key)
+        if under is not None:
+            known = self._generations
+            for name, token in under:
+                if known.get(name) != token:
+                    self._remove(key)
+                    return None
         self._data.move_to_end(key)
         return item[0]
 
-    def begin(self, key: str) -> object | None:
-        """Note that `key` is about to be read from Redis; the token `put` needs, or None
-        when the L1 is not in use."""
+    def begin(self, key: str, generations: tuple[str, ...] = ()) -> object | None:
+        """Note that `key` is about to be read from Redis (with the tokens of
+        `generations`); the token `put` needs, or None when the L1 is not in use."""
         if not self.ready:
             return None
         if len(self._reading) >= _MAX_READING:
             self._reading.clear()  # forgotten reads only lose the chance to fill the L1
         token = object()
         self._reading[key] = token
+        for name in generations:
+            self._reading[name] = token
         return token
 
-    def end(self, key: str, token: object) -> None:
+    def end(self, key: str, token: object, generations: tuple[str, ...] = ()) -> None:
         """Forget a read that found nothing to keep."""
-        if self._reading.get(key) is token:
-            del self._reading[key]
+        for name in (key, *generations):
+            if self._reading.get(name) is token:
+                del self._reading[name]
 
-    def put(self, key: str, entry: Entry, size: int, token: object) -> None:
-        """Hold `entry`, read from Redis after `begin(key)` gave `token`, unless the key
-        changed (or the L1 was flushed) since."""
-        if self._reading.get(key) is not token:
-            return
-        del self._reading[key]
-        if not self.ready or size > self.max_bytes:
+    def put(
+        self,
+        key: str,
+        entry: Entry,
+        size: int,
+        token: object,
+        generations: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
+        """Hold `entry`, read from Redis after `begin(key, ...)` gave `token`, together with
+        the tokens its `generations` had, unless the key or one of them changed (or the L1
+        was flushed) since."""
+        reading = self._reading
+        fresh = reading.get(key) is token
+        for name, _ in generations:
+            fresh = fresh and reading.get(name) is token
+        self.end(key, token, tuple(name for name, _ in generations))
+        if not fresh or not self.ready or size > self.max_bytes:
             return
         left_s = (entry.expires_ms - time.time_ns() // 1_000_000) / 1000.0
         if left_s <= 0:
             return  # stale entries are the store's business (stale-while-revalidate)
+        if generations:
+            if len(self._generations) >= 4 * self.max_entries:
+                self._generations.clear()  # held entries read under them go too, on `get`
+            self._generations.update(generations)
         self._remove(key)
         self._data[key] = (entry, size, time.monotonic() + min(left_s, self.max_ttl))
+        if generations:
+            self._under[key] = generations
         self._bytes += size
         while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
             self._remove(next(iter(self._data)))
@@ -152,15 +184,20 @@ class NearCache:
         item = self._data.pop(key, None)
         if item is not None:
             self._bytes -= item[1]
+            self._under.pop(key, None)
 
     def discard(self, key: str) -> None:
-        """Drop `key` and any read of it in flight."""
+        """Drop `key` (an entry, or a generation and every entry read under it) and any
+        read of it in flight."""
         self._remove(key)
+        self._generations.pop(key, None)
         self._reading.pop(key, None)
 
     def flush(self) -> None:
         """Drop everything, and every read in flight."""
         self._data.clear()
+        self._under.clear()
+        self._generations.clear()
         self._reading.clear()
         self._bytes = 0
         self.flushes += 1

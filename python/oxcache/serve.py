@@ -93,12 +93,14 @@ async def lookup(
     now_ms: int,
     max_age_ms: int | None,
     heads: bool = True,
+    generations: tuple[str, ...] = (),
 ) -> CachedResponse | Entry | None:
     """The 304 for a request whose `If-None-Match` matches the entry's ETag (read from the
     entry's head only, when `heads`: the endpoint's stored responses are known to carry no
-    header a 304 must repeat), else the entry under `key` (None when there is none)."""
+    header a 304 must repeat), else the entry under `key` (None when there is none, or when
+    it was built under other tokens of `generations` than those storage has now)."""
     if replay.condition is not None and heads:
-        head: EntryHead | Entry | None = await store.entries.read_head(key)
+        head: EntryHead | Entry | None = await store.entries.read_head(key, generations)
         if (
             head is not None
             and head.expires_ms > now_ms
@@ -108,7 +110,7 @@ async def lookup(
             logger.info("KEY_FOUND_IN_CACHE: key=%s", key)
             store.counters.hits += 1
             return CachedResponse(304, replay.headers(head, now_ms, hit=True), b"")
-    return await store.entries.read(key)
+    return await store.entries.read(key, generations)
 
 
 async def bypass(
@@ -225,11 +227,12 @@ async def handle(
         endpoint.warn_once(store, "key", "%s is served uncached: %s", endpoint.name, exc)
         return await bypass(endpoint, store, kwargs, sub_response, BYPASS, KEY)
 
+    generations = endpoint.generations(store.keyspace, kwargs, uid, key)
     early: EarlyState | None = scope.get(EARLY_SCOPE_KEY)
     if early is not None and (early.memo.endpoint is not endpoint or uid != early.user):
         early = None  # the raw request's signature does not hold this key's user
     if early is not None:
-        early.learn(store, key, names)
+        early.learn(store, key, names, generations)
     now_ms = time.time_ns() // 1_000_000
     max_age_ms = (
         None if directives is None or directives.max_age is None else directives.max_age * 1000
@@ -237,14 +240,16 @@ async def handle(
     replay = replay_for(endpoint, store, condition, uid is not None, names)
     if force:
         replay = replay.forwarded(REQUEST)
-        return await miss(endpoint, store, request, sub_response, kwargs, key, uid, replay, None)
+        request_args = (endpoint, store, request, sub_response, kwargs, key, uid, replay)
+        return await miss(*request_args, None, None, generations)
     refresh_due: bool | None = None  # XFetch's draw, when CachedRoute made it
     if early is not None and early.read_key == key and early.store is store:
         # `CachedRoute` read this entry already, and left the request to this path.
         entry, read_at, refresh_due = early.entry, early.read_at, early.refresh_due
     else:
         read_at = time.monotonic()
-        found = await lookup(store, key, replay, now_ms, max_age_ms, endpoint.own_headers is False)
+        heads = endpoint.own_headers is False
+        found = await lookup(store, key, replay, now_ms, max_age_ms, heads, generations)
         if isinstance(found, CachedResponse):
             return found
         entry = found
@@ -289,9 +294,8 @@ async def handle(
                 replay = replay.forwarded(STALE)
         else:  # too old for the request's max-age, or stale
             replay = replay.forwarded(REQUEST if entry.expires_ms > now_ms else STALE)
-    return await miss(
-        endpoint, store, request, sub_response, kwargs, key, uid, replay, entry, read_at
-    )
+    request_args = (endpoint, store, request, sub_response, kwargs, key, uid, replay)
+    return await miss(*request_args, entry, read_at, generations)
 
 
 async def answer_early(
@@ -355,13 +359,14 @@ async def answer_early(
     known = memo.keys.get(signature)
     if known is None:
         return None
-    store, key = known
+    store, key, generations = known
     if store is not own:
         return None  # the store was replaced since: learn again
     now_ms = time.time_ns() // 1_000_000
     replay = replay_for(endpoint, store, condition, user is not None, names)
     read_at = time.monotonic()
-    found = await lookup(store, key, replay, now_ms, None, endpoint.own_headers is False)
+    heads = endpoint.own_headers is False
+    found = await lookup(store, key, replay, now_ms, None, heads, generations)
     if isinstance(found, CachedResponse):
         return found
     if found is not None and found.expires_ms > now_ms:

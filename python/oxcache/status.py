@@ -19,6 +19,7 @@ __all__ = [
     "DISABLED",
     "EXPIRE",
     "HEADER",
+    "INVALIDATED",
     "KEY",
     "METHOD",
     "MISS",
@@ -53,6 +54,7 @@ DISABLED = "disabled"  # the store is turned off (`Cache(enabled=False)`, `store
 STREAMING = "streaming"  # the body is not known in advance
 TAGS = "tags"  # a tag could not be formatted from the arguments
 UNAVAILABLE = "unavailable"  # storage did not answer
+INVALIDATED = "invalidated"  # an invalidation came while the endpoint ran: not stored
 
 
 def hit_prefix(name: bytes) -> bytes:

@@ -14,7 +14,7 @@ from oxcache.backends.connect import backend_for, describe
 from oxcache.entries import Entries
 from oxcache.flight import Flights
 from oxcache.health import Health, Stats
-from oxcache.invalidation import Invalidations
+from oxcache.invalidation import Invalidated, Invalidations
 from oxcache.keys import KeySpace, UserId
 from oxcache.lifecycle import Lifecycle, current_default
 from oxcache.logs import LOGGER_NAME
@@ -176,7 +176,7 @@ class Cache(Lifecycle):
         self.health = Health(
             describe(backend, url), retry_after, on_error, self.counters, self.observers
         )
-        self.invalidations = Invalidations(backend, self.health, near, self.keyspace.start)
+        self.invalidations = Invalidations(backend, self.health, near, self.keyspace)
         #: Reading and writing entries under the rules above (what the request path uses).
         self.entries = Entries(backend, self.health, self.invalidations, near, compress_over)
         #: The endpoint runs in progress (single flight, refreshes, the cross-worker lock).
@@ -191,9 +191,12 @@ class Cache(Lifecycle):
         for cacheable requests), `stale` (stale-while-revalidate and stale-if-error
         serves), `bypasses` (requests the cache stayed out of: no-cache, credentials,
         unkeyable arguments), `errors` (storage failures), `bytes_read`, `bytes_written`,
-        `l1_hits` (reads the near cache answered without Redis). With a near cache, also
-        `l1_entries` and `l1_bytes` (held now) and `l1_flushes` (times it was emptied)."""
+        `l1_hits` (reads the near cache answered without Redis), `pending_invalidations`
+        (queued because storage could not be reached, not landed yet). With a near cache,
+        also `l1_entries` and `l1_bytes` (held now) and `l1_flushes` (times it was
+        emptied)."""
         found = {name: getattr(self.counters, name) for name in Stats.__slots__}
+        found["pending_invalidations"] = len(self.invalidations.pending)
         near = self.near
         if near is not None:
             found.update(l1_entries=len(near), l1_bytes=near.size_bytes, l1_flushes=near.flushes)
@@ -205,13 +208,17 @@ class Cache(Lifecycle):
 
     # -- entries (the request path uses `store.entries` directly) ------------------------
 
-    async def read(self, key: str) -> Entry | None:
-        """The decoded entry under `key`, or None when absent, unreadable or unreachable."""
-        return await self.entries.read(key)
+    async def read(self, key: str, generations: tuple[str, ...] | None = None) -> Entry | None:
+        """The decoded entry under `key`, or None when absent, unreadable or unreachable;
+        with `generations`, also when not built under their current tokens (as a request
+        reads it; see `Entries.read`)."""
+        return await self.entries.read(key, generations)
 
-    async def read_head(self, key: str) -> EntryHead | Entry | None:
+    async def read_head(
+        self, key: str, generations: tuple[str, ...] | None = None
+    ) -> EntryHead | Entry | None:
         """The head of the entry under `key` (ETag, times), without its body."""
-        return await self.entries.read_head(key)
+        return await self.entries.read_head(key, generations)
 
     async def write(
         self,
@@ -252,33 +259,41 @@ class Cache(Lifecycle):
         its entries for each origin, user, varying header value and undeclared query."""
         return self.keyspace.variants_index(key)
 
-    async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> int:
+    async def invalidate(self, endpoint: Callable[..., Any], /, **args: Any) -> Invalidated:
         """Delete the entries that `endpoint` called with `args` produced, for every origin
         (host and scheme), every user, every varying header value, every undeclared query
         and every value of its dependency parameters (defaults are filled in as FastAPI
-        would; dependencies need not be given). Returns how many entries were deleted."""
+        would; dependencies need not be given). Returns how many entries were deleted, an
+        `Invalidated` whose `landed` is False when storage could not be reached (it is then
+        retried in the background until it lands; see `wait_invalidations`)."""
         indexes, keys = keyed(endpoint).invalidation(self.keyspace, args)
         return await self.invalidations.run(indexes, keys)
 
-    async def invalidate_user(self, user_id: UserId) -> int:
+    async def invalidate_user(self, user_id: UserId) -> Invalidated:
         """Delete every entry cached for one user (for example at logout). `user_id` is what
         the endpoints' `per_user` dependency returns; `42` and `"42"` are the same user."""
         return await self.invalidations.run([self.user_index(user_id)], [])
 
-    async def invalidate_tag(self, tag: str) -> int:
+    async def invalidate_tag(self, tag: str) -> Invalidated:
         """Delete every entry cached with `tag` (as formatted from `@cache(tags=[...])`)."""
         return await self.invalidations.run([self.tag_index(tag)], [])
 
-    async def delete(self, keys: Sequence[str]) -> int:
+    async def delete(self, keys: Sequence[str]) -> Invalidated:
         """Delete entries by key."""
         return await self.invalidations.run([], list(keys))
 
-    async def clear(self) -> int:
+    async def clear(self) -> Invalidated:
         """Delete every key under this store's prefix (entries and indexes); returns how
         many were deleted. Uses SCAN and UNLINK on Redis, never KEYS. On Redis, a store
         without a prefix refuses (`ConfigError`): clearing would delete other programs'
         keys in the same database too. The in-memory store holds only its own entries."""
         return await self.invalidations.clear()
+
+    async def wait_invalidations(self, timeout: float | None = None) -> bool:
+        """Wait until every invalidation this store was asked for has landed: True at
+        once when none is queued, False when some still have not after `timeout` seconds
+        (None: wait as long as it takes). Queued ones are retried in the background."""
+        return await self.invalidations.wait(timeout)
 
 
 _fallback_store: Cache | None = None

@@ -245,12 +245,17 @@ def test_4_1_a_response_whose_vary_grows_is_not_served_under_the_old_fields(
             b"testserver",
         )
         now = int(time.time() * 1000)
+        # Stamped with its generations, as a worker writes it (issue 17).
+        generations = func.__oxcache__.generations(store.keyspace, {}, None)  # type: ignore[attr-defined]
+        lease = client.portal.call(store.entries.lease, key, generations, 600_000)
+        assert lease is not None
         foreign = encode_entry(
             200,
             [(b"content-type", b"application/json"), (b"vary", b"X-Tenant, X-Region")],
             b'{"tenant":"a","region":"eu"}',
             now,
             now + 600_000,
+            lease.stamp,
         )
         client.portal.call(partial(store.write, key, foreign, 600_000))
         response = client.get("/v", headers={"x-tenant": "a", "x-region": "us"})

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oxcache.backends._bound import bounded
 
-__all__ = ["ReadPipe", "encode_get", "encode_getrange"]
+__all__ = ["ReadPipe", "encode_get", "encode_getrange", "encode_mget"]
 
 _CRLF = b"\r\n"
 
@@ -61,6 +61,44 @@ def encode_get(key: bytes) -> bytes:
 def encode_getrange(key: bytes, start: int, end: int) -> bytes:
     """`GETRANGE key start end` in RESP."""
     return _GETRANGE + _bulk(key) + _bulk(b"%d" % start) + _bulk(b"%d" % end)
+
+
+def encode_mget(keys: list[bytes]) -> bytes:
+    """`MGET key...` in RESP."""
+    return b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1) + b"".join(_bulk(k) for k in keys)
+
+
+def _array(buf: bytearray, pos: int, eol: int, end: int) -> tuple[Any, int, int]:
+    """The array reply (of bulk strings and nils, as MGET gives) whose header line ends at
+    `eol`: (items, where the next reply starts, 0), or (None, 0, bytes needed from `pos`)
+    when it has not all come yet."""
+    count = int(buf[pos + 1 : eol])
+    if count < 0:
+        return None, eol + 2, 0
+    items: list[bytes | None] = []
+    at = eol + 2
+    for _ in range(count):
+        line = buf.find(_CRLF, at)
+        if line < 0:
+            return None, 0, 0
+        kind = buf[at]
+        if kind == 36:  # b"$"
+            size = int(buf[at + 1 : line])
+            if size < 0:
+                items.append(None)
+                at = line + 2
+                continue
+            stop = line + 2 + size
+            if stop + 2 > end:
+                return None, 0, stop + 2 - pos
+            items.append(bytes(buf[line + 2 : stop]))
+            at = stop + 2
+        elif kind == 95:  # b"_": RESP3 null
+            items.append(None)
+            at = line + 2
+        else:
+            raise ValueError(f"unexpected item type {chr(kind)!r} in an array reply")
+    return items, at, 0
 
 
 class _ReplyProtocol(asyncio.Protocol):
@@ -110,6 +148,12 @@ class _ReplyProtocol(asyncio.Protocol):
                 elif kind == 45:  # b"-": an error reply
                     value = ResponseError(buf[pos + 1 : eol].decode("utf-8", "replace"))
                     pos = eol + 2
+                elif kind == 42:  # b"*": an array (MGET)
+                    value, after, need = _array(buf, pos, eol, end)
+                    if not after:
+                        self.need = need
+                        break
+                    pos = after
                 else:
                     raise ValueError(f"unexpected reply type {chr(kind)!r}")
                 self.need = 0
@@ -172,6 +216,27 @@ class ReadPipe:
         self.out.append(command)
         self.unsent.append(entry)
         return await future
+
+    async def request_many(self, commands: list[bytes]) -> list[Any]:
+        """Send several commands in the same write and return their replies, in order."""
+        loop = self.loop
+        if self.transport is None:
+            await self._connect(loop)
+        futures = []
+        for command in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            entry = [future, 0.0]
+            self.waiting.append(entry)
+            if not self.out:
+                loop.call_soon(self._flush)
+            self.out.append(command)
+            self.unsent.append(entry)
+            futures.append(future)
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.connecting is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
 
 __all__ = ["Backend"]
@@ -30,19 +31,66 @@ class Backend(abc.ABC):
     async def get_head(self, key: str, size: int) -> bytes | None:
         """Return at most the first `size` bytes of the value under `key`, or None."""
 
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """The value under `key` (its first `head` bytes when `head` > 0, None for none)
+        and the token of each generation in `generations` (None where there is none), read
+        together: one round trip where the storage allows it. This default reads them one
+        after the other."""
+        value = await (self.get_head(key, head) if head else self.get(key))
+        return value, [await self.get(name) for name in generations]
+
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
+        """Before a miss runs the endpoint of `key`, what its write will be conditional on:
+        the first `size` bytes under `key`, or `claim` stored there (for `ttl_ms`) when it
+        holds nothing; and the token of each generation in `generations`, a new random one
+        stored (for `ttl_ms`) where there is none, so that what the miss stores is stamped
+        with tokens that existed before it read its data. A token is only ever created or
+        deleted, never touched otherwise (a near cache hears of every change of it).
+
+        This default is not atomic: backends shared by several processes override it."""
+        held = await self.get_head(key, size)
+        if not held:
+            held = claim
+            await self.set(key, claim, ttl_ms)
+        tokens = []
+        for name in generations:
+            token = await self.get(name)
+            if token is None:
+                token = os.urandom(16)
+                await self.set(name, token, ttl_ms)
+            tokens.append(token)
+        return held, tokens
+
     @abc.abstractmethod
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool | None:
         """Store `value` under `key` for `ttl_ms` milliseconds (at least 1), and record `key`
         in each index of `indexes` (a user's entries, a tag's, an endpoint's variants).
+        With `expect` (what `lease` returned), only while the value under `key` still starts
+        with it, atomically: return False when it did not (nothing written).
 
         An index lives as long as its longest-lived entry and lists only entries that have
         not expired yet, so it never grows beyond the entries it points to.
         """
 
     @abc.abstractmethod
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        """Delete every entry recorded in `indexes`, the indexes themselves, and `keys`;
-        return how many entries existed. One round trip where the storage allows it."""
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
+        """Delete the tokens of `generations` (every entry built under them stops being
+        read, wherever it is), every entry recorded in `indexes`, the indexes themselves,
+        and `keys`; return how many entries were deleted. One round trip where the storage
+        allows it."""
 
     @abc.abstractmethod
     async def delete(self, keys: Sequence[str]) -> int:

@@ -3,24 +3,29 @@ with every command on one key, so nothing can fail with CROSSSLOT."""
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
-from oxcache.backends.redis import GLOB_SPECIALS, RELEASE_SCRIPT, RedisBackend
+from oxcache.backends._slots import SlotMap
+from oxcache.backends.redis import (
+    GLOB_SPECIALS,
+    LEASE_SCRIPT,
+    RELEASE_SCRIPT,
+    SET_INDEXED_SCRIPT,
+    RedisBackend,
+)
 from oxcache.backends.tracking import Tracker
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
@@ -101,48 +106,21 @@ class ClusterBackend(RedisBackend):
         self.client: Any = client
         self.timeout = timeout
         self.bound = None  # RedisBackend's per-command bound; calls here use `_call`
-        self._permits = asyncio.Semaphore(max_connections)
+        #: Whether the client's slot map may be used now, and the permits of concurrent calls.
+        self.slots = SlotMap(client, timeout, max_connections)
         self._release = client.register_script(RELEASE_SCRIPT)
-        self._reloading: asyncio.Task[Any] | None = None
+        # The single-Redis scripts, run on the entry's key alone (one slot).
+        self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
         self.auto_pipeline = False
         self._pipes = weakref.WeakKeyDictionary()
         self._pipe = None
 
-    def _ready(self) -> None:
-        """Raise at once while redis-py has to reload the slot map (before the first command,
-        and after a node failed), and reload it in the background.
-
-        Reloading asks a node for the slot map and the command table and connects to every
-        primary: several round trips, more than `timeout` allows a request. A request that
-        found the map stale is served as a miss (the circuit opens for `retry_after`) while
-        the reload runs, each of its socket operations bounded by the socket timeout
-        (`backstop(timeout)`, about a second for the default 50 ms).
-        """
-        if not getattr(self.client, "_initialize", False):
-            return
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.ensure_future(self.client.initialize())
-            self._reloading.add_done_callback(_retrieve)
-        raise RedisConnectionError("Redis Cluster: reloading the slot map")
-
-    @asynccontextmanager
-    async def _permit(self) -> AsyncIterator[None]:
-        if self._permits.locked():
-            await _bounded(self._permits.acquire(), self.timeout)
-        else:
-            await self._permits.acquire()
-        try:
-            yield
-        finally:
-            self._permits.release()
-
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """One request-path call: on a loaded slot map, under a permit and bounded by
         `timeout` in total."""
-        self._ready()
-        async with self._permit():
+        async with self.slots.guarded():
             return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
@@ -153,11 +131,60 @@ class ClusterBackend(RedisBackend):
         value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
-        ttl = max(int(ttl_ms), 1)
-        await self._call(lambda: self._set(key, value, ttl, indexes))
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        if not generations:
+            return await (self.get_head(key, head) if head else self.get(key)), []
+        value, *tokens = await self._call(lambda: self._read(key, generations, head))
+        if head and not value:
+            value = None
+        return (None if value is None else bytes(value)), [
+            None if t is None else bytes(t) for t in tokens
+        ]
 
-    async def _set(self, key: str, value: bytes, ttl: int, indexes: Sequence[str]) -> None:
+    async def _read(self, key: str, generations: Sequence[str], head: int) -> list[Any]:
+        # One GET per key (each its own slot), sent to their nodes together.
+        pipe = self.client.pipeline(transaction=False)
+        if head:
+            pipe.getrange(key, 0, head - 1)
+        else:
+            pipe.get(key)
+        for name in generations:
+            pipe.get(name)
+        return list(await pipe.execute())
+
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
+        fresh = [os.urandom(16) for _ in generations]
+        ttl = max(int(ttl_ms), 1)
+
+        async def lease() -> tuple[bytes, list[bytes]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.eval(LEASE_SCRIPT, 1, key, ttl, size, claim)  # the key alone: its own slot
+            for name, token in zip(generations, fresh, strict=True):
+                pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
+            (held,), *found = await pipe.execute()  # the script answers [held]
+            pairs = zip(found, fresh, strict=True)
+            return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
+
+        return await self._call(lease)
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
+        ttl = max(int(ttl_ms), 1)
+        return await self._call(lambda: self._set(key, value, ttl, indexes, expect))
+
+    async def _set(
+        self, key: str, value: bytes, ttl: int, indexes: Sequence[str], expect: bytes | None
+    ) -> bool:
         if indexes:
             now_ms = time.time_ns() // 1_000_000
             pipe = self.client.pipeline(transaction=False)
@@ -171,7 +198,12 @@ class ClusterBackend(RedisBackend):
                 pipe.pexpire(index, ttl + 1000, nx=True)
                 pipe.pexpire(index, ttl + 1000, gt=True)
             await pipe.execute()
-        await self.client.set(key, value, px=ttl)
+        if expect is None:
+            await self.client.set(key, value, px=ttl)
+            return True
+        # The condition and the write on the entry's key alone: one slot, atomic.
+        now_ms = time.time_ns() // 1_000_000
+        return bool(await self._set_indexed(keys=[key], args=[value, ttl, now_ms, expect]))
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
         ttl = max(int(ttl_ms), 1)
@@ -180,10 +212,15 @@ class ClusterBackend(RedisBackend):
     async def release(self, name: str, token: bytes) -> None:
         await self._call(lambda: self._release(keys=[name], args=[token]))
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        if not indexes and not keys:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
+        if not indexes and not keys and not generations:
             return 0
-        async with self._permit():
+        async with self.slots.guarded(first_load=True):
+            # The generations first: once they are gone, every entry built under them is a
+            # miss, whatever happens to the rest (an evicted index, a failure below).
+            await self._unlink([name.encode() for name in generations])
             members: list[list[bytes]] = []
             if indexes:
                 pipe = self.client.pipeline(transaction=False)
@@ -219,13 +256,13 @@ class ClusterBackend(RedisBackend):
         return sum(int(n) for n in await _bounded(pipe.execute(), self.timeout))
 
     async def delete(self, keys: Sequence[str]) -> int:
-        async with self._permit():
+        async with self.slots.guarded(first_load=True):
             return await self._unlink([k.encode() for k in keys])
 
     async def clear(self, prefix: str) -> int:
         pattern = prefix.translate(GLOB_SPECIALS) + "*"
         deleted = 0
-        async with self._permit():
+        async with self.slots.guarded(first_load=True):
             # SCAN every primary (as redis-py's scan_iter does), each round trip bounded.
             cursors, keys = await _bounded(
                 self.client.scan(match=pattern, count=1000), self.timeout
@@ -265,9 +302,3 @@ class ClusterBackend(RedisBackend):
         # Broadcast tracking is per node: a cluster needs one tracker per primary, and a
         # new subscription whenever slots move.
         raise NotImplementedError("client tracking is not supported on Redis Cluster yet")
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background reload's failure as seen; the next request tries again."""
-    if not task.cancelled():
-        task.exception()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +35,9 @@ class MemoryBackend(Backend):
         # index -> the keys it lists; a key leaves its indexes when it leaves `_data`, so an
         # index never holds more than the live entries it points to.
         self._indexes: dict[str, set[str]] = {}
+        # generation -> its token. Forgetting one (past the bound) only costs misses: an
+        # entry built under a token that is gone is never read again.
+        self._generations: dict[str, bytes] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -84,27 +88,65 @@ class MemoryBackend(Backend):
         # Slicing copies; a memory entry is already local, so the whole value is as cheap.
         return value
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        with self._lock:
+            return self._lookup(key), [self._generations.get(name) for name in generations]
+
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
+        with self._lock:
+            held = self._lookup(key)
+            if not held:
+                held = claim
+                self._store(key, claim, ttl_ms, ())
+            known = self._generations
+            if len(known) > 4 * self.max_entries:
+                known.clear()
+            return held[:size], [known.setdefault(name, os.urandom(16)) for name in generations]
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
+        with self._lock:
+            if expect is not None:
+                held = self._lookup(key)
+                if held is None or held[: len(expect)] != expect:
+                    return False
+            self._store(key, value, ttl_ms, indexes)
+            return True
+
+    def _store(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str]) -> None:
         if len(value) > self.max_bytes:
             return  # could never fit; storing it would only evict everything else
         deadline = time.monotonic() + max(ttl_ms, 1) / 1000.0
         names = tuple(indexes)
-        with self._lock:
-            self._remove(key)
-            self._data[key] = (value, deadline, names)
-            self._bytes += len(value)
-            for name in names:
-                self._indexes.setdefault(name, set()).add(key)
-            while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
-                oldest = next(iter(self._data))
-                self._remove(oldest)
+        self._remove(key)
+        self._data[key] = (value, deadline, names)
+        self._bytes += len(value)
+        for name in names:
+            self._indexes.setdefault(name, set()).add(key)
+        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(self._data))
+            self._remove(oldest)
 
     async def delete(self, keys: Sequence[str]) -> int:
         with self._lock:
             return sum(1 for key in keys if self._remove(key))
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
         with self._lock:
+            for name in generations:
+                self._generations.pop(name, None)
             doomed = set(keys)
             for name in indexes:
                 doomed.update(self._indexes.pop(name, ()))
@@ -117,6 +159,8 @@ class MemoryBackend(Backend):
                 self._remove(key)
             for name in [n for n in self._indexes if n.startswith(prefix)]:
                 del self._indexes[name]
+            for name in [n for n in self._generations if n.startswith(prefix)]:
+                del self._generations[name]
             return len(doomed)
 
     async def ping(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Sequence
@@ -12,21 +13,27 @@ import redis.asyncio as aioredis
 from redis.asyncio import connection as _connection
 
 from oxcache.backends._bound import backstop, bounded
-from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange
+from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
 from oxcache.backends.base import Backend
 from oxcache.backends.tracking import Tracker
 
-__all__ = ["GLOB_SPECIALS", "RELEASE_SCRIPT", "RedisBackend"]
+__all__ = ["GLOB_SPECIALS", "LEASE_SCRIPT", "RELEASE_SCRIPT", "SET_INDEXED_SCRIPT", "RedisBackend"]
 
 T = TypeVar("T")
 
 GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 # KEYS[1]: the entry; KEYS[2..]: its indexes (sorted sets scored by expiry, in ms since the
-# epoch). ARGV: value, ttl ms, now ms. Each index drops members that have expired and lives
-# exactly as long as its longest-lived member (relative TTLs, so clock skew between the app
-# and Redis cannot make an index die before its entries).
-_SET_INDEXED = """
+# epoch). ARGV: value, ttl ms, now ms, and what the value under KEYS[1] must still start with
+# ("" for nothing: an unconditional write). Each index drops members that have expired and
+# lives exactly as long as its longest-lived member (relative TTLs, so clock skew between
+# the app and Redis cannot make an index die before its entries). 0 when the condition
+# failed (nothing written).
+SET_INDEXED_SCRIPT = """
+local expect = ARGV[4]
+if expect ~= '' and redis.call('GETRANGE', KEYS[1], 0, #expect - 1) ~= expect then
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = tonumber(ARGV[3])
 local expires = now + tonumber(ARGV[2])
@@ -37,6 +44,28 @@ for i = 2, #KEYS do
   redis.call('PEXPIRE', KEYS[i], math.max(tonumber(top[2]) - now, 1) + 1000)
 end
 return 1
+"""
+
+# KEYS[1]: an entry; KEYS[2..]: generations. ARGV: ttl ms, head size, the lease value, then a
+# new token for each generation. Returns what the write of KEYS[1] will be conditional on
+# (its first bytes, or the lease, stored there if it held nothing) and the tokens (missing
+# ones set to the new ones).
+LEASE_SCRIPT = """
+local held = redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if held == '' then
+  held = ARGV[3]
+  redis.call('SET', KEYS[1], held, 'PX', ARGV[1])
+end
+local out = {held}
+for i = 2, #KEYS do
+  local token = redis.call('GET', KEYS[i])
+  if not token then
+    token = ARGV[i + 2]
+    redis.call('SET', KEYS[i], token, 'PX', ARGV[1])
+  end
+  out[i] = token
+end
+return out
 """
 
 # Delete the lock only if we still hold it (it may have expired and been taken by another).
@@ -119,7 +148,8 @@ class RedisBackend(Backend):
         # its own timeouts.
         self.bound: float | None = timeout if self.owns_connection else None
         # Scripts run by EVALSHA, reloaded by redis-py after a restart emptied the script cache.
-        self._set_indexed = client.register_script(_SET_INDEXED)
+        self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
+        self._lease = client.register_script(LEASE_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         read_pool: Any = getattr(client, "connection_pool", None)
         self.auto_pipeline = bool(
@@ -166,16 +196,62 @@ class RedisBackend(Backend):
             value = await self._limit(self.client.getrange(key, 0, size - 1))
         return bytes(value) if value else None
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, indexes: Sequence[str] = ()) -> None:
-        ttl = max(int(ttl_ms), 1)
-        if not indexes:
-            await self._limit(self.client.set(key, value, px=ttl))
-            return
-        now_ms = time.time_ns() // 1_000_000
-        await self._limit(self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms]))
+    async def read(
+        self, key: str, generations: Sequence[str], head: int = 0
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        if not generations:
+            return await (self.get_head(key, head) if head else self.get(key)), []
+        names = [name.encode() for name in generations]
+        if self.auto_pipeline:
+            pipe = self._read_pipe()
+            if head:
+                value, tokens = await pipe.request_many(
+                    [encode_getrange(key.encode(), 0, head - 1), encode_mget(names)]
+                )
+            else:  # one command: the entry and its generations, read at the same instant
+                value, *tokens = await pipe.request(encode_mget([key.encode(), *names]))
+        elif head:
+            value, tokens = await self._limit(_head_and_tokens(self.client, key, head, generations))
+        else:
+            value, *tokens = await self._limit(self.client.mget(key, *generations))
+        if head and not value:
+            value = None
+        return (None if value is None else bytes(value)), [
+            None if t is None else bytes(t) for t in tokens
+        ]
 
-    async def invalidate(self, indexes: Sequence[str], keys: Sequence[str] = ()) -> int:
-        if not indexes and not keys:
+    async def lease(
+        self, key: str, generations: Sequence[str], ttl_ms: int, claim: bytes, size: int
+    ) -> tuple[bytes, list[bytes]]:
+        fresh = [os.urandom(16) for _ in generations]
+        ttl = max(int(ttl_ms), 1)
+        held, *tokens = await self._limit(
+            self._lease(keys=[key, *generations], args=[ttl, size, claim, *fresh])
+        )
+        return bytes(held), [bytes(t) for t in tokens]
+
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        indexes: Sequence[str] = (),
+        expect: bytes | None = None,
+    ) -> bool:
+        ttl = max(int(ttl_ms), 1)
+        if not indexes and expect is None:
+            await self._limit(self.client.set(key, value, px=ttl))
+            return True
+        now_ms = time.time_ns() // 1_000_000
+        done = await self._limit(
+            self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms, expect or b""])
+        )
+        return bool(done)
+
+    async def invalidate(
+        self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
+    ) -> int:
+        if not indexes and not keys and not generations:
             return 0
         members: list[list[bytes]] = []
         if indexes:
@@ -186,19 +262,23 @@ class RedisBackend(Backend):
         targets = {key.encode() for key in keys}
         for listed in members:
             targets.update(listed)
-        if not targets:
+        if not targets and not generations:
             return 0
-        # One transaction: the entries go, and so do they from the indexes they were read
-        # from; an entry listed since the read stays listed (and cached, as it would after
-        # a later invalidation), and a failure before the write leaves the indexes whole
-        # for the replay.
+        # One transaction: the generations go first (what makes the invalidation hold, even
+        # where an index was evicted), then the entries, and they from the indexes they were
+        # read from; an entry listed since the read stays listed (built under the deleted
+        # tokens, it is never read again), and a failure before the write leaves everything
+        # whole for the replay.
         delete = self.client.pipeline(transaction=True)
-        ordered = sorted(targets)
-        delete.unlink(*ordered)
+        if generations:
+            delete.unlink(*generations)
+        if targets:
+            delete.unlink(*sorted(targets))
         for index, listed in zip(indexes, members, strict=True):
             if listed:
                 delete.zrem(index, *listed)
-        return int((await self._limit(delete.execute()))[0])
+        replies = await self._limit(delete.execute())
+        return int(replies[1 if generations else 0]) if targets else 0
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
@@ -258,3 +338,15 @@ class RedisBackend(Backend):
         self._pipe = None
         if self.owns_connection:
             await self.client.aclose()
+
+
+async def _head_and_tokens(
+    client: Any, key: str, head: int, generations: Sequence[str]
+) -> tuple[bytes, list[bytes | None]]:
+    """The first `head` bytes under `key` and the tokens of `generations`, in one round trip
+    on the pool (a client passed in, whose reads are not auto-pipelined)."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.getrange(key, 0, head - 1)
+        pipe.mget(*generations)
+        value, tokens = await pipe.execute()
+    return value, tokens
