@@ -7,15 +7,21 @@ BIN := $(VENV)/bin
 # maturin installs into the virtualenv named by VIRTUAL_ENV.
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release
 STAMP := $(VENV)/.installed
+MATURIN_REQ := "maturin>=1.9.2,<2"
+# The release wheels link against glibc 2.17 (manylinux2014) through zig, whatever the glibc of
+# the machine that builds them; the version is the one the wheels were checked with.
+ZIG_REQ := "ziglang==0.17.1"
 
-.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs all clean
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs wheel sdist all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml Cargo.toml
-	$(BIN)/pip install --quiet "maturin>=1.7,<2"
+	$(BIN)/pip install --quiet $(MATURIN_REQ)
+	@# The distribution was called oxcache before fastapi-oxcache: drop that install, if any.
+	$(BIN)/pip uninstall --quiet --yes oxcache 2>/dev/null || true
 	$(MATURIN) --extras test,dev
 	touch $(STAMP)
 
@@ -27,13 +33,13 @@ build-dev: $(STAMP)
 	$(MATURIN)
 
 format: $(STAMP)
-	$(BIN)/ruff format python tests benches examples
-	$(BIN)/ruff check --fix python tests benches examples
+	$(BIN)/ruff format python tests benches examples scripts
+	$(BIN)/ruff check --fix python tests benches examples scripts
 	cargo fmt
 
 lint-python: $(STAMP)
-	$(BIN)/ruff check python tests benches examples
-	$(BIN)/ruff format --check python tests benches examples
+	$(BIN)/ruff check python tests benches examples scripts
+	$(BIN)/ruff format --check python tests benches examples scripts
 
 lint-rust:
 	cargo fmt --check
@@ -65,7 +71,7 @@ demo: build-dev
 bench: build-dev
 	@scripts/ensure-redis
 	@scripts/ensure-wrk
-	$(MATURIN) --extras test,bench
+	$(BIN)/pip install --quiet -r benches/requirements.txt
 	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/redis_stats.py benches/redis_stats.json
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_bench.py --out benches/http.json
@@ -79,12 +85,27 @@ docs: $(STAMP)
 ## profile: pyinstrument call trees of a hit (memory, Redis) and of the floors, in benches/profiles/
 profile: build-dev
 	@scripts/ensure-redis
-	$(MATURIN) --extras test,bench
+	$(BIN)/pip install --quiet -r benches/requirements.txt
 	for t in memory redis floor-a floor-b; do \
 	  $(BIN)/python benches/with_redis.py $(BIN)/python benches/profile_hit.py $$t > benches/profiles/hit-$$t.txt || exit 1; \
 	done
 
+## wheel: the release wheel (abi3, every CPython from 3.10) for manylinux2014 (glibc 2.17+),
+## linked with zig, in dist/, checked by scripts/check_dist.py
+wheel: $(STAMP)
+	$(BIN)/pip install --quiet $(ZIG_REQ)
+	rm -f dist/*.whl
+	@# maturin finds zig as `python -m ziglang` with the python on PATH: the virtualenv's.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/maturin build --release --zig --compatibility manylinux2014 --out dist
+	$(BIN)/python scripts/check_dist.py dist/*.whl
+
+## sdist: the source distribution in dist/, checked by scripts/check_dist.py
+sdist: $(STAMP)
+	rm -f dist/*.tar.gz
+	$(BIN)/maturin sdist --out dist
+	$(BIN)/python scripts/check_dist.py dist/*.tar.gz
+
 all: lint test-rust test
 
 clean:
-	rm -rf $(VENV) target .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) target dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -73,7 +73,7 @@ def main() -> None:
     try:
         from fastapi_cache.key_builder import default_key_builder
     except ImportError:
-        print("fastapi-cache2 not installed (the bench extra): no ratio")
+        print("fastapi-cache2 not installed (benches/requirements.txt): no ratio")
         return
     theirs = best_ns(
         lambda: default_key_builder(

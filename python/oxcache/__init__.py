@@ -43,7 +43,7 @@ from oxcache.store import Cache, default_store
 cache.function = cached  # type: ignore[attr-defined]
 
 try:
-    __version__: str = _version("oxcache")
+    __version__: str = _version("fastapi-oxcache")
     """The installed version; set in one place, `Cargo.toml` (maturin copies it)."""
 except _PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
     __version__ = "0+unknown"
