@@ -31,7 +31,8 @@ def machine() -> list[str]:
                 break
     import os
 
-    libs = ["oxcache", "fastapi", "starlette", "pydantic", "redis", "uvicorn", *PEERS, "xxhash"]
+    # oxcache is distributed as fastapi-oxcache (PyPI refuses the bare name).
+    libs = ["fastapi-oxcache", "fastapi", "starlette", "pydantic", "redis", "uvicorn", *PEERS, "xxhash"]
     versions = []
     for lib in libs:
         try:
