@@ -36,6 +36,9 @@ class Gate:
         self.original_read: Callable[..., Awaitable[Any]] = store.backend.read
         store.backend.get = self.get  # type: ignore[method-assign]
         store.backend.read = self.read  # type: ignore[method-assign]
+        # Held at the gate, the memory backend's reads wait like a network's: the store
+        # must share them as it shares Redis reads (its own in-process reads it does not).
+        store.entries.local = False
 
     async def get(self, key: str) -> bytes | None:
         self.calls += 1

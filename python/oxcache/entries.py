@@ -88,6 +88,7 @@ class Entries:
         "generational",
         "health",
         "invalidations",
+        "local",
         "near",
         "shared",
     )
@@ -109,6 +110,8 @@ class Entries:
         self.shared = SharedReads(invalidations)
         #: Whether entries are read with (and stamped by) their generations' tokens.
         self.generational = backend.reads_generations
+        #: Whether reads are answered in process (no read is worth sharing).
+        self.local = backend.local
 
     async def _fetch(self, get: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """Run one backend call under the store's rules: skipped while the circuit is open,
@@ -137,6 +140,14 @@ class Entries:
         if generations is None:
             # `_UNCHECKED` never ends a key (a key's text holds no control character).
             return await self.shared.read(key + _UNCHECKED, self._read_unchecked, key)
+        near = self.near
+        if near is not None and not self.invalidations.pending:
+            held = near.get(key)  # an L1 hit does no I/O: nothing to share
+            if held is not None:
+                self.health.counters.l1_hits += 1
+                return held
+        if self.local:
+            return await self.read_alone(key, generations)
         # A key's generations follow from the key (`CachedEndpoint.generations`): the
         # reads of one key that share a read ask for the same ones.
         return await self.shared.read(key, self.read_alone, generations)

@@ -28,6 +28,10 @@ class Backend(abc.ABC):
     #: a store never clears such a backend without a prefix.
     shared: bool = True
 
+    #: Whether reads are answered in process, without I/O: concurrent reads of a key then
+    #: gain nothing by sharing one, and the store reads each on its own.
+    local: bool = False
+
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:
         """Return the value stored under `key`, or None."""

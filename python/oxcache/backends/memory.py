@@ -24,6 +24,7 @@ class MemoryBackend(Backend):
 
     #: Private to the store: `clear()` without a prefix deletes only the store's entries.
     shared = False
+    local = True
     #: Its indexes are exact (an entry leaves them when it is evicted, and an index is never
     #: evicted on its own), so entries are read without their generations: a lease is listed
     #: under its generations instead, and invalidating them deletes it.
