@@ -30,30 +30,9 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
 
 from oxcache import __version__
-from oxcache.observe import ERROR, CacheEvent, Observer
+from oxcache.observe import DURATION_BUCKETS, ERROR, CacheEvent, Observer
 
 __all__ = ["DURATION_BUCKETS", "OpenTelemetryObserver"]
-
-#: Bucket boundaries (seconds) advised for `oxcache.request.duration`: hits take well under
-#: a millisecond, misses as long as their endpoint.
-DURATION_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 
 
 class OpenTelemetryObserver(Observer):

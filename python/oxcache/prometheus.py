@@ -30,30 +30,12 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from oxcache.observe import CacheEvent, Observer
+from oxcache.observe import DURATION_BUCKETS, CacheEvent, Observer
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusCollector"]
 
-#: Histogram buckets (seconds): hits take well under a millisecond, misses as long as their
-#: endpoint.
-DEFAULT_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+#: Histogram buckets (seconds): `oxcache.observe.DURATION_BUCKETS`.
+DEFAULT_BUCKETS = DURATION_BUCKETS
 
 
 class _Histogram:
