@@ -86,7 +86,13 @@ async def measure(library: str, url: str, client: redis.Redis) -> dict[str, Any]
                 body_len = len(body)
             new = set(client.scan_iter(count=1000)) - keys_before
             usage = sum(int(client.memory_usage(k, samples=0) or 0) for k in new)
-            value = sum(int(client.strlen(k)) for k in new if client.type(k) == b"string")
+            # The entries' own bytes: oxcache's generation tokens (`@gen:` keys) and locks
+            # are strings too, but not entries; their memory still counts below.
+            value = sum(
+                int(client.strlen(k))
+                for k in new
+                if client.type(k) == b"string" and b":@" not in k
+            )
             result["memory"][size] = {
                 "body": body_len,
                 "keys": len(new),
