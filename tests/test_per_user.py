@@ -24,7 +24,9 @@ from tests.apps import MakeStore, client_for, current_user_id, per_user_app, sto
 
 def test_many_users_concurrently_each_get_their_own_body(make_store: MakeStore) -> None:
     """50 users x 20 concurrent requests: every body is its own user's, on miss and hit."""
-    store = make_store(timeout=1.0)  # a burst of 50 new connections must not trip the breaker
+    # A burst of 50 new connections must not trip the breaker, even on a loaded machine
+    # (1 s was exceeded under a load average of 6 on 2 cores).
+    store = make_store(timeout=5.0)
     calls: Counter[str] = Counter()
     app = per_user_app(store, calls)
     users = [f"user-{i}" for i in range(50)]
