@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from oxcache import Cache, cache
 from oxcache.backends.memory import MemoryBackend
+from oxcache.entries import Entries
 from tests.apps import MakeStore, client_for, item_app, stale_app
 
 # -- what is stored, and what never is ---------------------------------------------------------
@@ -203,6 +204,63 @@ def slow_app(store: Cache, fail: list[bool] | None = None) -> tuple[FastAPI, lis
         return {"value": 42}
 
     return app, calls
+
+
+def test_a_run_that_lands_while_a_miss_takes_its_lease_is_not_run_again(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request B misses while A's run is in progress, and A stores its entry and ends while
+    B is still taking its lease (a wide window on a loaded machine): B answers with A's
+    entry instead of running the endpoint a second time."""
+    store = make_store()
+    runs: list[int] = []
+    hold = asyncio.Event()
+    app = FastAPI()
+
+    @app.get("/once")
+    @cache(expire=60, store=store)
+    async def once() -> dict[str, int]:
+        runs.append(1)
+        await hold.wait()
+        return {"value": len(runs)}
+
+    gate = asyncio.Event()
+    gated: list[str] = []
+    lease = Entries.lease
+
+    async def held_lease(self: Entries, key: str, *args: Any) -> Any:
+        found = await lease(self, key, *args)
+        if runs:  # B's lease (A's was taken before its run began)
+            gated.append(key)
+            await gate.wait()
+        return found
+
+    monkeypatch.setattr(Entries, "lease", held_lease)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with store:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                a = asyncio.ensure_future(client.get("/once"))
+                for _ in range(1000):
+                    if runs:
+                        break
+                    await asyncio.sleep(0.005)
+                b = asyncio.ensure_future(client.get("/once"))
+                for _ in range(1000):
+                    if gated:
+                        break
+                    await asyncio.sleep(0.005)
+                assert gated, "B never took its lease"
+                hold.set()
+                first = await a  # A stored its entry and ended its run
+                gate.set()
+                return first, await b
+
+    first, second = anyio.run(scenario)
+    assert first.json() == second.json() == {"value": 1}
+    assert runs == [1]
+    assert second.headers["x-fastapi-cache"] == "Hit"
 
 
 def test_single_flight_200_concurrent_misses_run_the_endpoint_once(

@@ -107,17 +107,19 @@ async def miss(
     endpoint a second time. `generations` are those of the entry's indexes: the run's
     lease holds their tokens, which stamp what it stores."""
     flights = store.flights
-    if read_at is not None and flights.landed_since(key, read_at):
-        entry = await store.entries.read(key, generations)
-        if entry is not None and entry.expires_ms > _now_ms():
-            found = _shared_hit(store, replay, entry, collapsed=False)
-            if found is not None:
-                return found
+    found = await _landed(store, key, replay, read_at, generations)
+    if found is not None:
+        return found
     args = (endpoint, store, request, sub_response, kwargs, key, uid, replay, stale)
     # The lease first: a run in progress is joined only if it read under the same
     # invalidations as this request would (see `Flights`).
     finished = store.invalidations.finished
     lease = await _lease(endpoint, store, key, generations)
+    # A run that was in progress may have stored its entry and ended while the lease was
+    # read: its entry, not a second run (on a loaded machine this window is wide).
+    found = await _landed(store, key, replay, read_at, generations)
+    if found is not None:
+        return found
     basis = (None if lease is None else lease.basis, finished)
     flight = flights.running(key, basis)
     if flight is not None:
@@ -151,6 +153,19 @@ async def miss(
         flights.finish(key, flight, stored)
         if token:
             await flights.release(key, token)
+
+
+async def _landed(
+    store: Cache, key: str, replay: Replay, read_at: float | None, generations: tuple[str, ...]
+) -> Any:
+    """The entry a run of `key` stored since `read_at` (this request's read), as this
+    request's answer; None if none landed since, or it is gone, expired or refused."""
+    if read_at is None or not store.flights.landed_since(key, read_at):
+        return None
+    entry = await store.entries.read(key, generations)
+    if entry is None or entry.expires_ms <= _now_ms():
+        return None
+    return _shared_hit(store, replay, entry, collapsed=False)
 
 
 async def _lease(
