@@ -17,6 +17,7 @@ import redis
 from fastapi import Depends, FastAPI, Header
 
 from oxcache import Cache, NearCache, cache, cached
+from oxcache.flight import Flights
 from tests.conftest import sync_client
 
 
@@ -173,11 +174,21 @@ def test_a_miss_in_flight_never_stores_what_it_read_before_an_invalidation(
 
 @pytest.mark.parametrize(("kind", "how"), CASES)
 def test_a_request_after_an_invalidation_never_joins_an_older_miss(
-    store_factory: Callable[..., Cache], kind: str, how: str
+    store_factory: Callable[..., Cache], kind: str, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_factory()
     data = Data()
     app, endpoint = make_app(store, data, kind)
+    joins: list[asyncio.Future[Any]] = []
+    running = Flights.running
+
+    def spied(self: Flights, key: str, basis: Any = None) -> asyncio.Future[Any] | None:
+        found = running(self, key, basis)
+        if found is not None:
+            joins.append(found)
+        return found
+
+    monkeypatch.setattr(Flights, "running", spied)
 
     async def scenario() -> tuple[Any, Any, Any, Any]:
         await started([store])
@@ -185,8 +196,12 @@ def test_a_request_after_an_invalidation_never_joins_an_older_miss(
             async with client(app) as http:
                 first = asyncio.ensure_future(http.get("/v"))
                 await data.held.wait()
-                joined = asyncio.ensure_future(http.get("/v"))  # before: may share the run
-                await asyncio.sleep(0.05)
+                joined = asyncio.ensure_future(http.get("/v"))  # before: shares the run
+                for _ in range(1000):  # until it waits for the held run (at most 10 s)
+                    if joins:
+                        break
+                    await asyncio.sleep(0.01)
+                assert joins, "the second request never joined the held run"
                 data.version = 2
                 await invalidation(kind, how, store, endpoint)
                 # After: must not wait for the held run (which waits for us).
