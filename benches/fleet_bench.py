@@ -25,8 +25,12 @@ Then, per Redis row, sequential misses and invalidations (`/_invalidate?n=`): co
 bytes (to clients, and replicated), keys and Redis memory per entry, and near-cache
 notification messages per worker.
 
-Usage: python benches/fleet_bench.py [--rounds 3] [--seconds 5] [--keys 200] [--out FILE]
-       python benches/fleet_bench.py --report benches/fleet.json   (the Markdown tables)
+Writes benches/fleet.json and benches/FLEET.md (benches/fleet_report.py: the tables and the
+arithmetic of a 100-worker fleet, which docs/scaling.md includes).
+
+Usage: python benches/fleet_bench.py [--rounds 3] [--seconds 5] [--keys 200] [--timeout S]
+           [--out benches/fleet.json] [--md benches/FLEET.md] [--only CONFIG...]
+       python benches/fleet_report.py [benches/fleet.json] [benches/FLEET.md]  (again)
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the root
 
+from benches.fleet_report import report
 from benches.http_bench import CONNECTIONS, free_port, get, wrk
 from tests.conftest import RedisCluster, RedisServer
 
@@ -382,6 +387,7 @@ def measure(
         hits=workers["hits"],
         l1_hits=workers["l1_hits"],
         errors=workers["errors"],
+        l1_flushes=workers["l1_flushes"],
         worker_cpu_us=workers["cpu"] / n * 1e6,
         # Share of one core each worker used, so a saturated worker shows.
         worker_busy=[c / seconds for c in workers["cpu_per_worker"]],
@@ -406,6 +412,13 @@ def scan_keys(dep: Deployment, prefix: str) -> set[tuple[int, bytes]]:
     }
 
 
+def kind(key: bytes) -> str:
+    """What a key of the store holds: `entry`, `gen` (a generation token), or the kind of
+    index (`variants`, `user`, `tag`)."""
+    local = key.decode().partition(":")[2]
+    return local[1:].partition(":")[0] if local.startswith("@") else "entry"
+
+
 def misses_and_invalidations(
     row: Row, dep: Deployment, own: Any, prefix: str, first: int
 ) -> dict[str, Any]:
@@ -417,10 +430,11 @@ def misses_and_invalidations(
     for step in ("miss", "invalidate"):
         w0, r0 = workers_snapshot(row), redis_snapshot(dep)
         wrong = 0  # requests that were not misses; invalidations that deleted nothing
+        body = 0
         for i in range(MISSES):
             if step == "miss":
                 with urllib.request.urlopen(f"{row.base}{PATH}?n={first + i}") as response:
-                    response.read()
+                    body = len(response.read())
                     wrong += response.headers["x-fastapi-cache"] != "Miss"
             else:
                 deleted = get(f"{row.base}/_invalidate?n={first + i}")
@@ -442,9 +456,13 @@ def misses_and_invalidations(
         }
         if step == "miss":
             new = scan_keys(dep, prefix) - keys_before
-            usage = sum(int(dep.nodes[p].memory_usage(k, samples=0) or 0) for p, k in new)
+            by_kind: Counter[str] = Counter()
+            for port, key in new:
+                by_kind[kind(key)] += int(dep.nodes[port].memory_usage(key, samples=0) or 0)
+            out[step]["body"] = body
             out[step]["keys"] = len(new) / MISSES
-            out[step]["memory"] = usage / MISSES
+            out[step]["memory"] = sum(by_kind.values()) / MISSES
+            out[step]["memory_by_kind"] = {k: v / MISSES for k, v in sorted(by_kind.items())}
             out[step]["endpoint_runs"] = workers["calls"]
     return out
 
@@ -463,11 +481,8 @@ def main() -> None:
         "--timeout", type=float, default=0.05, help="Cache(timeout=...), 0.05 s by default"
     )
     parser.add_argument("--only", nargs="*", help="run only these configurations")
-    parser.add_argument("--report", help="print the Markdown tables of this JSON file")
+    parser.add_argument("--md", default="benches/FLEET.md", help="the Markdown report")
     args = parser.parse_args()
-    if args.report:
-        print("\n".join(tables(json.loads(Path(args.report).read_text()))))
-        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run scripts/ensure-wrk (apt-get install wrk)")
     started = time.monotonic()
@@ -584,7 +599,15 @@ def main() -> None:
         if "redis_cpu_us" in results[0]:
             entry["redis_cpu_us"] = statistics.median(r["redis_cpu_us"] for r in results)
         entry["rps_rounds"] = [r["rps"] for r in results]
-        for key in ("requests", "endpoint_runs", "hits", "l1_hits", "errors", "non2xx"):
+        for key in (
+            "requests",
+            "endpoint_runs",
+            "hits",
+            "l1_hits",
+            "l1_flushes",
+            "errors",
+            "non2xx",
+        ):
             entry[key] = sum(r[key] for r in results)
         entry["socket_errors"] = max(r["socket_errors"] for r in results)
         entry["worker_busy"] = [
@@ -602,97 +625,10 @@ def main() -> None:
         if row.name in costs:
             entry |= costs[row.name]
         summary[row.name] = entry
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": summary}, indent=1) + "\n")
-    print("\n".join(tables({"meta": meta, "rows": summary})))
-
-
-# -- the report ----------------------------------------------------------------------------
-
-
-HIT_COLUMNS = (
-    "row",
-    "req/s (median)",
-    "x floor",
-    "worker CPU us/req",
-    "Redis cmds/hit",
-    "bytes in / out per hit",
-    "Redis CPU us/hit",
-    "L1 share of hits",
-    "endpoint runs",
-    "errors",
-)
-MISS_COLUMNS = (
-    "row",
-    "miss: cmds",
-    "miss: bytes in / out",
-    "replicated B",
-    "keys / entry",
-    "memory B / entry",
-    "notifications / worker",
-    "invalidate: cmds",
-    "bytes in / out",
-    "notifications / worker",
-)
-
-
-def header(columns: tuple[str, ...]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|---" + "|---:" * (len(columns) - 1) + "|"]
-
-
-def tables(data: dict[str, Any]) -> list[str]:
-    """Markdown: the hit table and the miss/invalidation table of a fleet.json."""
-    meta, rows = data["meta"], data["rows"]
-    floors = {
-        r["workers"]: r["rps"] for r in rows.values() if r["config"] == "floor" and "rps" in r
-    }
-    out = [
-        f"`{meta['command']}` at {meta['commit']}, {meta['date']}: {meta['rounds']} interleaved "
-        f"rounds of {meta['seconds']} s per row, wrk {meta['connections']} connections, hits "
-        f"over {meta['keys']} keys; {meta['cpus']} cores, Redis {meta.get('redis_version')}; "
-        f"load average {meta['load_start']} at the start, {meta['load_end']} at the end.",
-        "",
-        *header(HIT_COLUMNS),
-    ]
-    for name, r in rows.items():
-        if "skipped" in r:
-            out.append(f"| {name} | {r['skipped']} | | | | | | | | |")
-            continue
-        floor = floors.get(r["workers"])
-        ratio = f"{r['rps'] / floor:.2f}" if floor else ""
-        cmds = f"{r['commands']:.3f}" if "commands" in r else ""
-        nbytes = f"{r['bytes_in']:.1f} / {r['bytes_out']:.1f}" if "bytes_in" in r else ""
-        rcpu = f"{r['redis_cpu_us']:.1f}" if "redis_cpu_us" in r else ""
-        l1 = f"{r['l1_hits'] / r['hits']:.3f}" if r["near"] and r["hits"] else ""
-        runs = f"{r['endpoint_runs']:.0f}" if r["config"] != "floor" else "(every request)"
-        out.append(
-            f"| {name} | {r['rps']:,.0f} | {ratio} | {r['worker_cpu_us']:.1f} | {cmds} | "
-            f"{nbytes} | {rcpu} | {l1} | {runs} | {r['errors']:.0f} |"
-        )
-    out += [
-        "",
-        f"Per miss and per invalidation ({meta['misses']} of each, sequential):",
-        "",
-        *header(MISS_COLUMNS),
-    ]
-    for name, r in rows.items():
-        if "miss" not in r:
-            continue
-        m, i = r["miss"], r["invalidate"]
-        out.append(
-            f"| {name} | {m['commands']:.2f} | {m['bytes_in']:.0f} / {m['bytes_out']:.0f} | "
-            f"{m['bytes_replicated']:.0f} | {m['keys']:.2f} | {m['memory']:.0f} | "
-            f"{m['notifications_per_worker']:.2f} | {i['commands']:.2f} | "
-            f"{i['bytes_in']:.0f} / {i['bytes_out']:.0f} | {i['notifications_per_worker']:.2f} |"
-        )
-    out += ["", "Connections each row's workers hold, per node (all / subscribed / tracking):", ""]
-    for name, r in rows.items():
-        if "connections" in r:
-            per = ", ".join(
-                f"{c['role']} {c['all']}/{c['pubsub']}/{c['tracking']}"
-                for c in r["connections"].values()
-            )
-            out.append(f"- {name}: {per}")
-    return out
+    data = {"meta": meta, "rows": summary}
+    Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+    Path(args.md).write_text(report(data))
+    print(report(data))
 
 
 if __name__ == "__main__":
