@@ -184,7 +184,8 @@ def arithmetic(data: dict[str, Any], fleet: dict[str, float] = FLEET) -> list[st
     c_hit, c_miss = cluster["commands"], cluster["miss"]["commands"]
     c_inv, c_rep = cluster["invalidate"]["commands"], cluster["miss"]["replica_commands"]
     c_rep_inv = cluster["invalidate"]["replica_commands"]
-    l1_cmds = cluster_near["commands"] if cluster_near else near_single["commands"]
+    l1 = cluster_near or near_single
+    l1_cmds, l1_cpu, hit_cpu = l1["commands"], l1["worker_cpu_us"], cluster["worker_cpu_us"]
     conns = [c["all"] for c in cluster["connections"].values() if c["role"] == "primary"]
     per_worker_conn = sum(conns) / len(conns) / cluster["workers"]
     if cluster_near is not None and "connections" in cluster_near:
@@ -213,8 +214,9 @@ def arithmetic(data: dict[str, Any], fleet: dict[str, float] = FLEET) -> list[st
         f"**h = {h:.2f}** of them hits, a share **q = {q:.2f}** of the hits answered by the "
         f"near cache, **I = {inv}** invalidations per second (one entry each), keys spread "
         "evenly over the slots. Measured (per request, from the rows named): "
-        f"a hit on the cluster {c_hit:.2f} commands (cluster row), "
-        f"a near-cache hit {l1_cmds:.3f} (heartbeats), "
+        f"a hit on the cluster {c_hit:.2f} commands and {hit_cpu:.0f} µs of worker CPU "
+        f"(cluster row), a near-cache hit {l1_cmds:.3f} (heartbeats) and {l1_cpu:.0f} µs "
+        f"({'cluster+near' if cluster_near else 'redis+near'} row), "
         f"a miss {c_miss:.2f} on the primaries and {c_rep:.2f} replicated, "
         f"an invalidation {c_inv:.2f} and {c_rep_inv:.2f} replicated; "
         f"a notification costs each worker {notes['miss_m']:.2f} messages "
@@ -229,6 +231,8 @@ def arithmetic(data: dict[str, Any], fleet: dict[str, float] = FLEET) -> list[st
         f"{n(W * (per_worker_conn + tracking))} |",
         "| connections per replica | (reads go to primaries) | 0 | 0 |",
         f"| Redis hits per second (fleet) | W r h (1 - q) | {n(hits)} | {n(hits * (1 - q))} |",
+        f"| one worker's CPU for its hits, in cores | r h (q cpu_l1 + (1 - q) cpu_hit) | "
+        f"{r * h * hit_cpu / 1e6:.2f} | {r * h * (q * l1_cpu + (1 - q) * hit_cpu) / 1e6:.2f} |",
         f"| commands per second per primary | (W r h (1 - q) c_hit + W r (1 - h) c_miss + I "
         f"c_inv) / P | {n(primary_cmds(0.0))} | {n(primary_cmds(q))} |",
         f"| commands per second per replica | (W r (1 - h) c_rep + I c_rep_inv) / R | "
