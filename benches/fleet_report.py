@@ -180,7 +180,7 @@ def arithmetic(data: dict[str, Any], fleet: dict[str, float] = FLEET) -> list[st
         if measured_cn
         else per_worker_notifications(rows, "redis+near", "redis")
     )
-    source_n = "cluster+near rows" if measured_cn else "redis+near rows (one Redis)"
+    source_n = "the cluster+near rows" if measured_cn else "the redis+near rows, one Redis"
     c_hit, c_miss = cluster["commands"], cluster["miss"]["commands"]
     c_inv, c_rep = cluster["invalidate"]["commands"], cluster["miss"]["replica_commands"]
     c_rep_inv = cluster["invalidate"]["replica_commands"]
@@ -227,9 +227,11 @@ def arithmetic(data: dict[str, Any], fleet: dict[str, float] = FLEET) -> list[st
         "",
         "| quantity | formula | without near cache (q = 0) | with near cache |",
         "|---|---|---:|---:|",
-        f"| connections per primary | W x (pool + tracking) | {n(W * per_worker_conn)} | "
-        f"{n(W * (per_worker_conn + tracking))} |",
-        "| connections per replica | (reads go to primaries) | 0 | 0 |",
+        f"| connections per primary | W x (pool + tracking); the pool at most 32 "
+        "(`max_connections`) | "
+        f"{n(W * per_worker_conn)} (at most {n(W * 32)}) | "
+        f"{n(W * (per_worker_conn + tracking))} (at most {n(W * (32 + tracking))}) |",
+        "| connections per replica | reads go to primaries | about 0 | about 0 |",
         f"| Redis hits per second (fleet) | W r h (1 - q) | {n(hits)} | {n(hits * (1 - q))} |",
         f"| one worker's CPU for its hits, in cores | r h (q cpu_l1 + (1 - q) cpu_hit) | "
         f"{r * h * hit_cpu / 1e6:.2f} | {r * h * (q * l1_cpu + (1 - q) * hit_cpu) / 1e6:.2f} |",
