@@ -85,6 +85,16 @@ def tables(data: dict[str, Any]) -> list[str]:
             f"| {name} | {n(r['rps'])} | {ratio} | {r['worker_cpu_us']:.0f} | {cmds} | "
             f"{nbytes} | {rcpu} | {l1} | {runs} | {r['errors']:.0f} |"
         )
+    for workers in (2, 4):
+        a, b = rows.get(f"cluster+near x{workers}"), rows.get(f"redis+near x{workers}")
+        if a and b and "rps" in a and "rps" in b:
+            out += [
+                "",
+                f"Near-cache hit on the cluster against one on one Redis, {workers} workers "
+                f"(issue 20's bound: 1.1x): worker CPU per request "
+                f"{a['worker_cpu_us'] / b['worker_cpu_us']:.2f}x, req/s "
+                f"{b['rps'] / a['rps']:.2f}x (time per request).",
+            ]
     out += [
         "",
         "`x floor`: req/s against floor A (the endpoint without a cache) on as many workers "
