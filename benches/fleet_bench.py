@@ -284,8 +284,8 @@ def start(row: Row, url: str | None, prefix: str, timeout: float) -> None:
 
 
 def wait_started(row: Row, deadline_s: float = 90.0) -> None:
-    """Until every worker has entered its store (near cache subscribed) and written its
-    counters, and the server answers."""
+    """Until every worker has entered its store (near cache subscribed, or 10 s passed) and
+    written its counters; the workers' pids are then the row's."""
     assert row.proc is not None and row.stats is not None
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
