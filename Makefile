@@ -12,7 +12,7 @@ MATURIN_REQ := "maturin>=1.9.2,<2"
 # the machine that builds them; the version is the one the wheels were checked with.
 ZIG_REQ := "ziglang==0.17.1"
 
-.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench profile docs wheel sdist all clean
+.PHONY: install build-dev format lint lint-python lint-rust mypy stubtest test test-rust demo bench fleet-bench profile docs wheel sdist all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,16 @@ bench: build-dev
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/redis_stats.py benches/redis_stats.json
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_bench.py --out benches/http.json
 	$(BIN)/python benches/report.py benches/results.json
+
+## fleet-bench: oxcache on 2 and 4 uvicorn workers, with and without the near cache, on one
+## Redis and on a Redis Cluster of 3 primaries and 3 replicas (wrk, about 4 minutes): req/s,
+## Redis commands, bytes and CPU per hit, per miss and per invalidation, connections per node;
+## writes benches/fleet.json (docs/scaling.md is made from it)
+fleet-bench: build-dev
+	@scripts/ensure-redis
+	@scripts/ensure-wrk
+	$(BIN)/pip install --quiet "uvloop>=0.19" "httptools>=0.6"
+	$(BIN)/python benches/fleet_bench.py --timeout 0.5 --out benches/fleet.json
 
 ## docs: the MkDocs site in site/, offline, warnings as errors (installs the docs extra)
 docs: $(STAMP)

@@ -102,16 +102,20 @@ def seconds(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, duration: int) -> dict[str, float]:
+def wrk(url: str, duration: int, script: str | None = None) -> dict[str, float]:
+    """One wrk run of `duration` seconds, 64 connections; `script`
+    is a wrk Lua script choosing the requests (benches/fleet_bench.py spreads keys)."""
+    more = ["-s", script] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", *more, url],
         capture_output=True,
         text=True,
         timeout=duration + 30,
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    result = {"rps": rps}
+    total = re.search(r"(\d+) requests in", out)
+    result = {"rps": rps, "requests": float(total.group(1)) if total else float("nan")}
     for pct in ("50", "99"):
         found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
         result[f"p{pct}"] = seconds(found.group(1)) if found else float("nan")

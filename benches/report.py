@@ -487,6 +487,14 @@ def targets_table(benches: list[dict[str, Any]], source: Path) -> list[str]:
     return out
 
 
+def fleet_section(path: Path) -> list[str]:
+    """benches/FLEET.md (written by `make fleet-bench`, not by `make bench`), a level down."""
+    if not path.exists():
+        return ["(no benches/FLEET.md: run `make fleet-bench`)", ""]
+    text = path.read_text().split("\n", 1)[1]  # its title is this section's
+    return [("#" + line if line.startswith("##") else line) for line in text.splitlines()]
+
+
 def main() -> None:
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "benches/results.json")
     data = json.loads(source.read_text())
@@ -538,6 +546,10 @@ def main() -> None:
         "3-replica cluster (all on loopback): the client-side cost of the cluster.",
         "",
         *cluster_tables(benches),
+        "## Several workers, one Redis or a cluster (`make fleet-bench`)",
+        "",
+        *fleet_section(source.with_name("FLEET.md")),
+        "",
         "## Core (`oxcache._core`)",
         "",
         *core_tables(benches),
