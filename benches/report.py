@@ -32,7 +32,16 @@ def machine() -> list[str]:
     import os
 
     # oxcache is distributed as fastapi-oxcache (PyPI refuses the bare name).
-    libs = ["fastapi-oxcache", "fastapi", "starlette", "pydantic", "redis", "uvicorn", *PEERS, "xxhash"]
+    libs = [
+        "fastapi-oxcache",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "redis",
+        "uvicorn",
+        *PEERS,
+        "xxhash",
+    ]
     versions = []
     for lib in libs:
         try:
