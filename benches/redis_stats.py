@@ -89,9 +89,7 @@ async def measure(library: str, url: str, client: redis.Redis) -> dict[str, Any]
             # The entries' own bytes: oxcache's generation tokens (`@gen:` keys) and locks
             # are strings too, but not entries; their memory still counts below.
             value = sum(
-                int(client.strlen(k))
-                for k in new
-                if client.type(k) == b"string" and b":@" not in k
+                int(client.strlen(k)) for k in new if client.type(k) == b"string" and b":@" not in k
             )
             result["memory"][size] = {
                 "body": body_len,
