@@ -24,7 +24,7 @@ from redis.crc import key_slot
 from oxcache import Cache, NearCache, cache
 from oxcache._core import encode_entry
 from oxcache.backends.cluster_tracking import ClusterTracker, parse_shards
-from tests.conftest import RedisCluster, sync_client
+from tests.conftest import RedisCluster, RedisServer, free_cluster_port, sync_client
 from tests.test_cluster_failover import wait_promoted
 from tests.test_near import CHANGES, COHERENCE_BOUND_S, Worker, change_reaches_the_other_worker
 
@@ -354,26 +354,29 @@ def test_no_stale_answer_when_a_primary_is_killed_and_its_replica_promoted(
     assert load.reader.stats()["l1_flushes"] >= 2  # the drop, and the new primary's subscription
 
 
-def migrate_slot(cluster: RedisCluster, slot: int, pause_s: float = 0.3) -> None:
-    """Move `slot` to another primary as `redis-cli --cluster reshard` does (SETSLOT
-    IMPORTING / MIGRATING, MIGRATE key by key, SETSLOT NODE everywhere), slowly enough that
-    requests run at every step."""
+def migrate_slot(cluster: RedisCluster, slot: int, to: int | None, pause_s: float = 0.3) -> None:
+    """Move `slot` to the primary on port `to` (None: another primary) as `redis-cli
+    --cluster reshard` does (SETSLOT IMPORTING / MIGRATING, MIGRATE key by key, SETSLOT NODE
+    everywhere), slowly enough that requests run at every step."""
     with cluster.client() as raw:
         source = raw.nodes_manager.get_node_from_slot(slot)
-        target = next(node for node in raw.get_primaries() if node.port != source.port)
-    nodes = {port: redis.Redis(port=port) for port in (source.port, target.port)}
+        if to is None:
+            to = next(node.port for node in raw.get_primaries() if node.port != source.port)
+    if to == source.port:
+        return
+    nodes = {port: redis.Redis(port=port) for port in (source.port, to)}
     try:
-        src, dst = nodes[source.port], nodes[target.port]
+        src, dst = nodes[source.port], nodes[to]
         src_id, dst_id = src.cluster("myid"), dst.cluster("myid")
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
         time.sleep(pause_s)
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
             for key in keys:
-                src.migrate("127.0.0.1", target.port, [key], 0, 5000)
+                src.migrate("127.0.0.1", to, [key], 0, 5000)
                 time.sleep(pause_s / 3)
         time.sleep(pause_s)
-        for port in cluster.primary_ports():
+        for port in dict.fromkeys([to, source.port, *cluster.primary_ports()]):
             with redis.Redis(port=port) as node:
                 node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
     finally:
@@ -382,20 +385,61 @@ def migrate_slot(cluster: RedisCluster, slot: int, pause_s: float = 0.3) -> None
     cluster.wait_until_ok()
 
 
-def test_no_stale_answer_while_slots_migrate(own_cluster: RedisCluster) -> None:
+def join(cluster: RedisCluster) -> int:
+    """A new, empty primary added to `cluster` (CLUSTER MEET), once every node knows it."""
+    options = (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+    )
+    node = RedisServer(free_cluster_port(), options)
+    cluster.nodes.append(node)  # stopped with the others
+    with redis.Redis(port=cluster.primary_ports()[0]) as first:
+        first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+    live = [other.port for other in cluster.nodes if other.proc is not None]
+    deadline = time.monotonic() + 30
+    for port in live:  # every node knows every other, handshakes done
+        with redis.Redis(port=port) as client:
+            while True:
+                lines = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+                if len(lines) == len(live) and "handshake" not in "".join(lines):
+                    break
+                assert time.monotonic() < deadline, "the new node was not known in time"
+                time.sleep(0.05)
+    return node.port
+
+
+@pytest.mark.parametrize("to", ["another primary", "a primary that just joined"])
+def test_no_stale_answer_while_slots_migrate(own_cluster: RedisCluster, to: str) -> None:
     prefix = "nearmove"
     load = Load(own_cluster.url, prefix)
     generation = load.writer.keyspace.generation(load.writer.tag_index("thing:0"))
+    joined: list[int] = []
 
     async def migrate() -> None:
         with own_cluster.client() as raw:
             entries = [k.decode() for k in raw.scan_iter(match=f"{prefix}:*things*n=0*")]
         assert entries, "the focused entry is not in the cluster"
         before = {key: node_of(own_cluster, key) for key in (generation, *entries)}
+        if to != "another primary":
+            # Nothing waits for the near caches to see the new node: slots move to it at
+            # once, as a reshard right after `redis-cli --cluster add-node` would.
+            joined.append(await asyncio.to_thread(join, own_cluster))
         # The slots of the focused entry and of its generation, one after the other.
         for slot in dict.fromkeys(key_slot(key.encode()) for key in before):
-            await asyncio.to_thread(migrate_slot, own_cluster, slot)
+            target = joined[0] if joined else None
+            await asyncio.to_thread(migrate_slot, own_cluster, slot, target)
         assert all(node_of(own_cluster, key) != port for key, port in before.items())
+        if joined:  # the reader tracks the new primary (in `stop()` it forgets it)
+            assert load.reader.near is not None and await load.reader.near.wait_ready(30)
+            tracker = load.reader.near._tracker
+            assert isinstance(tracker, ClusterTracker)
+            tracked.extend(port for _, port in tracker.trackers)
 
+    tracked: list[int] = []
     asyncio.run(load.run(migrate))
     load.check()
+    assert joined == [] or joined[0] in tracked
