@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -337,19 +339,33 @@ def node_of(cluster: RedisCluster, key: str) -> int:
         return int(raw.get_node_from_key(key).port)
 
 
-def test_no_stale_answer_when_a_primary_is_killed_and_its_replica_promoted(
-    own_cluster: RedisCluster,
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_no_stale_answer_when_a_primary_fails_and_its_replica_is_promoted(
+    own_cluster: RedisCluster, fault: str
 ) -> None:
     prefix = "nearfail"
     load = Load(own_cluster.url, prefix)
     # The primary of the focused item's generation: its invalidations must reach it.
     victim = node_of(own_cluster, load.writer.keyspace.generation(load.writer.tag_index("thing:0")))
+    stopped: list[Any] = []
 
-    async def kill() -> None:
-        own_cluster.node(victim).kill()  # SIGKILL while requests run
+    async def fail() -> None:
+        node = own_cluster.node(victim)
+        if fault == "kill":
+            node.kill()  # SIGKILL while requests run: connections refused
+        else:
+            assert node.proc is not None  # SIGSTOP: a partition, connections hang
+            os.kill(node.proc.pid, signal.SIGSTOP)
+            stopped.append(node.proc)
+            node.proc = None  # gone, as far as the cluster's health is concerned
         await asyncio.to_thread(wait_promoted, own_cluster, victim)
 
-    asyncio.run(load.run(kill))
+    try:
+        asyncio.run(load.run(fail))
+    finally:
+        for proc in stopped:
+            proc.kill()  # never back: its replica took over
+            proc.wait(timeout=10)
     load.check()
     assert load.reader.stats()["l1_flushes"] >= 2  # the drop, and the new primary's subscription
 

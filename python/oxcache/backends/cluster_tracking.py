@@ -119,6 +119,7 @@ class ClusterTracker:
         self._poke: asyncio.Event | None = None
         self._conn: Any = None
         self._asked: Address | None = None
+        self._silent: set[Address] = set()  # nodes that did not answer the last time
 
     def __repr__(self) -> str:
         return (
@@ -263,13 +264,17 @@ class ClusterTracker:
 
     def _candidates(self) -> list[Address]:
         """Nodes to ask for the topology: the last one that answered first, then the
-        primaries tracked, then every node the client knows."""
+        primaries tracked, then every node the client knows; those that failed to answer
+        last (a stopped node costs a whole wait)."""
         manager = self.client.nodes_manager
         found = [] if self._asked is None else [self._asked]
         found += list(self.trackers)
         for node in (*self.client.get_nodes(), *manager.startup_nodes.values()):
             found.append((node.host, int(node.port)))
-        return list(dict.fromkeys(found))
+        ordered = dict.fromkeys(found)
+        return [a for a in ordered if a not in self._silent] + [
+            a for a in ordered if a in self._silent
+        ]
 
     async def _read(self) -> set[Address]:
         """The primaries, as the first node that answers says (`CLUSTER SHARDS`)."""
@@ -283,8 +288,10 @@ class ClusterTracker:
                 raise
             except Exception as exc:
                 error = exc
+                self._silent.add(address)
                 await self._close()
                 continue
+            self._silent.discard(address)
             remap = getattr(self.client.nodes_manager, "remap_host_port", None)
             if remap is not None:
                 primaries = {(str(h), int(p)) for h, p in (remap(*a) for a in primaries)}
