@@ -149,6 +149,32 @@ def test_a_change_on_any_primary_empties_its_key_from_the_l1(cluster_url: str, p
         anyio.run(scenario)
 
 
+def test_a_tracking_connection_lost_on_one_primary_empties_the_whole_l1(
+    cluster_url: str, prefix: str
+) -> None:
+    store, db = near_store(cluster_url, prefix), dict.fromkeys(range(ITEMS), 1)
+    nodes = primaries(cluster_url)
+    with TestClient(things_app(store, db)) as client:
+        assert wait_until(lambda: ready(store))
+        for n in range(ITEMS):
+            client.get(f"/things/{n}")
+            client.get(f"/things/{n}")  # into L1
+        assert len(store.near or ()) == ITEMS
+        flushes = store.stats()["l1_flushes"]
+        assert nodes[1].client_kill_filter(_type="pubsub") >= 1
+        assert wait_until(lambda: store.stats()["l1_flushes"] > flushes)
+        # Entries of every node went, not only those of the node whose connection dropped;
+        # the tracker subscribes there again by itself and the L1 is used again.
+        assert store.stats()["l1_entries"] == 0
+        assert wait_until(lambda: ready(store))
+        l1_before = store.stats()["l1_hits"]
+        client.get("/things/0")
+        client.get("/things/0")
+        assert store.stats()["l1_hits"] == l1_before + 1
+    for node in nodes:
+        node.close()
+
+
 def test_deleting_a_generation_on_its_node_drops_the_entries_read_under_it(
     cluster_url: str, prefix: str
 ) -> None:

@@ -73,7 +73,8 @@ class ClusterBackend(RedisBackend):
     most `timeout`: the store's circuit breaker then leaves the cluster alone for a moment,
     and the next call reloads the slot map and finds the promoted replica. At most
     `max_connections` calls run at once (more wait, at most `timeout`); each uses at most one
-    connection per node.
+    connection per node. A near cache listens on every primary (`track()`,
+    `backends/cluster_tracking.py`).
     """
 
     def __init__(

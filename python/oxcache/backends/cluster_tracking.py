@@ -213,7 +213,7 @@ class ClusterTracker:
         while True:
             poke.clear()
             try:
-                primaries = await self._read()
+                await self._apply(await self._read())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -221,8 +221,6 @@ class ClusterTracker:
                 logger.debug("near cache: could not read the cluster topology (%s)", exc)
                 if not self._known:
                     self.on_lost(exc)  # nothing tracked yet: the near cache says why
-            else:
-                await self._apply(primaries)
             await asyncio.sleep(_POLL_MIN_S)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(poke.wait(), self.heartbeat)
@@ -232,15 +230,15 @@ class ClusterTracker:
         of them is subscribed."""
         if self._known and primaries == set(self.trackers):
             return
+        template = self._template()
         self._known = True
         self.changes += 1
-        gone = [address for address in self.trackers if address not in primaries]
+        gone = [self.trackers.pop(a) for a in list(self.trackers) if a not in primaries]
         new = [address for address in primaries if address not in self.trackers]
         logger.debug("near cache: cluster primaries now %s", sorted(primaries))
         self._lost(None)
-        for address in gone:
-            await self.trackers.pop(address).stop()
-        template = self._template()
+        # Every new primary is in `trackers`, not subscribed, before anything is awaited: a
+        # tracker that subscribes meanwhile cannot make the cluster look subscribed without it.
         for address in new:
             self.trackers[address] = Tracker(
                 _Node(template, *address),
@@ -253,6 +251,8 @@ class ClusterTracker:
             )
         for address in new:
             self.trackers[address].start()
+        for tracker in gone:
+            await tracker.stop()
         self._subscribed()  # when only trackers went, the others are subscribed already
 
     def _template(self) -> Any:
