@@ -1,7 +1,7 @@
 """One app worker for the near-cache coherence tests, run as its own process.
 
-Usage: python tests/near_worker.py REDIS_URL PREFIX. Reads one JSON command per line on
-stdin, answers one JSON line on stdout:
+Usage: python tests/near_worker.py REDIS_URL PREFIX (a redis+cluster:// URL: on a cluster).
+Reads one JSON command per line on stdin, answers one JSON line on stdout:
   {"op": "get", "path": "/item", "user": "u1"}     -> {"status", "v", "hit"}
   {"op": "refresh", "path": "/item"}               -> the same, after overwriting the entry
   {"op": "invalidate"} / {"op": "invalidate_user", "user": "u1"}
@@ -28,7 +28,10 @@ from oxcache import Cache, NearCache, cache
 
 def build(url: str, prefix: str) -> tuple[FastAPI, Cache, Any]:
     store = Cache(url, prefix=prefix, near=NearCache(max_ttl=60.0), timeout=2.0)
-    db = aioredis.Redis.from_url(url)
+    if url.startswith("redis+cluster://"):  # the "database" on the same cluster
+        db: Any = aioredis.RedisCluster.from_url("redis://" + url.split("://", 1)[1])
+    else:
+        db = aioredis.Redis.from_url(url)
     app = FastAPI()
 
     def user_id(x_user: str = Header(default="anonymous")) -> str:

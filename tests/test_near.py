@@ -366,11 +366,6 @@ def test_near_needs_redis() -> None:
         NearCache(max_entries=0)
 
 
-def test_near_is_refused_on_a_cluster(cluster_url: str) -> None:
-    with pytest.raises(ConfigError, match="Cluster"):
-        Cache(cluster_url, cluster=True, near=NearCache())
-
-
 def test_near_cache_belongs_to_one_store(redis_url: str) -> None:
     near = NearCache()
     Cache(redis_url, near=near)
@@ -452,9 +447,19 @@ CHANGES = ["invalidate", "invalidate_user", "invalidate_tag", "clear", "overwrit
 def test_change_in_one_worker_reaches_the_other_within_the_bound(
     workers: tuple[Worker, Worker], redis_client: redis.Redis, prefix: str, change: str
 ) -> None:
+    change_reaches_the_other_worker(workers, redis_client, prefix, change)
+
+
+def change_reaches_the_other_worker(
+    workers: tuple[Worker, Worker], db: Any, prefix: str, change: str
+) -> None:
+    """Worker two holds an entry in its L1; worker one changes it (`change`, one of
+    CHANGES); worker two serves the new value within COHERENCE_BOUND_S and never the old
+    one after. `db` is a client of the Redis (or cluster) whose PREFIX-db:v the endpoints
+    return."""
     one, two = workers
     path = "/me" if change == "invalidate_user" else "/item"
-    redis_client.set(f"{prefix}-db:v", "old")
+    db.set(f"{prefix}-db:v", "old")
     for _ in range(3):  # miss, Redis hit (into L1), L1 hit
         assert two.send("get", path=path, user="u1")["v"] == "old"
     assert two.send("get", path=path, user="u2")["v"] == "old"
@@ -463,7 +468,7 @@ def test_change_in_one_worker_reaches_the_other_within_the_bound(
     assert two.send("get", path=path, user="u1")["v"] == "old"
     assert two.send("stats")["l1_hits"] == l1_before + 1, "worker two did not hold it in L1"
 
-    redis_client.set(f"{prefix}-db:v", "new")
+    db.set(f"{prefix}-db:v", "new")
     if change == "overwrite":
         assert one.send("refresh", path=path, user="u1")["v"] == "new"
     elif change == "invalidate_user":

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import pytest
 import redis.asyncio as aioredis
 
-from oxcache.backends import ClusterBackend, RedisBackend
+from oxcache.backends import RedisBackend
 from oxcache.backends.tracking import Tracker
 from tests.conftest import RedisServer, free_port
 
@@ -146,10 +145,3 @@ def test_an_unreachable_redis_is_reported_and_never_subscribed() -> None:
             await backend.close()
 
     anyio.run(scenario)
-
-
-def test_tracking_is_refused_on_a_cluster_backend() -> None:
-    heard = Heard()
-    backend = ClusterBackend(f"redis+cluster://127.0.0.1:{free_port()}")
-    with pytest.raises(NotImplementedError, match="Cluster"):
-        tracker_for(backend, "p:", heard)

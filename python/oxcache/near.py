@@ -9,7 +9,8 @@ dedicated connection runs `CLIENT TRACKING ON REDIRECT <itself> BCAST PREFIX <pr
 `SUBSCRIBE __redis__:invalidate`, so Redis announces every change of every key under the
 prefix (writes, deletes, invalidation scripts, expiry, FLUSHDB), whoever made it. When that
 connection drops, or stops answering its heartbeat, the L1 is flushed and bypassed until it
-is subscribed again.
+is subscribed again. On a Redis Cluster there is one such connection per primary
+(`backends/cluster_tracking.py`), and the L1 is used only while every one is subscribed.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from oxcache._core import Entry
-from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.redis import RedisBackend
 from oxcache.errors import ConfigError
 
 if TYPE_CHECKING:
-    from oxcache.backends.tracking import Tracker
+    from oxcache.backends.tracking import Listener
 
 __all__ = ["NearCache"]
 
@@ -46,7 +46,9 @@ class NearCache:
     the coherence delay is one message on an open connection. The worker that invalidates
     waits for its own notifications before `invalidate*()` returns, so it never reads its
     own stale entry. While the tracking connection is down or not yet subscribed, the L1 is
-    empty and every read goes to Redis.
+    empty and every read goes to Redis. On a Redis Cluster, every primary has its tracking
+    connection, the set of primaries is read again every `heartbeat` seconds (failovers,
+    nodes joining or leaving), and the L1 is used only while all of them are subscribed.
 
     Args:
         max_entries: At most this many entries; the least recently used go first.
@@ -56,6 +58,7 @@ class NearCache:
             whatever the notifications say (the bound if a notification were ever lost).
         heartbeat: Seconds of silence after which the listener pings Redis; no answer within
             another `heartbeat` counts as a dropped connection (flush, bypass, reconnect).
+            On a cluster, also how often the set of primaries is read again.
     """
 
     def __init__(
@@ -90,7 +93,7 @@ class NearCache:
         self.flushes = 0
         self.notifications = 0
         self._owner: object | None = None
-        self._tracker: Tracker | None = None
+        self._tracker: Listener | None = None
         self._down_logged = False
 
     def __repr__(self) -> str:
@@ -206,25 +209,20 @@ class NearCache:
 
     def attach(self, owner: object, backend: object) -> None:
         """Bind this near cache to the store that owns it (one store per near cache), whose
-        backend must be a single Redis or Sentinel (`ConfigError` otherwise)."""
+        backend must be Redis: one server, Sentinel or a cluster (`ConfigError` otherwise)."""
         if not isinstance(backend, RedisBackend):
             raise ConfigError(
                 "near= needs a Redis store (url= or client=): the memory backend is "
                 "already in process"
-            )
-        if isinstance(backend, ClusterBackend):
-            # Broadcast tracking is per node; a cluster would need one listener per primary
-            # and a resubscribe on every slot move. Refused rather than half-done.
-            raise ConfigError(
-                "near= is not supported on Redis Cluster yet: use it with one Redis or Sentinel"
             )
         if self._owner is not None and self._owner is not owner:
             raise ConfigError("a NearCache belongs to one Cache; make one per store")
         self._owner = owner
 
     def start(self, backend: RedisBackend, prefix: str) -> None:
-        """Start listening, on the running loop, for every change `backend`'s Redis makes to
-        a key starting with `prefix` (no-op if it listens there already)."""
+        """Start listening, on the running loop, for every change `backend`'s Redis (every
+        primary of a cluster) makes to a key starting with `prefix` (no-op if it listens
+        there already)."""
         if self._tracker is None:
             self._tracker = backend.track(
                 prefix,

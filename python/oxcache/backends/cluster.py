@@ -19,6 +19,7 @@ from redis.retry import Retry
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
 from oxcache.backends._slots import SlotMap
+from oxcache.backends.cluster_tracking import ClusterTracker
 from oxcache.backends.redis import (
     GLOB_SPECIALS,
     LEASE_SCRIPT,
@@ -26,7 +27,7 @@ from oxcache.backends.redis import (
     SET_INDEXED_SCRIPT,
     RedisBackend,
 )
-from oxcache.backends.tracking import Tracker
+from oxcache.backends.tracking import Listener
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterBackend", "cluster_url", "is_cluster_url"]
 
@@ -72,7 +73,8 @@ class ClusterBackend(RedisBackend):
     most `timeout`: the store's circuit breaker then leaves the cluster alone for a moment,
     and the next call reloads the slot map and finds the promoted replica. At most
     `max_connections` calls run at once (more wait, at most `timeout`); each uses at most one
-    connection per node.
+    connection per node. A near cache listens on every primary (`track()`,
+    `backends/cluster_tracking.py`).
     """
 
     def __init__(
@@ -298,7 +300,15 @@ class ClusterBackend(RedisBackend):
         on_subscribed: Callable[[], None],
         on_changed: Callable[[list[str] | None], None],
         on_lost: Callable[[Exception | None], None],
-    ) -> Tracker:
-        # Broadcast tracking is per node: a cluster needs one tracker per primary, and a
-        # new subscription whenever slots move.
-        raise NotImplementedError("client tracking is not supported on Redis Cluster yet")
+    ) -> Listener:
+        """A `ClusterTracker`, not yet started: one `Tracker` per primary, following the
+        cluster's topology (see `backends/cluster_tracking.py`)."""
+        return ClusterTracker(
+            self.client,
+            prefix,
+            timeout=self.timeout,
+            heartbeat=heartbeat,
+            on_subscribed=on_subscribed,
+            on_changed=on_changed,
+            on_lost=on_lost,
+        )

@@ -15,7 +15,7 @@ from redis.asyncio import connection as _connection
 from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
 from oxcache.backends.base import Backend
-from oxcache.backends.tracking import Tracker
+from oxcache.backends.tracking import Listener, Tracker
 
 __all__ = ["GLOB_SPECIALS", "LEASE_SCRIPT", "RELEASE_SCRIPT", "SET_INDEXED_SCRIPT", "RedisBackend"]
 
@@ -317,7 +317,7 @@ class RedisBackend(Backend):
         on_subscribed: Callable[[], None],
         on_changed: Callable[[list[str] | None], None],
         on_lost: Callable[[Exception | None], None],
-    ) -> Tracker:
+    ) -> Listener:
         """A `Tracker`, not yet started, that hears of every change Redis makes to a key
         starting with `prefix`, on a connection of its own made like the pool's, within
         this backend's `timeout` to connect (see `backends/tracking.py` for the callbacks)."""

@@ -16,13 +16,59 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-__all__ = ["Tracker"]
+__all__ = ["Listener", "Tracker", "connection_for"]
 
 _CHANNEL = b"__redis__:invalidate"
 _RECONNECT_MIN_S = 0.05
 _RECONNECT_MAX_S = 1.0
+
+
+class Listener(Protocol):
+    """What the near cache drives: a `Tracker` on one Redis, or a `ClusterTracker`
+    (`backends/cluster_tracking.py`) holding one per primary of a Redis Cluster."""
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether every change under the prefix is being announced."""
+        ...
+
+    def start(self) -> None:
+        """Start listening on the running loop (no-op if it listens there already)."""
+
+    async def stop(self) -> None:
+        """Stop listening; `on_lost(None)` runs."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until subscribed (at most `timeout` seconds)."""
+        ...
+
+    async def sync(self, timeout: float) -> bool:
+        """Wait until every announcement sent before now has been passed on."""
+        ...
+
+
+def connection_for(pool: Any, *, timeout: float, heartbeat: float) -> Any:
+    """A new connection, not yet connected, made like `pool`'s (anything with redis-py's
+    `connection_class` and `connection_kwargs`: a pool, a cluster node): RESP2, replies as
+    bytes, no retries, each read waiting at most `max(timeout, heartbeat)`."""
+    kwargs = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        # redis-py's maintenance notifications need RESP3, which this avoids.
+        if not name.startswith(("maint_notifications", "orig_"))
+    }
+    # RESP2: with a redirect to itself, the announcements arrive as pub/sub messages on the
+    # tracking connection, which redis-py reads like any reply.
+    kwargs.update(
+        protocol=2,
+        decode_responses=False,  # keys and message kinds as bytes, whatever the client
+        socket_timeout=max(timeout, heartbeat),
+        socket_connect_timeout=max(timeout, 1.0),
+        retry=None,
+    )
+    return pool.connection_class(**kwargs)
 
 
 class Tracker:
@@ -153,23 +199,7 @@ class Tracker:
 
     async def _connect(self) -> Any:
         """A new connection, subscribed to the announcements of keys under the prefix."""
-        pool = self.pool
-        kwargs = {
-            name: value
-            for name, value in pool.connection_kwargs.items()
-            # redis-py's maintenance notifications need RESP3, which this avoids.
-            if not name.startswith(("maint_notifications", "orig_"))
-        }
-        # RESP2 with a redirect to itself: the announcements arrive as pub/sub messages on
-        # this very connection, which redis-py reads like any reply.
-        kwargs.update(
-            protocol=2,
-            decode_responses=False,  # keys and message kinds as bytes, whatever the client
-            socket_timeout=max(self.timeout, self.heartbeat),
-            socket_connect_timeout=max(self.timeout, 1.0),
-            retry=None,
-        )
-        conn = pool.connection_class(**kwargs)
+        conn = connection_for(self.pool, timeout=self.timeout, heartbeat=self.heartbeat)
         try:
             await conn.connect()
             wait = max(self.timeout, self.heartbeat)
