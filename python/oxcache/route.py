@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
-from oxcache.guards import GUARDS_SCOPE_KEY, Guards, key_parts
+from oxcache.guards import GUARDS_SCOPE_KEY, Guards
 from oxcache.serve import answer_early
 
 __all__ = ["CachedRoute", "can_answer_after_guards", "can_answer_early"]
@@ -147,7 +147,7 @@ class CachedRoute(APIRoute):
         async def guarded_route_handler(request: Request) -> Response:
             async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
                 values = await found.solve(request)
-                return None if values is None else key_parts(endpoint, store, values)
+                return None if values is None else found.key_parts(endpoint, store, values)
 
             response = await answer_early(endpoint, request.scope, memo, solve)
             if response is not None:
