@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oxcache.deferred import SUPPORTED
-from oxcache.endpoint import USER_PARAM, CachedEndpoint
+from oxcache.endpoint import CachedEndpoint
 from oxcache.keys import normalize_user_id, secret
 from oxcache.solve import LeanSolver
 from oxcache.store import Cache
@@ -123,7 +123,7 @@ class Guards:
         one."""
         uid = None
         if endpoint.per_user is not None:
-            user = values.get(USER_PARAM)
+            user = values.get(endpoint.user_param)
             if type(user) is str:  # what `normalize_user_id` gives it
                 uid = user
             else:
