@@ -403,7 +403,18 @@ def two_args(a: str | None = Header(default=None), *, b: int) -> None:
     pass
 
 
+class Patched:
+    """An instance whose own `__call__` attribute is not its class's."""
+
+    def __init__(self) -> None:
+        self.__call__ = sync_user
+
+    def __call__(self, x_user: str | None = Header(default=None)) -> str:
+        return "class"
+
+
 DECLINED: dict[str, Any] = {
+    "instance attribute __call__": Depends(Patched()),
     "yield": Depends(yielding),
     "response": Depends(with_response),
     "security scopes": Security(with_scopes, scopes=["read"]),

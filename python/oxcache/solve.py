@@ -102,6 +102,8 @@ def _mode(call: Any) -> bool:
         return False  # FastAPI calls a class (its constructor) in the threadpool
     target = call.__func__ if inspect.ismethod(call) else call
     if not inspect.isfunction(target):  # an instance: its class's __call__
+        if "__call__" in getattr(call, "__dict__", {}):
+            raise _NotLean  # FastAPI would classify the instance's own attribute
         target = getattr(type(call), "__call__", None)  # noqa: B004
         if not inspect.isfunction(target):
             raise _NotLean
