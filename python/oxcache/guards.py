@@ -1,7 +1,9 @@
 """What `CachedRoute` solves before it answers a route with dependencies early: the route's
 dependencies (the app's, router's and route's `dependencies=[...]`, `Security(...)`, the
-`per_user` dependency and the dependencies a key holds; not those `@cache` defers), with
-FastAPI's own solver, in FastAPI's order (dependencies come before a route's parameters).
+`per_user` dependency and the dependencies a key holds; not those `@cache` defers), in
+FastAPI's order (dependencies come before a route's parameters): with the lean solver
+(`oxcache.solve`) when the tree is simple and the request leaves it nothing to decline, else
+with FastAPI's own solver.
 
 A request they refuse is refused (their exception propagates, as from FastAPI's handler).
 One they pass is answered from the cache when its key is known; otherwise FastAPI's handler
