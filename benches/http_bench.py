@@ -52,11 +52,12 @@ def get(url: str, timeout: float = 5.0) -> bytes:
 
 
 def start(
-    target: str, redis_url: str, app: str = "benches.http_app:app"
+    target: str, redis_url: str, app: str = "benches.http_app:app", oxcache: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn serving `app` for `target` on a free loopback port, once it answers."""
+    """uvicorn serving `app` for `target` on a free loopback port, once it answers (with the
+    oxcache package found under `oxcache`, another checkout's `python/`, when given)."""
     port = free_port()
-    path = os.pathsep.join(p for p in (".", os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (oxcache, ".", os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=path)
     proc = subprocess.Popen(
         [

@@ -98,7 +98,7 @@ def summarize(paths: list[str], targets: list[str], runs: dict[str, list[Any]]) 
             mine = [r[target] for r in rounds if target in r]
             if not mine:
                 continue
-            backend = target.rpartition("-")[2]
+            backend = target.partition("@")[0].rpartition("-")[2]
             sent = sum(r["requests"] for r in mine)
             rows[target] = {
                 "rps": statistics.median(r["rps"] for r in mine),
@@ -128,6 +128,11 @@ def main() -> None:
     parser.add_argument("--out", default="benches/http_deps.json")
     parser.add_argument("--only", nargs="*", help="run only these targets")
     parser.add_argument("--paths", nargs="*", help="run only these paths")
+    parser.add_argument(
+        "--before",
+        help="another checkout's python/ folder: its oxcache runs too, as `<target>@before`, "
+        "in the same rounds (a before/after comparison)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run scripts/ensure-wrk (apt-get install wrk)")
@@ -135,7 +140,17 @@ def main() -> None:
         sys.exit("REDIS_URL is not set: run it under benches/with_redis.py")
     targets = [t for t in TARGETS if not args.only or t in args.only]
     paths = [p for p in PATHS if not args.paths or p in args.paths]
-    servers = {t: start(t, args.redis_url, "benches.http_deps_app:app") for t in targets}
+    if args.before:
+        targets += [f"{t}@before" for t in targets if t.startswith("oxcache")]
+    servers = {
+        t: start(
+            t.partition("@")[0],
+            args.redis_url,
+            "benches.http_deps_app:app",
+            args.before if t.endswith("@before") else None,
+        )
+        for t in targets
+    }
     runs: dict[str, list[dict[str, dict[str, float]]]] = {p: [] for p in paths}
     load = []
     try:
