@@ -73,6 +73,8 @@ class Variant:
     runs: list[int]
     setup: Callable[[], Awaitable[None]] | None = None
     teardown: Callable[[], Awaitable[None]] | None = None
+    #: oxcache's storage errors so far (reads that failed or timed out: served uncached).
+    errors: Callable[[], int] = lambda: 0
 
 
 def routes(app: FastAPI, decorate: Callable[[str, Any], Any], pool: Pool, runs: list[int]) -> None:
@@ -132,7 +134,7 @@ def oxcache_variant(url: str | None, route: bool) -> Variant:
 
     kind = "Redis" if url else "memory"
     name = f"oxcache {'CachedRoute' if route else 'APIRoute'} ({kind})"
-    return Variant(name, app, pool, runs, setup, teardown)
+    return Variant(name, app, pool, runs, setup, teardown, lambda: store.stats()["errors"])
 
 
 def cashews_variant(url: str | None) -> Variant:

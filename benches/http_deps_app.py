@@ -1,7 +1,8 @@
 """One variant of `benches/dependencies_bench.py` for uvicorn (the routes of issue 18: `hot`,
 `db`, `me`, `me-nodb`): `BENCH_TARGET=oxcache-route-redis REDIS_URL=... uvicorn
-benches.http_deps_app:app`. `/_calls` answers `<endpoint runs> <sessions opened>`, so a run
-can prove it served hits and count the sessions a hit opened."""
+benches.http_deps_app:app`. `/_calls` answers `<endpoint runs> <sessions opened> <storage
+errors>`, so a run can prove it served hits, count the sessions a hit opened, and tell the
+runs that followed a failed or timed-out read (oxcache serves those uncached)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ variant = TARGETS[os.environ["BENCH_TARGET"]](os.environ.get("REDIS_URL"))
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """ASGI: lifespan runs the variant's setup and teardown; `/_calls` reports endpoint runs
-    and sessions opened; everything else goes to the variant's app."""
+    """ASGI: lifespan runs the variant's setup and teardown; `/_calls` reports endpoint runs,
+    sessions opened and storage errors; everything else goes to the variant's app."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -29,7 +30,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["type"] == "http" and scope["path"] == "/_calls":
-        body = f"{variant.runs[0]} {variant.pool.opened}".encode()
+        body = f"{variant.runs[0]} {variant.pool.opened} {variant.errors()}".encode()
         await send(
             {
                 "type": "http.response.start",

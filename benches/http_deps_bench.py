@@ -5,8 +5,9 @@ CachedRoute, memory and Redis), cashews, fastapi-cache2 (memory and Redis), fast
 
     python benches/with_redis.py python benches/http_deps_bench.py [--rounds 3] [--seconds 2]
 
-Paths (every key filled before measuring; the endpoint runs and the sessions opened during
-each run are counted through `/_calls`):
+Paths (every key filled before measuring; the endpoint runs, the sessions opened and
+oxcache's storage errors during each run are counted through `/_calls`: a Redis read that
+fails or takes longer than the store's `timeout`, 50 ms, is served uncached):
 
 - `hot`: `/item/42?q=hello`, small body, no dependency, one key;
 - `db1k`: `/db/item/<i>?q=x`, 1,000 keys, `db = Depends(get_db)` (a pool of 5, 1 ms check-out);
@@ -57,9 +58,9 @@ PATHS: dict[str, tuple[str, list[str] | None]] = {
 }
 
 
-def calls(base: str) -> tuple[int, int]:
-    runs, opened = get(base + "/_calls").split()
-    return int(runs), int(opened)
+def calls(base: str) -> tuple[int, int, int]:
+    runs, opened, errors = get(base + "/_calls").split()
+    return int(runs), int(opened), int(errors)
 
 
 def measure(base: str, path: str, seconds: int, connections: int = 64) -> dict[str, float]:
@@ -69,6 +70,7 @@ def measure(base: str, path: str, seconds: int, connections: int = 64) -> dict[s
     after = calls(base)
     result["endpoint_runs"] = float(after[0] - before[0])
     result["sessions"] = float(after[1] - before[1])
+    result["storage_errors"] = float(after[2] - before[2])
     return result
 
 
@@ -109,6 +111,7 @@ def summarize(paths: list[str], targets: list[str], runs: dict[str, list[Any]]) 
                 "endpoint_runs": sum(r["endpoint_runs"] for r in mine),
                 "sessions_per_request": sum(r["sessions"] for r in mine) / sent if sent else 0.0,
                 "non2xx": sum(r["non2xx"] for r in mine),
+                "storage_errors": sum(r["storage_errors"] for r in mine),
                 "rounds": len(mine),
                 "x_floor_a": spread(ratios(rounds, target, ["floor-a-memory"])),
                 "x_best_peer_same": spread(
@@ -169,6 +172,7 @@ def main() -> None:
                     print(
                         f"round {round_ + 1} {path:11s} {target:22s} {result['rps']:8.0f} req/s"
                         f" runs {result['endpoint_runs']:.0f}"
+                        f" storage errors {result['storage_errors']:.0f}"
                         f" sessions/req {result['sessions'] / max(result['requests'], 1):.2f}",
                         flush=True,
                     )
