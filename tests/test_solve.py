@@ -508,3 +508,33 @@ def test_an_override_set_after_the_first_hit_applies_to_the_next_hit() -> None:
         app.dependency_overrides.clear()
         assert client.get("/me", headers=token).json() == first
         assert client.get("/me", headers={"x-key": "k"}).status_code == 401
+
+
+def test_a_simple_guarded_hit_never_calls_fastapis_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early path's guards go through the plan, FastAPI's solver only where the plan
+    declines: an override of one of its dependencies (FastAPI's handler then runs too)."""
+    import oxcache.guards
+
+    calls: list[int] = []
+
+    async def counted(**kwargs: Any) -> Any:
+        calls.append(1)
+        return await solve_dependencies(**kwargs)
+
+    monkeypatch.setattr(oxcache.guards, "solve_dependencies", counted)
+    store = Cache()
+    app = per_user_app(CachedRoute, store)
+    token = {"authorization": "Bearer u1", "x-key": "k"}
+
+    async def someone_else() -> str:
+        return "u2"
+
+    with client_for(app, store) as client:
+        assert client.get("/me", headers=token).status_code == 200  # the miss
+        hits = [client.get("/me", headers=token) for _ in range(3)]
+        assert [r.headers["x-fastapi-cache"] for r in hits] == ["Hit"] * 3
+        assert client.get("/me", headers={"x-key": "k"}).status_code == 401
+        assert calls == []
+        app.dependency_overrides[token_user] = someone_else
+        assert client.get("/me", headers=token).json()["user"] == "u2"
+        assert calls == [1]
