@@ -75,6 +75,7 @@ bench: build-dev
 	$(BIN)/python -m pytest benches -o python_files='bench_*.py' --benchmark-only --benchmark-json=benches/results.json -p no:cacheprovider -q
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/redis_stats.py benches/redis_stats.json
 	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_bench.py --out benches/http.json
+	$(BIN)/python benches/with_redis.py $(BIN)/python benches/http_deps_bench.py --out benches/http_deps.json
 	$(BIN)/python benches/report.py benches/results.json
 
 ## fleet-bench: oxcache on 2 and 4 uvicorn workers, with and without the near cache, on one

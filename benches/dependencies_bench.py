@@ -73,6 +73,8 @@ class Variant:
     runs: list[int]
     setup: Callable[[], Awaitable[None]] | None = None
     teardown: Callable[[], Awaitable[None]] | None = None
+    #: oxcache's storage errors so far (reads that failed or timed out: served uncached).
+    errors: Callable[[], int] = lambda: 0
 
 
 def routes(app: FastAPI, decorate: Callable[[str, Any], Any], pool: Pool, runs: list[int]) -> None:
@@ -132,7 +134,7 @@ def oxcache_variant(url: str | None, route: bool) -> Variant:
 
     kind = "Redis" if url else "memory"
     name = f"oxcache {'CachedRoute' if route else 'APIRoute'} ({kind})"
-    return Variant(name, app, pool, runs, setup, teardown)
+    return Variant(name, app, pool, runs, setup, teardown, lambda: store.stats()["errors"])
 
 
 def cashews_variant(url: str | None) -> Variant:
@@ -203,6 +205,21 @@ def fastapi_cachex_variant(_: str | None) -> Variant:
 
     return Variant("fastapi-cachex (memory)", app, pool, runs, setup, teardown)
 
+
+#: Each variant by the name the HTTP bench gives it (`benches/http_deps_bench.py`), built for
+#: a Redis URL (used by the Redis ones only).
+TARGETS: dict[str, Callable[[str | None], Variant]] = {
+    "floor-a-memory": lambda url: floor_a(None),
+    "oxcache-memory": lambda url: oxcache_variant(None, False),
+    "oxcache-route-memory": lambda url: oxcache_variant(None, True),
+    "oxcache-redis": lambda url: oxcache_variant(url, False),
+    "oxcache-route-redis": lambda url: oxcache_variant(url, True),
+    "cashews-memory": lambda url: cashews_variant(None),
+    "cashews-redis": lambda url: cashews_variant(url),
+    "fastapi-cache2-memory": lambda url: fastapi_cache2_variant(None),
+    "fastapi-cache2-redis": lambda url: fastapi_cache2_variant(url),
+    "fastapi-cachex-memory": lambda url: fastapi_cachex_variant(None),
+}
 
 ROUTES: dict[str, list[tuple[str, bytes, list[tuple[bytes, bytes]]]]] = {
     "hot": [("/item/42", b"q=hello", [])],

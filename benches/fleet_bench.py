@@ -372,11 +372,11 @@ def measure(
     row: Row, dep: Deployment | None, own: Any, idle: float, seconds: int, script: str
 ) -> Any:
     url = row.base + PATH
-    wrk(url, WARMUP_S, script)  # near caches filled, connections open, slot maps loaded
+    wrk(url, WARMUP_S, [script])  # near caches filled, connections open, slot maps loaded
     w0 = workers_snapshot(row)
     r0 = redis_snapshot(dep) if dep else None
     began = time.monotonic()
-    result: dict[str, Any] = dict(wrk(url, seconds, script))
+    result: dict[str, Any] = dict(wrk(url, seconds, [script]))
     wall = time.monotonic() - began
     r1 = redis_snapshot(dep) if dep else None
     w1 = workers_snapshot(row)

@@ -4,7 +4,8 @@ vary by more than the few instructions a branch costs).
     python benches/hit_instructions.py [N] [--callgrind]
 
 For each case (the memory store, through `APIRoute` and `CachedRoute`, without observers
-and with one `Observer` that does nothing), it sends 2 warm-up requests and then N hits
+and with one `Observer` that does nothing; and a per-user route whose user comes from a
+bearer token dependency, issue 18's `me-nodb`), it sends 2 warm-up requests and then N hits
 (2000 by default) through the whole ASGI app, and prints per hit:
 
 - the Python bytecode instructions executed (counted with `sys.settrace` opcode events, in
@@ -28,7 +29,16 @@ import subprocess
 import sys
 from typing import Any
 
-CASES = ("APIRoute", "CachedRoute", "APIRoute+observer", "CachedRoute+observer")
+CASES = (
+    "APIRoute",
+    "CachedRoute",
+    "APIRoute+observer",
+    "CachedRoute+observer",
+    "APIRoute per-user",
+    "CachedRoute per-user",
+)
+#: The per-user cases' request header.
+TOKEN = [(b"authorization", b"Bearer user-1")]
 
 
 def build(case: str) -> Any:
@@ -50,18 +60,31 @@ def build(case: str) -> Any:
     async def item(id: int) -> dict[str, int]:
         return {"id": id}
 
+    from fastapi import Depends, Header, HTTPException
+
+    async def current_user(authorization: str | None = Header(default=None)) -> str:
+        if authorization is None or not authorization.startswith("Bearer "):
+            raise HTTPException(status_code=401)
+        return authorization[7:]
+
+    @app.get("/me")
+    @cache(expire=3600, store=store, per_user=current_user)
+    async def me(user_id: str = Depends(current_user)) -> dict[str, str]:
+        return {"user": user_id}
+
     return app
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-async def hits(app: Any, n: int, counter: list[int] | None = None) -> None:
+async def hits(app: Any, n: int, counter: list[int] | None = None, user: bool = False) -> None:
     sys.path.insert(0, ROOT)
     from benches.asgi import call
 
+    path, headers = ("/me", TOKEN) if user else ("/items/1", None)
     for _ in range(2):
-        await call(app, "/items/1")
+        await call(app, path, b"", headers)
 
     def trace(frame: Any, event: str, arg: Any) -> Any:
         frame.f_trace_opcodes = True
@@ -73,16 +96,16 @@ async def hits(app: Any, n: int, counter: list[int] | None = None) -> None:
         sys.settrace(trace)
     try:
         for _ in range(n):
-            status, headers, _ = await call(app, "/items/1")
+            status, answer, _ = await call(app, path, b"", headers)
     finally:
         sys.settrace(None)
     if n:
-        assert status == 200 and headers[b"x-fastapi-cache"] == b"Hit"
+        assert status == 200 and answer[b"x-fastapi-cache"] == b"Hit"
 
 
 def opcodes(case: str, n: int) -> float:
     counter = [0]
-    asyncio.run(hits(build(case), n, counter))
+    asyncio.run(hits(build(case), n, counter, case.endswith("per-user")))
     return counter[0] / n
 
 
@@ -111,7 +134,8 @@ def instructions(case: str, n: int) -> int:
 
 def main() -> None:
     if sys.argv[1:2] == ["--inner"]:
-        asyncio.run(hits(build(sys.argv[2]), int(sys.argv[3])))
+        case = sys.argv[2]
+        asyncio.run(hits(build(case), int(sys.argv[3]), None, case.endswith("per-user")))
         return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 2000
@@ -120,7 +144,7 @@ def main() -> None:
 
     print(f"oxcache from {os.path.dirname(oxcache.__file__)}, {n} hits")
     observable = importlib.util.find_spec("oxcache.observe") is not None
-    for case in CASES if observable else CASES[:2]:  # a version from before observers
+    for case in CASES if observable else CASES[:2] + CASES[4:]:  # before observers
         line = f"{case:22} {opcodes(case, n):8.1f} opcodes"
         if callgrind:
             per_hit = (instructions(case, n) - instructions(case, 0)) / n

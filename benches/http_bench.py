@@ -51,16 +51,20 @@ def get(url: str, timeout: float = 5.0) -> bytes:
         return bytes(response.read())
 
 
-def start(target: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    target: str, redis_url: str, app: str = "benches.http_app:app", oxcache: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn serving `app` for `target` on a free loopback port, once it answers (with the
+    oxcache package found under `oxcache`, another checkout's `python/`, when given)."""
     port = free_port()
-    path = os.pathsep.join(p for p in (".", os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (oxcache, ".", os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=path)
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "benches.http_app:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -102,20 +106,28 @@ def seconds(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, duration: int, script: str | None = None) -> dict[str, float]:
-    """One wrk run of `duration` seconds, 64 connections; `script`
-    is a wrk Lua script choosing the requests (benches/fleet_bench.py spreads keys)."""
-    more = ["-s", script] if script else []
+def wrk(
+    url: str, duration: float, script: list[str] | None = None, connections: int = CONNECTIONS
+) -> dict[str, float]:
+    """One wrk run (`script`: a Lua script and its arguments): req/s, p50, p99 (s), the
+    requests sent, non-2xx responses, whether there were socket errors."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        command += ["-s", script[0], url]
+        if script[1:]:
+            command += ["--", *script[1:]]
+    else:
+        command.append(url)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", *more, url],
+        command,
         capture_output=True,
         text=True,
-        timeout=duration + 30,
+        timeout=int(duration) + 30,
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = re.search(r"(\d+) requests in", out)
-    result = {"rps": rps, "requests": float(total.group(1)) if total else float("nan")}
+    sent = re.search(r"(\d+) requests in", out)
+    result = {"rps": rps, "requests": float(sent.group(1)) if sent else float("nan")}
     for pct in ("50", "99"):
         found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
         result[f"p{pct}"] = seconds(found.group(1)) if found else float("nan")

@@ -280,6 +280,55 @@ def http_tables(path: Path) -> list[str]:
     return out
 
 
+def http_deps_tables(path: Path) -> list[str]:
+    """The tables of `benches/http_deps_bench.py` (issue 18's routes over HTTP)."""
+    if not path.exists():
+        return ["(no benches/http_deps.json: run `make bench`)", ""]
+    data = json.loads(path.read_text())
+
+    def cell(found: dict[str, float], mine: bool = True) -> str:
+        if not found or not mine:
+            return ""
+        return f"{found['median']:.2f} ({found['min']:.2f}-{found['max']:.2f})"
+
+    load = ", ".join(f"{x:.2f}" for x in data.get("load", []))
+    out = [
+        "`benches/http_deps_bench.py`: uvicorn (one worker, uvloop, httptools) on loopback, "
+        f"`wrk -t1 -c{data['connections']} -d{data['seconds']}s`, {data['rounds']} rounds "
+        "interleaving the libraries; req/s is the median over rounds, a ratio the median "
+        "(min-max) of the per-round ratios. Sessions per request: database sessions opened "
+        "during the run over the requests wrk completed (0 = no hit opened one). Load "
+        f"average after each round: {load}. Endpoint runs of oxcache rows: in brackets, how "
+        "many followed a storage error (a read that failed or passed the store's 50 ms "
+        "timeout is served uncached)."
+        + (
+            " `@before`: the same target with the oxcache of another checkout (`--before`), "
+            "in the same rounds."
+            if any("@before" in t for rows in data["paths"].values() for t in rows)
+            else ""
+        ),
+        "",
+    ]
+    for path, rows in data["paths"].items():
+        out += [
+            f"| `{path}` | req/s (median, min-max) | x floor A | x best peer, same backend "
+            "| x best peer, any backend | sessions per request | endpoint runs "
+            "(oxcache storage errors) | non-2xx |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for target, r in sorted(rows.items(), key=lambda kv: -kv[1]["rps"]):
+            mine = target.startswith("oxcache")
+            errors = f" ({r.get('storage_errors', 0):.0f})" if mine else ""
+            out.append(
+                f"| {target} | {r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f}) | "
+                f"{cell(r['x_floor_a'])} | {cell(r['x_best_peer_same'], mine)} | "
+                f"{cell(r['x_best_peer_any'], mine)} | {r['sessions_per_request']:.2f} | "
+                f"{r['endpoint_runs']:.0f}{errors} | {r['non2xx']:.0f} |"
+            )
+        out.append("")
+    return out
+
+
 def redis_tables(path: Path) -> list[str]:
     if not path.exists():
         return ["(no benches/redis_stats.json: run `make bench`)", ""]
@@ -534,6 +583,9 @@ def main() -> None:
         "## Over HTTP, 64 connections (wrk)",
         "",
         *http_tables(source.with_name("http.json")),
+        "## Routes with dependencies over HTTP (issue 18)",
+        "",
+        *http_deps_tables(source.with_name("http_deps.json")),
         "## Redis commands per request",
         "",
         *redis_tables(source.with_name("redis_stats.json")),

@@ -9,6 +9,7 @@ The promise under test: no response ever reaches the wrong user.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import Counter
 from typing import Any
@@ -92,6 +93,48 @@ def test_user_dependency_runs_once_per_request(make_store: MakeStore) -> None:
         for _ in range(3):
             assert client.get("/p", headers={"X-User": "u1"}).json() == {"user": "u1"}
     assert runs == ["u1", "u1", "u1"]
+
+
+def test_the_endpoints_own_depends_of_per_user_carries_the_user(make_store: MakeStore) -> None:
+    """`user = Depends(per_user)` is the user: the wrapper adds no second `Depends` of it
+    (FastAPI would solve its header twice), and each user still gets their own entry; a
+    `Security` of it (scopes key another value) or another dependency does not count."""
+    store = make_store()
+
+    def user_id(x_user: str = Header()) -> str:
+        return x_user
+
+    def other(x_user: str = Header()) -> str:
+        return "other"
+
+    app = FastAPI()
+
+    @app.get("/own")
+    @cache(expire=60, per_user=user_id, store=store)
+    async def own(who: str = Depends(user_id)) -> dict[str, str]:
+        return {"user": who}
+
+    @app.get("/other")
+    @cache(expire=60, per_user=user_id, store=store)
+    async def not_own(who: str = Depends(other)) -> dict[str, str]:
+        return {"user": who}
+
+    assert list(inspect.signature(own).parameters) == [
+        "who",
+        "oxcache_request__",
+        "oxcache_response__",
+    ]
+    assert "oxcache_user__" in inspect.signature(not_own).parameters
+    with client_for(app, store) as client:
+        for _ in range(2):
+            for user in ("u1", "u2"):
+                response = client.get("/own", headers={"X-User": user})
+                assert response.json() == {"user": user}
+                other_response = client.get("/other", headers={"X-User": user})
+                assert other_response.json() == {"user": "other"}
+        assert response.headers["x-fastapi-cache"] == "Hit"
+        assert other_response.headers["x-fastapi-cache"] == "Hit"
+    assert len([k for k in stored_keys(store) if '@user="u' in k and ".own(" in k]) == 2
 
 
 def test_async_user_dependency_and_endpoint_without_the_user_parameter(

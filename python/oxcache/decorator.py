@@ -181,6 +181,8 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
     request_param = endpoint.request_param
     response_param = endpoint.response_param
     has_user = endpoint.per_user is not None
+    user_param = endpoint.user_param
+    own_user = user_param != USER_PARAM  # the endpoint's own parameter: left in its kwargs
     deferred = endpoint.deferred is not None
 
     @functools.wraps(func)
@@ -193,7 +195,12 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
             if response_param is None
             else kwargs.get(response_param)
         )
-        user = kwargs.pop(USER_PARAM, NO_USER) if has_user else NO_USER
+        if not has_user:
+            user = NO_USER
+        elif own_user:
+            user = kwargs.get(user_param, NO_USER)
+        else:
+            user = kwargs.pop(USER_PARAM, NO_USER)
         if args or not isinstance(request, Request):
             # Called directly, not by FastAPI: behave like the undecorated function.
             if endpoint.is_async:

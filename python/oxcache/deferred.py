@@ -52,6 +52,7 @@ __all__ = [
     "Pending",
     "always_run",
     "defer",
+    "depends_of",
 ]
 
 logger = logging.getLogger("oxcache")
@@ -157,7 +158,7 @@ def _identity(call: Any) -> Any:
     return call
 
 
-def _depends(param: inspect.Parameter, hint: Any) -> params.Depends | None:
+def depends_of(param: inspect.Parameter, hint: Any) -> params.Depends | None:
     """The `Depends(...)` FastAPI reads for `param` (as a default, or the last one in its
     `Annotated` metadata), if any."""
     if isinstance(param.default, params.Depends):
@@ -289,7 +290,7 @@ def defer(
     parameters = [p for p in params_ if p.kind is not p.VAR_KEYWORD]
     candidates: dict[str, inspect.Parameter] = {}
     for param in parameters:
-        depends = _depends(param, hints.get(param.name))
+        depends = depends_of(param, hints.get(param.name))
         if (
             depends is None
             or isinstance(depends, params.Security)
@@ -317,7 +318,7 @@ def defer(
                 for p in parameters
                 if p.name not in candidates
             ]
-            others = [p for p in others if _depends(p, p.annotation) is not None]
+            others = [p for p in others if depends_of(p, p.annotation) is not None]
             kept_calls = _calls(get_dependant(path="", call=_holder(others + extra)))
             shared = [n for n in candidates if _calls_of(trees[n]) & kept_calls]
             if not shared:

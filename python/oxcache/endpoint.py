@@ -12,13 +12,13 @@ from collections.abc import Iterable, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any, Callable
 
-from fastapi import Depends, Response
+from fastapi import Depends, Response, params
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from oxcache.body import body_part
-from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer
+from oxcache.deferred import PENDING_PARAM, Deferred, Pending, defer, depends_of
 from oxcache.errors import ConfigError
 from oxcache.http import NOT_MODIFIED_HEADERS
 from oxcache.keys import EndpointKeys, KeySpace, call_parts, origin_part, undeclared_query
@@ -63,6 +63,29 @@ def _find_param(signature: inspect.Signature, hints: dict[str, Any], cls: type[A
     for name in signature.parameters:
         if name in hints and is_ignored_annotation(hints[name], (cls,)):
             return name
+    return None
+
+
+def _own_user_param(
+    parameters: list[inspect.Parameter], hints: dict[str, Any], per_user: Any
+) -> str | None:
+    """The endpoint's own parameter that FastAPI solves with the `per_user` dependency itself
+    (`user: str = Depends(current_user)` with `per_user=current_user`), if any: its value is
+    the one FastAPI would give the wrapper's own `Depends(per_user)` (its dependency cache
+    shares one value per callable), so the wrapper needs none, and FastAPI solves the
+    dependency's parameters once instead of twice."""
+    if per_user is None:
+        return None
+    for param in parameters:
+        if param.kind is param.VAR_KEYWORD:
+            continue
+        depends = depends_of(param, hints.get(param.name))
+        if (
+            type(depends) is params.Depends  # not Security: its scopes key another value
+            and depends.dependency is per_user
+            and getattr(depends, "scope", None) is None
+        ):
+            return param.name
     return None
 
 
@@ -120,6 +143,9 @@ class CachedEndpoint:
             if field
         )
         self.deps = self.keys.deps
+        #: The parameter the `per_user` id arrives in: the endpoint's own `Depends` of it,
+        #: else the one the wrapper adds (`USER_PARAM`).
+        self.user_param = _own_user_param(self.params, hints, self.per_user) or USER_PARAM
         self.request_param = _find_param(signature, hints, Request)
         self.response_param = _find_param(signature, hints, Response)
         #: The dependency parameters a hit does not solve (a database session), if any.
@@ -137,7 +163,7 @@ class CachedEndpoint:
             extra.append(inspect.Parameter(REQUEST_PARAM, keyword, annotation=Request))
         if self.response_param is None:
             extra.append(inspect.Parameter(RESPONSE_PARAM, keyword, annotation=Response))
-        if self.per_user is not None:
+        if self.per_user is not None and self.user_param == USER_PARAM:
             # FastAPI resolves it with the endpoint's own dependencies, once per request
             # (its dependency cache shares it with a `Depends` of the same callable).
             extra.append(

@@ -1,7 +1,9 @@
 """What `CachedRoute` solves before it answers a route with dependencies early: the route's
 dependencies (the app's, router's and route's `dependencies=[...]`, `Security(...)`, the
-`per_user` dependency and the dependencies a key holds; not those `@cache` defers), with
-FastAPI's own solver, in FastAPI's order (dependencies come before a route's parameters).
+`per_user` dependency and the dependencies a key holds; not those `@cache` defers), in
+FastAPI's order (dependencies come before a route's parameters): with the lean solver
+(`oxcache.solve`) when the tree is simple and the request leaves it nothing to decline, else
+with FastAPI's own solver.
 
 A request they refuse is refused (their exception propagates, as from FastAPI's handler).
 One they pass is answered from the cache when its key is known; otherwise FastAPI's handler
@@ -11,7 +13,6 @@ runs with a dependant whose dependencies hand over the values already solved
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -20,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from oxcache.deferred import SUPPORTED
-from oxcache.endpoint import USER_PARAM, CachedEndpoint
+from oxcache.endpoint import CachedEndpoint
 from oxcache.keys import normalize_user_id, secret
+from oxcache.solve import LeanSolver
 from oxcache.store import Cache
 
-__all__ = ["GUARDS_SCOPE_KEY", "Guards", "key_parts"]
+__all__ = ["GUARDS_SCOPE_KEY", "Guards"]
 
 #: The ASGI scope key under which the solved values wait for FastAPI's handler.
 GUARDS_SCOPE_KEY = "oxcache.guards"
@@ -48,7 +50,7 @@ class Guards:
     """The dependencies of one route (as FastAPI built its handler: `holder` is the route, or
     the inclusion of its router) that `CachedRoute` solves before answering."""
 
-    __slots__ = ("dependant", "holder", "solving")
+    __slots__ = ("dependant", "holder", "lean", "plans", "solving")
 
     def __init__(self, holder: Any, dependant: Any) -> None:
         self.holder = holder
@@ -68,6 +70,10 @@ class Guards:
             background_tasks_param_name=None,
             security_scopes_param_name=None,
         )
+        #: The plan that solves them without FastAPI's solver, when they are simple.
+        self.lean = LeanSolver.compile(self.solving)
+        #: Per `ignore_arg_types`: the dependency values a key holds (name, secret or not).
+        self.plans: dict[tuple[type[Any], ...], tuple[tuple[str, bool], ...]] = {}
 
     @staticmethod
     def possible(dependant: Any) -> bool:
@@ -89,13 +95,17 @@ class Guards:
         `handler_dependant`), or None when one was invalid (FastAPI's handler then solves
         them all and answers its 422). Raises what they raise."""
         scope = request.scope
+        provider = getattr(self.holder, "dependency_overrides_provider", None) or scope.get("app")
+        lean = self.lean
+        if lean is not None:
+            found = await lean.solve(request, getattr(provider, "dependency_overrides", None))
+            if found is not None:
+                scope[GUARDS_SCOPE_KEY] = (found, None)
+                return found
         solved = await solve_dependencies(
             request=request,
             dependant=self.solving,
-            dependency_overrides_provider=getattr(
-                self.holder, "dependency_overrides_provider", None
-            )
-            or _app_provider(scope),
+            dependency_overrides_provider=provider,
             dependency_cache={},
             async_exit_stack=scope.get("fastapi_inner_astack") or AsyncExitStack(),
             embed_body_fields=False,
@@ -105,6 +115,43 @@ class Guards:
         scope[GUARDS_SCOPE_KEY] = (solved.values, solved.response)
         values: dict[str, Any] = solved.values
         return values
+
+    def key_parts(
+        self, endpoint: CachedEndpoint, store: Cache, values: dict[str, Any]
+    ) -> tuple[str | None, tuple[Any, ...]] | None:
+        """What the solved `values` add to a raw request's signature: the user id (per-user
+        endpoints) and the values of the dependencies the key holds (secrets as a hash).
+        None when one cannot be compared exactly (not a plain value) or the user id is not
+        one."""
+        uid = None
+        if endpoint.per_user is not None:
+            user = values.get(endpoint.user_param)
+            if type(user) is str:  # what `normalize_user_id` gives it
+                uid = user
+            else:
+                try:
+                    uid = normalize_user_id(user)
+                except TypeError:
+                    return None  # `handle` serves it uncached, with its warning
+        ignored = store.keyspace.ignored
+        plan = self.plans.get(ignored)
+        if plan is None:
+            keys = endpoint.keys
+            plan = tuple(
+                (name, name in keys.secret_params)
+                for name in keys.names(ignored)
+                if name in endpoint.deps
+            )
+            self.plans[ignored] = plan
+        parts: list[Any] = [uid]
+        for name, hidden in plan:
+            value = values.get(name)
+            if type(value) not in _PLAIN:
+                return None
+            if hidden and value is not None:
+                value = secret(value).digest
+            parts.append((name, type(value), value))
+        return uid, tuple(parts)
 
     def handler_dependant(self) -> Any:
         """The route's dependant for FastAPI's handler after `solve`: its own parameters as
@@ -118,14 +165,10 @@ class Guards:
         return dataclasses.replace(self.dependant, dependencies=handover)
 
 
-def _app_provider(scope: MutableMapping[str, Any]) -> Any:
-    return scope.get("app")
-
-
 async def _restore(request: Request, response: Response) -> None:
     """Copy what the solved dependencies set on their `Response` to the handler's."""
     _, solved = request.scope[GUARDS_SCOPE_KEY]
-    if solved is not response:
+    if solved is not None and solved is not response:  # None: solved by the lean solver
         response.raw_headers.extend(solved.raw_headers)
         if solved.status_code is not None:
             response.status_code = solved.status_code
@@ -137,29 +180,3 @@ def _value_of(name: str) -> Any:
 
     value.__name__ = f"solved_{name}"
     return value
-
-
-def key_parts(
-    endpoint: CachedEndpoint, store: Cache, values: dict[str, Any]
-) -> tuple[str | None, tuple[Any, ...]] | None:
-    """What the solved `values` add to a raw request's signature: the user id (per-user
-    endpoints) and the values of the dependencies the key holds (secrets as a hash). None
-    when one cannot be compared exactly (not a plain value) or the user id is not one."""
-    uid = None
-    if endpoint.per_user is not None:
-        try:
-            uid = normalize_user_id(values.get(USER_PARAM))
-        except TypeError:
-            return None  # `handle` serves it uncached, with its warning
-    parts: list[Any] = [uid]
-    keys = endpoint.keys
-    for name in keys.names(store.keyspace.ignored):
-        if name not in endpoint.deps:
-            continue
-        value = values.get(name)
-        if type(value) not in _PLAIN:
-            return None
-        if name in keys.secret_params and value is not None:
-            value = secret(value).digest
-        parts.append((name, type(value), value))
-    return uid, tuple(parts)

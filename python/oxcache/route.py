@@ -12,9 +12,10 @@ goes the usual way, which applies every rule of `@cache`.
 A route whose own parameters are all in its raw path and query string qualifies: no header,
 cookie or body parameters and no per-request defaults (`default_factory`). When it has
 dependencies (the route's, its router's or the app's, `Security(...)`, the `per_user`
-dependency, dependencies whose values the key holds), they run first, on every request, with
-FastAPI's solver (`oxcache.guards`): a request they refuse is refused, hit or not, and the
-user id and the key's dependency values join the raw request's signature. On a miss,
+dependency, dependencies whose values the key holds), they run first, on every request
+(`oxcache.guards`: FastAPI's solver, or the lean one of `oxcache.solve` for simple trees): a
+request they refuse is refused, hit or not, and the user id and the key's dependency values
+join the raw request's signature. On a miss,
 FastAPI's handler takes their values instead of running them again. Dependencies `@cache`
 defers (a database session) are not among them: they run only with the endpoint.
 """
@@ -32,7 +33,7 @@ from starlette.responses import Response
 
 from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
-from oxcache.guards import GUARDS_SCOPE_KEY, Guards, key_parts
+from oxcache.guards import GUARDS_SCOPE_KEY, Guards
 from oxcache.serve import answer_early
 
 __all__ = ["CachedRoute", "can_answer_after_guards", "can_answer_early"]
@@ -147,7 +148,7 @@ class CachedRoute(APIRoute):
         async def guarded_route_handler(request: Request) -> Response:
             async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
                 values = await found.solve(request)
-                return None if values is None else key_parts(endpoint, store, values)
+                return None if values is None else found.key_parts(endpoint, store, values)
 
             response = await answer_early(endpoint, request.scope, memo, solve)
             if response is not None:
