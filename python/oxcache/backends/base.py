@@ -6,7 +6,42 @@ import abc
 import os
 from collections.abc import Sequence
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "index_member", "listed_key", "member_key"]
+
+_VARIANTS = "@variants:"
+_RELATIVE = "\x01"  # keys hold no control character: a member starting so is relative
+
+
+def index_member(index: str, key: str) -> str:
+    """How the index `index` lists `key`. A variants index `<p>@variants:<base>` lists an
+    entry key `<p><base without its ")"><parts>)` as `"\x01" + "<parts>)"` (the request's
+    parts: origin, user, `vary` values): short enough for Redis to keep a small index as a
+    listpack rather than a skiplist (members over `zset-max-listpack-value`, 64 bytes, turn a
+    one-member index from about 170 into about 1,000 bytes). Any other member is the key."""
+    start = index.find(_VARIANTS)
+    if start < 0 or index.find(_VARIANTS, start + 1) >= 0 or not index.endswith(")"):
+        return key  # not a variants index, or one whose name could be split two ways
+    root = index[:start] + index[start + len(_VARIANTS) : -1]
+    if not key.startswith(root):
+        return key
+    return _RELATIVE + key[len(root) :]
+
+
+def member_key(index: str, member: str) -> str:
+    """The entry key the member `member` of the index `index` stands for (`index_member`
+    reversed)."""
+    if not member.startswith(_RELATIVE):
+        return member
+    start = index.find(_VARIANTS)
+    return index[:start] + index[start + len(_VARIANTS) : -1] + member[1:]
+
+
+def listed_key(index: str, member: bytes) -> bytes:
+    """`member_key` for a member as Redis returns it (a member that is not ours is kept as
+    it is, whatever its bytes)."""
+    if not member.startswith(b"\x01"):
+        return member
+    return member_key(index, member.decode()).encode()
 
 
 class Backend(abc.ABC):
@@ -84,7 +119,8 @@ class Backend(abc.ABC):
         expect: bytes | None = None,
     ) -> bool | None:
         """Store `value` under `key` for `ttl_ms` milliseconds (at least 1), and record `key`
-        in each index of `indexes` (a user's entries, a tag's, an endpoint's variants).
+        in each index of `indexes` (a user's entries, a tag's, an endpoint's variants); a
+        Redis backend lists it as `index_member(index, key)`.
         With `expect` (what `lease` returned), only while the value under `key` still starts
         with it, atomically: return False when it did not (nothing written).
 

@@ -19,6 +19,7 @@ from redis.retry import Retry
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
 from oxcache.backends._slots import SlotMap
+from oxcache.backends.base import index_member, listed_key
 from oxcache.backends.cluster_tracking import ClusterTracker
 from oxcache.backends.redis import (
     GLOB_SPECIALS,
@@ -195,7 +196,7 @@ class ClusterBackend(RedisBackend):
                 # expired ones dropped, and the index outliving its longest-lived member
                 # (NX sets the first expiry, GT only ever extends it; both relative, so
                 # clock skew between the app and Redis cannot cut an index short).
-                pipe.zadd(index, {key: now_ms + ttl})
+                pipe.zadd(index, {index_member(index, key): now_ms + ttl})
                 pipe.zremrangebyscore(index, "-inf", now_ms)
                 pipe.pexpire(index, ttl + 1000, nx=True)
                 pipe.pexpire(index, ttl + 1000, gt=True)
@@ -230,8 +231,8 @@ class ClusterBackend(RedisBackend):
                     pipe.zrange(index, 0, -1)
                 members = list(await _bounded(pipe.execute(), self.timeout))
             targets = {k.encode() for k in keys}
-            for listed in members:
-                targets.update(listed)
+            for index, listed in zip(indexes, members, strict=True):
+                targets.update(listed_key(index, m) for m in listed)
             deleted = await self._unlink(targets)
             if indexes:
                 # Only what was read and deleted: an entry listed since stays listed, and a

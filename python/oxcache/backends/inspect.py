@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
 from oxcache.backends._bound import bounded
-from oxcache.backends.base import Backend
+from oxcache.backends.base import Backend, member_key
 from oxcache.backends.cluster import ClusterBackend
 from oxcache.backends.connect import backend_for
 from oxcache.backends.redis import GLOB_SPECIALS, RedisBackend
@@ -205,7 +205,9 @@ class RedisDatabase:
     async def live_members(self, index: str) -> list[str]:
         """The members of the sorted set `index` that exist (an index may list a few
         entries that expired since its last write), sorted."""
-        members = [_text(m) for m in await self._run(self.client.zrange(index, 0, -1))]
+        members = [
+            member_key(index, _text(m)) for m in await self._run(self.client.zrange(index, 0, -1))
+        ]
         return sorted(await self.existing(members))
 
     async def survey(

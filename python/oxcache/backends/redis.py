@@ -14,7 +14,7 @@ from redis.asyncio import connection as _connection
 
 from oxcache.backends._bound import backstop, bounded
 from oxcache.backends._pipe import ReadPipe, encode_get, encode_getrange, encode_mget
-from oxcache.backends.base import Backend
+from oxcache.backends.base import Backend, index_member, listed_key
 from oxcache.backends.tracking import Listener, Tracker
 
 __all__ = ["GLOB_SPECIALS", "LEASE_SCRIPT", "RELEASE_SCRIPT", "SET_INDEXED_SCRIPT", "RedisBackend"]
@@ -24,8 +24,9 @@ T = TypeVar("T")
 GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 # KEYS[1]: the entry; KEYS[2..]: its indexes (sorted sets scored by expiry, in ms since the
-# epoch). ARGV: value, ttl ms, now ms, and what the value under KEYS[1] must still start with
-# ("" for nothing: an unconditional write). Each index drops members that have expired and
+# epoch). ARGV: value, ttl ms, now ms, what the value under KEYS[1] must still start with
+# ("" for nothing: an unconditional write), then the entry's member in each index
+# (`index_member`). Each index drops members that have expired and
 # lives exactly as long as its longest-lived member (relative TTLs, so clock skew between
 # the app and Redis cannot make an index die before its entries). 0 when the condition
 # failed (nothing written).
@@ -38,7 +39,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = tonumber(ARGV[3])
 local expires = now + tonumber(ARGV[2])
 for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], expires, KEYS[1])
+  redis.call('ZADD', KEYS[i], expires, ARGV[i + 3])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   local top = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', KEYS[i], math.max(tonumber(top[2]) - now, 1) + 1000)
@@ -244,7 +245,10 @@ class RedisBackend(Backend):
             return True
         now_ms = time.time_ns() // 1_000_000
         done = await self._limit(
-            self._set_indexed(keys=[key, *indexes], args=[value, ttl, now_ms, expect or b""])
+            self._set_indexed(
+                keys=[key, *indexes],
+                args=[value, ttl, now_ms, expect or b"", *(index_member(i, key) for i in indexes)],
+            )
         )
         return bool(done)
 
@@ -260,8 +264,8 @@ class RedisBackend(Backend):
                 read.zrange(index, 0, -1)
             members = list(await self._limit(read.execute()))
         targets = {key.encode() for key in keys}
-        for listed in members:
-            targets.update(listed)
+        for index, listed in zip(indexes, members, strict=True):
+            targets.update(listed_key(index, m) for m in listed)
         if not targets and not generations:
             return 0
         # One transaction: the generations go first (what makes the invalidation hold, even
