@@ -233,6 +233,20 @@ class RedisCluster:
 
 
 @pytest.fixture
+def own_cluster() -> Iterator[RedisCluster]:
+    """A cluster of this test's own (3 primaries, 3 replicas), to kill or stop (SIGSTOP) a
+    primary of, or move slots in."""
+    cluster = RedisCluster()
+    try:
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                os.kill(node.proc.pid, signal.SIGCONT)  # a stopped node cannot terminate
+        cluster.stop()
+
+
+@pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, to kill, stop (SIGSTOP) and restart."""
     server = RedisServer()

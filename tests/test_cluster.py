@@ -170,16 +170,6 @@ def cluster_url_to_redis(url: str) -> str:
     return "redis://" + url.split("://", 1)[1]
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    """A cluster of this test's own, to kill a primary of."""
-    cluster = RedisCluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def test_a_primary_killed_during_requests_costs_no_500_and_caching_resumes(
     own_cluster: RedisCluster,
 ) -> None:

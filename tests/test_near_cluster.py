@@ -251,16 +251,6 @@ def test_change_in_one_worker_reaches_the_other_on_a_cluster(
 # -- topology events, on a cluster of each test's own -----------------------------------------
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    """A cluster of this test's own, to kill a primary of or move slots in."""
-    cluster = RedisCluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 class Load:
     """Two workers (stores with their own connections and near caches) on one cluster: the
     reader serves `/things/{n}` in a loop, the writer changes `db[n]` and invalidates its
