@@ -23,7 +23,7 @@ from starlette.responses import Response
 from oxcache.deferred import SUPPORTED
 from oxcache.endpoint import CachedEndpoint
 from oxcache.keys import normalize_user_id, secret
-from oxcache.solve import LeanSolver
+from oxcache.solve import Invalid, LeanSolver
 from oxcache.store import Cache
 
 __all__ = ["GUARDS_SCOPE_KEY", "Guards"]
@@ -98,7 +98,10 @@ class Guards:
         provider = getattr(self.holder, "dependency_overrides_provider", None) or scope.get("app")
         lean = self.lean
         if lean is not None:
-            found = await lean.solve(request, getattr(provider, "dependency_overrides", None))
+            try:
+                found = await lean.solve(request, getattr(provider, "dependency_overrides", None))
+            except Invalid:
+                return None  # nothing ran: FastAPI's handler runs each dependency once
             if found is not None:
                 scope[GUARDS_SCOPE_KEY] = (found, None)
                 return found
@@ -145,7 +148,9 @@ class Guards:
             self.plans[ignored] = plan
         parts: list[Any] = [uid]
         for name, hidden in plan:
-            value = values.get(name)
+            if name not in values:
+                return None  # solved later (a deferred dependency): not in the signature
+            value = values[name]
             if type(value) not in _PLAIN:
                 return None
             if hidden and value is not None:

@@ -41,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - every FastAPI this package supports has it
     request_params_to_args = None  # type: ignore[assignment]
 
-__all__ = ["LeanSolver"]
+__all__ = ["Invalid", "LeanSolver"]
 
 #: The sources of parameters, in the order FastAPI validates them.
 _PATH, _QUERY, _HEADER, _COOKIE = range(4)
@@ -63,6 +63,32 @@ _SCALARS: tuple[type[Any], ...] = (
 )
 _UNIONS = (Union, types.UnionType)
 _CONTAINERS = (list, set, frozenset, tuple)
+
+
+class Invalid(Exception):
+    """A parameter of the plan is missing or invalid: FastAPI answers the request 422 (its
+    handler solves every dependency, as it would have). Raised before any dependency ran."""
+
+
+def _reads_after_request(root: _Node) -> bool:
+    """Whether a dependency that takes the `Request` runs before one whose parameters are
+    read from it: FastAPI reads each dependency's parameters just before calling it, after
+    the dependencies before it, which may have changed the request's headers or cookies in
+    place; this plan reads them all first, so it declines such a tree."""
+    seen_request = False
+
+    def visit(node: _Node) -> bool:
+        nonlocal seen_request
+        for sub in node.subs:
+            if visit(sub):
+                return True
+        if node is not root and seen_request and (node.fields or node.groups):
+            return True
+        if node.request_names:
+            seen_request = True
+        return False
+
+    return visit(root)
 
 
 class _NotLean(Exception):
@@ -252,10 +278,14 @@ class LeanSolver:
 
         try:
             root = build(dependant, True)
-        except (_NotLean, AttributeError, TypeError):
+        except (_NotLean, AttributeError, TypeError, ValueError):
+            # ValueError: a header name FastAPI takes but latin-1 cannot spell, say; FastAPI
+            # builds such a route (and fails its requests), so this must not fail it.
             return None
         if root.fields or root.groups or root.request_names:
             return None  # the route's own parameters are FastAPI's to solve
+        if _reads_after_request(root):
+            return None
         return cls(root, nodes)
 
     def overridden(self, overrides: Any) -> bool:
@@ -270,7 +300,8 @@ class LeanSolver:
     async def solve(self, request: Request, overrides: Any = None) -> dict[str, Any] | None:
         """The values of the route's dependencies for `request` (by parameter name, as
         FastAPI's solver gives them), or None: FastAPI's solver must solve them (an
-        override, a missing or invalid parameter). Raises what the dependencies raise."""
+        override). Raises `Invalid` for a missing or invalid parameter (before any
+        dependency ran), and what the dependencies raise."""
         if overrides and self.overridden(overrides):
             return None
         arguments: list[dict[str, Any]] = [{}]  # the root's: filled by `_run`
@@ -291,13 +322,13 @@ class LeanSolver:
                     raw = found.get(alias)
                 if raw is None:
                     if required:
-                        return None  # FastAPI's 422
+                        raise Invalid  # FastAPI's 422
                     raw = default
                 values[name] = raw
             for source, group in node.groups:
                 solved, errors = request_params_to_args(group, _source(request, source))
                 if errors:
-                    return None
+                    raise Invalid
                 values.update(solved)
             for name in node.request_names:
                 values[name] = request
