@@ -9,6 +9,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,15 @@ def test_cluster_and_sentinel_arguments_are_checked() -> None:
         Cache(sentinel=[("127.0.0.1", 26379)])  # no service_name
     with pytest.raises(ConfigError):
         Cache("redis://h", sentinel=[("127.0.0.1", 26379)], service_name="m")
+
+
+def test_cluster_and_sentinel_clients_are_built_without_a_warning() -> None:
+    # redis-py 8 warns when a synchronous `redis.retry.Retry` is given to an asyncio client
+    # (and converts it): the backends pass the asyncio one. Nothing connects here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ClusterBackend("redis+cluster://127.0.0.1:1")
+        SentinelBackend([("127.0.0.1", 1)], "mymaster")
 
 
 def test_cluster_true_and_the_url_scheme_make_a_cluster_backend(cluster_url: str) -> None:

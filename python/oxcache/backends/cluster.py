@@ -12,9 +12,9 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
