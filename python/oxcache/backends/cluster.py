@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
@@ -113,6 +114,7 @@ class ClusterBackend(RedisBackend):
         self._release = client.register_script(RELEASE_SCRIPT)
         # The single-Redis scripts, run on the entry's key alone (one slot).
         self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
+        self._lease = client.register_script(LEASE_SCRIPT)  # on the entry's key alone
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
         self.auto_pipeline = False
@@ -164,10 +166,19 @@ class ClusterBackend(RedisBackend):
 
         async def lease() -> tuple[bytes, list[bytes]]:
             pipe = self.client.pipeline(transaction=False)
-            pipe.eval(LEASE_SCRIPT, 1, key, ttl, size, claim)  # the key alone: its own slot
+            # The key alone: its own slot. By its SHA1, not its text (half of a miss's
+            # bytes); a node that does not have it (restarted, flushed, a promoted
+            # replica) answers NOSCRIPT and the script is loaded there and run once more.
+            pipe.evalsha(self._lease.sha, 1, key, ttl, size, claim)
             for name, token in zip(generations, fresh, strict=True):
                 pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
-            (held,), *found = await pipe.execute()  # the script answers [held]
+            first, *found = await pipe.execute(raise_on_error=False)
+            if isinstance(first, NoScriptError):
+                first = await self._lease(keys=[key], args=[ttl, size, claim])
+            for reply in (first, *found):
+                if isinstance(reply, Exception):
+                    raise reply
+            (held,) = first  # the script answers [held]
             pairs = zip(found, fresh, strict=True)
             return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
 
