@@ -121,18 +121,18 @@ class ClusterBackend(RedisBackend):
         self._pipes = weakref.WeakKeyDictionary()
         self._pipe = None
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """One request-path call: on a loaded slot map, under a permit and bounded by
-        `timeout` in total."""
-        async with self.slots.guarded():
+    async def _call(self, make: Callable[[], Awaitable[T]], keys: Sequence[str] | None) -> T:
+        """One request-path call on `keys` (None: every primary): on a loaded slot map,
+        under a permit and bounded by `timeout` in total."""
+        async with self.slots.guarded(keys=keys):
             return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call(lambda: self.client.get(key))
+        value = await self._call(lambda: self.client.get(key), (key,))
         return bytes(value) if value is not None else None
 
     async def get_head(self, key: str, size: int) -> bytes | None:
-        value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
+        value = await self._call(lambda: self.client.getrange(key, 0, size - 1), (key,))
         return bytes(value) if value else None
 
     async def read(
@@ -140,7 +140,9 @@ class ClusterBackend(RedisBackend):
     ) -> tuple[bytes | None, list[bytes | None]]:
         if not generations:
             return await (self.get_head(key, head) if head else self.get(key)), []
-        value, *tokens = await self._call(lambda: self._read(key, generations, head))
+        value, *tokens = await self._call(
+            lambda: self._read(key, generations, head), (key, *generations)
+        )
         if head and not value:
             value = None
         return (None if value is None else bytes(value)), [
@@ -182,7 +184,7 @@ class ClusterBackend(RedisBackend):
             pairs = zip(found, fresh, strict=True)
             return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
 
-        return await self._call(lease)
+        return await self._call(lease, (key, *generations))
 
     async def set(
         self,
@@ -193,7 +195,9 @@ class ClusterBackend(RedisBackend):
         expect: bytes | None = None,
     ) -> bool:
         ttl = max(int(ttl_ms), 1)
-        return await self._call(lambda: self._set(key, value, ttl, indexes, expect))
+        return await self._call(
+            lambda: self._set(key, value, ttl, indexes, expect), (key, *indexes)
+        )
 
     async def _set(
         self, key: str, value: bytes, ttl: int, indexes: Sequence[str], expect: bytes | None
@@ -220,10 +224,12 @@ class ClusterBackend(RedisBackend):
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
         ttl = max(int(ttl_ms), 1)
-        return bool(await self._call(lambda: self.client.set(name, token, px=ttl, nx=True)))
+        return bool(
+            await self._call(lambda: self.client.set(name, token, px=ttl, nx=True), (name,))
+        )
 
     async def release(self, name: str, token: bytes) -> None:
-        await self._call(lambda: self._release(keys=[name], args=[token]))
+        await self._call(lambda: self._release(keys=[name], args=[token]), (name,))
 
     async def invalidate(
         self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
@@ -301,7 +307,7 @@ class ClusterBackend(RedisBackend):
         # socket operation is bounded by the socket timeout (`backstop(timeout)`), the whole
         # load is not.
         await self.client.initialize()
-        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES), None)
 
     def track(
         self,
