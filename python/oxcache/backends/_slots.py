@@ -49,7 +49,7 @@ class SlotMap:
 
     def ready(self) -> None:
         """Raise at once while redis-py has to reload the slot map (before the first command,
-        and after a node failed), and reload it in the background.
+        and after a node failed or stayed silent), and reload it in the background.
 
         Reloading asks a node for the slot map and the command table and connects to every
         primary: several round trips, more than `timeout` allows a request. A request that

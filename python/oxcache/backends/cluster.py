@@ -72,7 +72,9 @@ class ClusterBackend(RedisBackend):
     retries are turned off for a client made here and every request-path call (read, write,
     lock) is bounded by `timeout` in total, so a failover or a dead node costs a request at
     most `timeout`: the store's circuit breaker then leaves the cluster alone for a moment,
-    and the next call reloads the slot map and finds the promoted replica. At most
+    and the slot map is reloaded (at once for a refused connection, once a node has been
+    silent for a second for a hung one, never for one that is only slow: `_slots.py`) and
+    finds the promoted replica. At most
     `max_connections` calls run at once (more wait, at most `timeout`); each uses at most one
     connection per node. A near cache listens on every primary (`track()`,
     `backends/cluster_tracking.py`).
