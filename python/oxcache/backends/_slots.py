@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from oxcache.backends._bound import bounded
@@ -112,7 +112,7 @@ class SlotMap:
                 if node is None:
                     return None
                 names.add(node.name)
-        except RedisError:  # a slot the map does not cover
+        except (RedisError, RedisClusterException):  # a slot the map does not cover
             return None
         return names
 
