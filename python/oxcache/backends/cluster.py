@@ -173,7 +173,9 @@ class ClusterBackend(RedisBackend):
             # The key alone: its own slot. By its SHA1, not its text (half of a miss's
             # bytes); a node that does not have it (restarted, flushed, a promoted
             # replica) answers NOSCRIPT and the script is loaded there and run once more.
-            pipe.evalsha(self._lease.sha, 1, key, ttl, size, claim)
+            # (As a raw command: redis-py 5 blocks `evalsha` on a cluster pipeline,
+            # though it routes EVALSHA by its keys as it does EVAL.)
+            pipe.execute_command("EVALSHA", self._lease.sha, 1, key, ttl, size, claim)
             for name, token in zip(generations, fresh, strict=True):
                 pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
             first, *found = await pipe.execute(raise_on_error=False)
