@@ -9,6 +9,8 @@ import os
 import subprocess
 import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +79,15 @@ def test_cluster_and_sentinel_arguments_are_checked() -> None:
         Cache("redis://h", sentinel=[("127.0.0.1", 26379)], service_name="m")
 
 
+def test_cluster_and_sentinel_clients_are_built_without_a_warning() -> None:
+    # redis-py 8 warns when a synchronous `redis.retry.Retry` is given to an asyncio client
+    # (and converts it): the backends pass the asyncio one. Nothing connects here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ClusterBackend("redis+cluster://127.0.0.1:1")
+        SentinelBackend([("127.0.0.1", 1)], "mymaster")
+
+
 def test_cluster_true_and_the_url_scheme_make_a_cluster_backend(cluster_url: str) -> None:
     plain = "redis://" + cluster_url.split("://", 1)[1]
     assert isinstance(Cache(plain, cluster=True).backend, ClusterBackend)
@@ -106,6 +117,51 @@ def test_entries_spread_over_every_primary_and_each_invalidation_finds_them_all(
         assert client.get("/item/7").headers["x-fastapi-cache"] == "Miss"
         assert client.get("/item/8").headers["x-fastapi-cache"] == "Hit"
         assert client.portal.call(store.clear) >= 60
+    assert store.stats()["errors"] == 0
+
+
+def script_calls(cluster_url: str) -> dict[str, int]:
+    """EVAL and EVALSHA calls so far, summed over the cluster's primaries."""
+    raw = sync_client(cluster_url)
+    assert isinstance(raw, redis.RedisCluster)
+    try:
+        found = {"eval": 0, "evalsha": 0}
+        for node in raw.get_primaries():
+            stats = raw.info("commandstats", target_nodes=node)
+            for name in found:
+                found[name] += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        return found
+    finally:
+        raw.close()
+
+
+def test_misses_run_the_scripts_by_sha_and_reload_them_where_a_node_lost_them(
+    cluster_url: str,
+) -> None:
+    # A miss's lease went by EVAL, the script's text every time (half of a miss's bytes).
+    store = Cache(cluster_url, prefix="sha-" + uuid.uuid4().hex[:8], timeout=2.0)
+    app, _ = item_app(store)
+    with TestClient(app) as client:
+        before = script_calls(cluster_url)
+        for i in range(30):
+            assert client.get(f"/item/{i}").headers["x-fastapi-cache"] == "Miss"
+        after = script_calls(cluster_url)
+        assert after["eval"] == before["eval"]
+        assert after["evalsha"] - before["evalsha"] >= 30
+        # Scripts gone from every node (a restart, a promoted replica): NOSCRIPT, the
+        # script is loaded again, and the miss is served and stored as usual.
+        raw = sync_client(cluster_url)
+        assert isinstance(raw, redis.RedisCluster)
+        try:
+            for node in raw.get_primaries():
+                raw.execute_command("SCRIPT", "FLUSH", target_nodes=node)
+        finally:
+            raw.close()
+        for i in range(30, 40):
+            assert client.get(f"/item/{i}").headers["x-fastapi-cache"] == "Miss"
+            assert client.get(f"/item/{i}").headers["x-fastapi-cache"] == "Hit"
+        assert script_calls(cluster_url)["eval"] == before["eval"]
+        client.portal.call(store.clear)
     assert store.stats()["errors"] == 0
 
 

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import redis
 from fastapi import FastAPI
 
 from oxcache import Cache, cache
-from tests.conftest import RedisCluster
+from tests.conftest import RedisCluster, sync_client
 
 
 def wait_promoted(cluster: RedisCluster, victim: int, within_s: float = 60.0) -> None:
@@ -131,3 +132,84 @@ def test_an_invalidation_a_killed_primary_missed_lands_and_caching_resumes_after
             proc.kill()  # never back: its replica took over
             proc.wait(timeout=10)
     assert found["queued"] and found["landed"] and found["hits"] >= 20
+
+
+def test_a_primary_that_is_only_slow_costs_misses_but_no_slot_map_reload(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A primary paused (`CLIENT PAUSE`) for ten times the store's timeout, and then
+    answering again: the requests it made late are misses (never a 500), and caching
+    resumes on the same slot map. Before, each timeout reloaded the slot map (CLUSTER
+    SLOTS, the command table, a connection to every primary) and refused every call until
+    the reload was done: under load, a slow answer cascaded into seconds of misses."""
+    prefix = "slow-" + uuid.uuid4().hex[:8]
+    store = Cache(cluster_url, prefix=prefix)  # the production timeout, 50 ms
+    app = FastAPI()
+
+    @app.get("/things/{n}")
+    @cache(expire=600, store=store)
+    async def things(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    raw = sync_client(cluster_url)
+    assert isinstance(raw, redis.RedisCluster)
+    with raw:
+        victim = raw.get_node_from_key(store.key_for(things, "http://t", n=0)).port
+        # Only keys on the paused primary: every request below waits for it.
+        ids = [
+            n
+            for n in range(200)
+            if raw.get_node_from_key(store.key_for(things, "http://t", n=n)).port == victim
+        ][:10]
+    assert len(ids) == 10
+    backend: Any = store.backend
+    reloads: list[object] = []
+    manager_class = type(backend.client.nodes_manager)
+    reload = manager_class.initialize
+
+    async def counted(manager: Any, *args: Any, **kwargs: Any) -> Any:
+        if manager is backend.client.nodes_manager:
+            reloads.append(manager)
+        return await reload(manager, *args, **kwargs)
+
+    async def scenario() -> dict[str, Any]:
+        async with (
+            store,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        ):
+            for n in ids:
+                assert (await http.get(f"/things/{n}")).json() == {"n": n}
+                assert (await http.get(f"/things/{n}")).headers["x-fastapi-cache"] == "Hit"
+            monkeypatch.setattr(manager_class, "initialize", counted)  # from now on
+            pause_ms = 500
+            pauser = redis.Redis(port=victim, socket_timeout=5)
+            try:
+                pauser.execute_command("CLIENT", "PAUSE", pause_ms, "ALL")
+            finally:
+                pauser.close()
+            paused_at = time.monotonic()
+            # During the pause: fresh answers (uncached), never an error.
+            during: list[str] = []
+            while time.monotonic() - paused_at < pause_ms / 1000:
+                response = await http.get(f"/things/{ids[len(during) % len(ids)]}")
+                assert response.status_code == 200
+                during.append(response.headers.get("x-fastapi-cache", "none"))
+                await asyncio.sleep(0.01)
+            errors = store.stats()["errors"]
+            # After it: hits again, bounded in time, with no reload of the slot map.
+            deadline = time.monotonic() + 30
+            hits = 0
+            while hits < len(ids) and time.monotonic() < deadline:
+                hits = 0
+                for n in ids:
+                    response = await http.get(f"/things/{n}")
+                    assert response.status_code == 200 and response.json() == {"n": n}
+                    hits += response.headers["x-fastapi-cache"] == "Hit"
+                await asyncio.sleep(0.05)
+            return {"during": during, "errors": errors, "hits": hits}
+
+    found = asyncio.run(scenario())
+    # The pause was felt: a request timed out (the circuit then left the cluster alone).
+    assert found["errors"] >= 1 and set(found["during"]) != {"Hit"}
+    assert found["hits"] == len(ids)
+    assert reloads == []

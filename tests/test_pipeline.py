@@ -306,6 +306,28 @@ def test_an_overdue_read_fails_but_a_reply_still_streaming_in_does_not(run: Runn
     assert streamed == b"x" * 20
 
 
+def test_bounded_takes_an_answer_that_reaches_the_loop_with_the_deadline(
+    run: Runner[Any],
+) -> None:
+    """A reply read in the loop turn the deadline fires in still needs a turn or two to
+    reach the command (uvloop runs timers before I/O): that is Redis on time, not late."""
+    from oxcache.backends._bound import bounded
+
+    async def answers_on_the_deadline(deadline: float) -> str:
+        loop = asyncio.get_running_loop()
+        arrived = loop.create_future()
+        loop.call_at(deadline, arrived.set_result, None)  # the reply, read on the deadline
+        await arrived
+        await asyncio.sleep(0)  # through the layers of a client
+        return "answer"
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        return await bounded(answers_on_the_deadline(loop.time() + 0.05), 0.05)
+
+    assert run(scenario()) == "answer"
+
+
 def test_bounded_lets_the_callers_cancellation_through(run: Runner[Any]) -> None:
     from oxcache.backends._bound import bounded
 

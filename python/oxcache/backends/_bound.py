@@ -7,6 +7,12 @@ circuit and serves uncached, which adds load. `bounded` gives up only when its t
 about on time (the loop was responsive, so Redis really is late); a timer that fires late by
 more than half the timeout restarts the clock, at most twice, so a Redis that is really stuck
 still costs at most about three timeouts plus the loop's own lag.
+
+A timer that fires on time may still fire before the loop has handed over a reply that is
+already in the socket: uvloop runs timers before polling for I/O, and a reply takes a turn
+or two more to reach the command's task (more through a cluster pipeline's per-node tasks).
+So `bounded` gives up only after a few more turns of the loop without the answer (as the
+single-Redis read pipe polls the socket before it declares a read late, `_pipe.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ __all__ = ["backstop", "bounded"]
 T = TypeVar("T")
 
 _RESTARTS = 2
+# Loop turns a reply may need, past a deadline, to get from the socket to `aw`: one to read
+# it, one for the command's task, two for a cluster pipeline's gather of per-node tasks.
+_GRACE_TURNS = 4
 
 
 def backstop(timeout: float) -> float:
@@ -55,6 +64,10 @@ async def bounded(aw: Awaitable[T], timeout: float) -> T:
                 deadline = now + timeout
                 continue
             break
+        for _ in range(_GRACE_TURNS):
+            await asyncio.sleep(0)
+            if task.done():
+                return task.result()
         task.cancel()
         # Let the command unwind (redis-py drops the connection it was using). Only the
         # caller's own cancellation can interrupt this wait, and it propagates.

@@ -12,9 +12,10 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
+from redis.exceptions import NoScriptError
 
 from oxcache.backends._bound import backstop
 from oxcache.backends._bound import bounded as _bounded
@@ -72,7 +73,9 @@ class ClusterBackend(RedisBackend):
     retries are turned off for a client made here and every request-path call (read, write,
     lock) is bounded by `timeout` in total, so a failover or a dead node costs a request at
     most `timeout`: the store's circuit breaker then leaves the cluster alone for a moment,
-    and the next call reloads the slot map and finds the promoted replica. At most
+    and the slot map is reloaded (at once for a refused connection, once a node has been
+    silent for a second for a hung one, never for one that is only slow: `_slots.py`) and
+    finds the promoted replica. At most
     `max_connections` calls run at once (more wait, at most `timeout`); each uses at most one
     connection per node. A near cache listens on every primary (`track()`,
     `backends/cluster_tracking.py`).
@@ -114,24 +117,25 @@ class ClusterBackend(RedisBackend):
         self._release = client.register_script(RELEASE_SCRIPT)
         # The single-Redis scripts, run on the entry's key alone (one slot).
         self._set_indexed = client.register_script(SET_INDEXED_SCRIPT)
+        self._lease = client.register_script(LEASE_SCRIPT)  # on the entry's key alone
         # RedisBackend's auto-pipelined reads speak to one node; on a cluster every read is
         # routed by redis-py instead.
         self.auto_pipeline = False
         self._pipes = weakref.WeakKeyDictionary()
         self._pipe = None
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """One request-path call: on a loaded slot map, under a permit and bounded by
-        `timeout` in total."""
-        async with self.slots.guarded():
+    async def _call(self, make: Callable[[], Awaitable[T]], keys: Sequence[str] | None) -> T:
+        """One request-path call on `keys` (None: every primary): on a loaded slot map,
+        under a permit and bounded by `timeout` in total."""
+        async with self.slots.guarded(keys=keys):
             return await _bounded(make(), self.timeout)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call(lambda: self.client.get(key))
+        value = await self._call(lambda: self.client.get(key), (key,))
         return bytes(value) if value is not None else None
 
     async def get_head(self, key: str, size: int) -> bytes | None:
-        value = await self._call(lambda: self.client.getrange(key, 0, size - 1))
+        value = await self._call(lambda: self.client.getrange(key, 0, size - 1), (key,))
         return bytes(value) if value else None
 
     async def read(
@@ -139,7 +143,9 @@ class ClusterBackend(RedisBackend):
     ) -> tuple[bytes | None, list[bytes | None]]:
         if not generations:
             return await (self.get_head(key, head) if head else self.get(key)), []
-        value, *tokens = await self._call(lambda: self._read(key, generations, head))
+        value, *tokens = await self._call(
+            lambda: self._read(key, generations, head), (key, *generations)
+        )
         if head and not value:
             value = None
         return (None if value is None else bytes(value)), [
@@ -165,14 +171,25 @@ class ClusterBackend(RedisBackend):
 
         async def lease() -> tuple[bytes, list[bytes]]:
             pipe = self.client.pipeline(transaction=False)
-            pipe.eval(LEASE_SCRIPT, 1, key, ttl, size, claim)  # the key alone: its own slot
+            # The key alone: its own slot. By its SHA1, not its text (half of a miss's
+            # bytes); a node that does not have it (restarted, flushed, a promoted
+            # replica) answers NOSCRIPT and the script is loaded there and run once more.
+            # (As a raw command: redis-py 5 blocks `evalsha` on a cluster pipeline,
+            # though it routes EVALSHA by its keys as it does EVAL.)
+            pipe.execute_command("EVALSHA", self._lease.sha, 1, key, ttl, size, claim)
             for name, token in zip(generations, fresh, strict=True):
                 pipe.set(name, token, px=ttl, nx=True, get=True)  # Redis 7: the old token
-            (held,), *found = await pipe.execute()  # the script answers [held]
+            first, *found = await pipe.execute(raise_on_error=False)
+            if isinstance(first, NoScriptError):
+                first = await self._lease(keys=[key], args=[ttl, size, claim])
+            for reply in (first, *found):
+                if isinstance(reply, Exception):
+                    raise reply
+            (held,) = first  # the script answers [held]
             pairs = zip(found, fresh, strict=True)
             return bytes(held), [bytes(old) if old is not None else new for old, new in pairs]
 
-        return await self._call(lease)
+        return await self._call(lease, (key, *generations))
 
     async def set(
         self,
@@ -183,7 +200,9 @@ class ClusterBackend(RedisBackend):
         expect: bytes | None = None,
     ) -> bool:
         ttl = max(int(ttl_ms), 1)
-        return await self._call(lambda: self._set(key, value, ttl, indexes, expect))
+        return await self._call(
+            lambda: self._set(key, value, ttl, indexes, expect), (key, *indexes)
+        )
 
     async def _set(
         self, key: str, value: bytes, ttl: int, indexes: Sequence[str], expect: bytes | None
@@ -210,10 +229,12 @@ class ClusterBackend(RedisBackend):
 
     async def acquire(self, name: str, token: bytes, ttl_ms: int) -> bool:
         ttl = max(int(ttl_ms), 1)
-        return bool(await self._call(lambda: self.client.set(name, token, px=ttl, nx=True)))
+        return bool(
+            await self._call(lambda: self.client.set(name, token, px=ttl, nx=True), (name,))
+        )
 
     async def release(self, name: str, token: bytes) -> None:
-        await self._call(lambda: self._release(keys=[name], args=[token]))
+        await self._call(lambda: self._release(keys=[name], args=[token]), (name,))
 
     async def invalidate(
         self, indexes: Sequence[str], keys: Sequence[str] = (), generations: Sequence[str] = ()
@@ -291,7 +312,7 @@ class ClusterBackend(RedisBackend):
         # socket operation is bounded by the socket timeout (`backstop(timeout)`), the whole
         # load is not.
         await self.client.initialize()
-        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        await self._call(lambda: self.client.ping(target_nodes=RedisCluster.PRIMARIES), None)
 
     def track(
         self,
