@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -41,16 +40,6 @@ def wait_promoted(cluster: RedisCluster, victim: int, within_s: float = 60.0) ->
             return
         time.sleep(0.05)
     raise RuntimeError("the replica was not promoted in time")
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    """A cluster of this test's own, to kill a primary of."""
-    cluster = RedisCluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
