@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
@@ -48,3 +49,36 @@ async def call(
 
     await app(scope, receive, send)
     return status, response_headers, bytes(body)
+
+
+async def lifespan(
+    receive: Any,
+    send: Any,
+    setup: Callable[[], Awaitable[Any]] | None,
+    teardown: Callable[[], Awaitable[Any]] | None,
+) -> None:
+    """Serve the ASGI lifespan protocol of a bench app: `setup()` at startup, `teardown()` at
+    shutdown (either may be None)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if setup:
+                await setup()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if teardown:
+                await teardown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def respond(send: Any, status: int, body: bytes) -> None:
+    """Send a whole plain response (the bench apps' own `/_calls` and `/_invalidate`)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

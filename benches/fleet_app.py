@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from benches.apps import _routes
+from benches.asgi import lifespan, respond
 
 BACKEND = os.environ["FLEET_BACKEND"]
 NEAR = os.environ.get("FLEET_NEAR") == "1"
@@ -64,36 +65,26 @@ def write_stats() -> None:
     snapshots[0] += 1
 
 
-async def respond(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def startup() -> None:
+    if store is not None:
+        await store.__aenter__()
+        if store.near is not None:
+            await store.near.wait_ready(10.0)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write_stats)
+    write_stats()
+
+
+async def shutdown() -> None:
+    if store is not None:
+        await store.__aexit__(None, None, None)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: lifespan enters the store (and waits for the near cache's subscription);
     `/_invalidate` invalidates one `/small` entry; everything else is the cached app."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if store is not None:
-                    await store.__aenter__()
-                    if store.near is not None:
-                        await store.near.wait_ready(10.0)
-                asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write_stats)
-                write_stats()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if store is not None:
-                    await store.__aexit__(None, None, None)
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send, startup, shutdown)
+        return
     if scope["type"] == "http" and scope["path"] == "/_invalidate":
         n = int(scope["query_string"].decode().partition("=")[2] or 0)
         done = await store.invalidate(small, n=n)

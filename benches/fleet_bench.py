@@ -58,7 +58,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the root
 
 from benches.fleet_report import report
-from benches.http_bench import CONNECTIONS, free_port, get, wrk
+from benches.http_bench import CONNECTIONS, free_port, get, uvicorn_command, wrk
 from tests.conftest import RedisCluster, RedisServer
 
 CONFIGS = [  # (name, backend, near)
@@ -258,25 +258,7 @@ def start(row: Row, url: str | None, prefix: str, timeout: float) -> None:
         PYTHONPATH=path,
     )
     row.proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benches.fleet_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(row.workers),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command("benches.fleet_app:app", port, row.workers),
         env=env,
         stdout=subprocess.DEVNULL,
     )

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from benches.apps import BUILDERS
+from benches.asgi import lifespan, respond
 
 library, _, backend = os.environ["BENCH_TARGET"].rpartition("-")
 target = BUILDERS[library][0](os.environ["REDIS_URL"] if backend == "redis" else None)
@@ -17,26 +18,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: lifespan runs the target's setup and teardown; `/_calls` reports endpoint runs;
     everything else goes to the target's app."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if target.setup:
-                    await target.setup()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if target.teardown:
-                    await target.teardown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send, target.setup, target.teardown)
+        return
     if scope["type"] == "http" and scope["path"] == "/_calls":
-        body = str(target.calls[0]).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200, str(target.calls[0]).encode())
         return
     await target.app(scope, receive, send)

@@ -51,6 +51,30 @@ def get(url: str, timeout: float = 5.0) -> bytes:
         return bytes(response.read())
 
 
+def uvicorn_command(app: str, port: int, workers: int = 1) -> list[str]:
+    """uvicorn serving `app` on a loopback `port` with `workers` processes, as
+    `pip install "fastapi[standard]"` (uvicorn[standard]) runs it: uvloop and httptools."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 def start(
     target: str, redis_url: str, app: str = "benches.http_app:app", oxcache: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -60,26 +84,7 @@ def start(
     path = os.pathsep.join(p for p in (oxcache, ".", os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, BENCH_TARGET=target, REDIS_URL=redis_url, PYTHONPATH=path)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            # What `pip install "fastapi[standard]"` (uvicorn[standard]) runs.
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(app, port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
