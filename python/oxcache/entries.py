@@ -137,15 +137,15 @@ class Entries:
         `generations`: whatever it was built under (to look at an entry; the request path
         never reads so), shared only with other such reads, and kept in the near cache only
         if it belongs to no index."""
-        if generations is None:
-            # `_UNCHECKED` never ends a key (a key's text holds no control character).
-            return await self.shared.read(key + _UNCHECKED, self._read_unchecked, key)
         near = self.near
         if near is not None and not self.invalidations.pending:
             held = near.get(key)  # an L1 hit does no I/O: nothing to share
             if held is not None:
                 self.health.counters.l1_hits += 1
                 return held
+        if generations is None:
+            # `_UNCHECKED` never ends a key (a key's text holds no control character).
+            return await self.shared.read(key + _UNCHECKED, self._read_unchecked, key)
         if self.local:
             return await self.read_alone(key, generations)
         # A key's generations follow from the key (`CachedEndpoint.generations`): the
@@ -156,15 +156,12 @@ class Entries:
         return await self.read_alone(key, None)
 
     async def read_alone(self, key: str, generations: tuple[str, ...] | None = ()) -> Entry | None:
-        """`read`, not shared with concurrent reads of `key`."""
+        """`read` from the backend, not shared with concurrent reads of `key` (`read` has
+        looked in the near cache already, with nothing awaited since)."""
         names = (generations or ()) if self.generational else ()
         near = self.near
         token = None
         if near is not None and not self.invalidations.pending:
-            held = near.get(key)
-            if held is not None:
-                self.health.counters.l1_hits += 1
-                return held
             token = near.begin(key, names)
         tokens: Sequence[bytes | None] = ()
         stamp: int | None = 0  # what the entry must record: the stamp of `tokens`
