@@ -428,9 +428,10 @@ class Worker:
         self.selector.close()
 
 
-@pytest.fixture
-def workers(redis_url: str, prefix: str) -> Iterator[tuple[Worker, Worker]]:
-    pair = (Worker(redis_url, prefix), Worker(redis_url, prefix))
+@contextlib.contextmanager
+def worker_pair(url: str, prefix: str) -> Iterator[tuple[Worker, Worker]]:
+    """Two worker processes on `url`, each with its near cache subscribed."""
+    pair = (Worker(url, prefix), Worker(url, prefix))
     try:
         for worker in pair:
             assert worker.send("stats", timeout=60)["ready"], "listener never subscribed"
@@ -438,6 +439,12 @@ def workers(redis_url: str, prefix: str) -> Iterator[tuple[Worker, Worker]]:
     finally:
         for worker in pair:
             worker.close()
+
+
+@pytest.fixture
+def workers(redis_url: str, prefix: str) -> Iterator[tuple[Worker, Worker]]:
+    with worker_pair(redis_url, prefix) as pair:
+        yield pair
 
 
 CHANGES = ["invalidate", "invalidate_user", "invalidate_tag", "clear", "overwrite"]

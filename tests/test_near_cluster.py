@@ -28,7 +28,13 @@ from oxcache._core import encode_entry
 from oxcache.backends.cluster_tracking import ClusterTracker, parse_shards
 from tests.conftest import RedisCluster, RedisServer, free_cluster_port, sync_client
 from tests.test_cluster_failover import wait_promoted
-from tests.test_near import CHANGES, COHERENCE_BOUND_S, Worker, change_reaches_the_other_worker
+from tests.test_near import (
+    CHANGES,
+    COHERENCE_BOUND_S,
+    Worker,
+    change_reaches_the_other_worker,
+    worker_pair,
+)
 
 ITEMS = 24  # entries of /things/{n}: enough for every primary to hold some
 
@@ -230,14 +236,8 @@ def test_the_listener_of_a_cluster_store_is_a_cluster_tracker(cluster_url: str) 
 
 @pytest.fixture
 def workers(cluster_url: str, prefix: str) -> Iterator[tuple[Worker, Worker]]:
-    pair = (Worker(cluster_url, prefix), Worker(cluster_url, prefix))
-    try:
-        for worker in pair:
-            assert worker.send("stats", timeout=60)["ready"], "listeners never subscribed"
+    with worker_pair(cluster_url, prefix) as pair:
         yield pair
-    finally:
-        for worker in pair:
-            worker.close()
 
 
 @pytest.mark.parametrize("change", CHANGES)
