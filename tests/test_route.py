@@ -13,13 +13,14 @@ from typing import Annotated, Any
 import anyio
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import AfterValidator
 
 import oxcache.early
 import oxcache.serve
 from oxcache import Cache, CachedRoute, MemoryBackend, cache
-from tests.apps import MakeStore, client_for
+from tests.apps import MakeStore, OwnHandlerRoute, client_for
 
 _VOLATILE = {"date", "expires", "age", "cache-control"}
 
@@ -62,20 +63,29 @@ def stable(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
 
 
 def test_hits_skip_solving_and_answer_like_the_plain_route(make_store: MakeStore) -> None:
-    plain_counter: Counter[str] = Counter()
-    early_counter: Counter[str] = Counter()
-    plain_store, early_store = make_store(), make_store()
-    plain_client = client_for(items_app(plain_store, plain_counter, None), plain_store)
-    early_client = client_for(items_app(early_store, early_counter, CachedRoute), early_store)
-    with plain_client as plain, early_client as early:
-        check_same_answers(plain, early)
-    assert plain_counter["ran"] == early_counter["ran"] == 3
-    # 3 hits and a 304 each, and the request that read the ETag.
-    assert plain_store.stats()["hits"] == 4
-    assert early_store.stats()["hits"] == 5
+    """The same answers from FastAPI's handler on every request (`answer_early=False`),
+    from `CachedRoute`, and from a plain `APIRoute` that answers early from its second
+    request on (the default); only the number of times FastAPI solved `q` differs."""
+    counters: list[Counter[str]] = [Counter(), Counter(), Counter()]
+    stores = [make_store(answer_early=False), make_store(), make_store()]
+    route_classes = [None, CachedRoute, None]
+    clients = [
+        client_for(items_app(store, counter, route_class), store)
+        for store, counter, route_class in zip(stores, counters, route_classes, strict=True)
+    ]
+    with clients[0] as plain, clients[1] as early, clients[2] as adopted:
+        # The plain route solved `q` on every request that gave it; CachedRoute only on
+        # the misses (the first request of each raw URL, which teaches it the key); the
+        # adopted route also on its first request, before it was rebuilt.
+        check_same_answers(plain, (early, 2), (adopted, 3))
+    assert [counter["ran"] for counter in counters] == [3, 3, 3]
+    # 3 hits and a 304 each, and (plain) the request that read the ETag.
+    assert [store.stats()["hits"] for store in stores] == [5, 4, 4]
 
 
-def check_same_answers(plain: TestClient, early: TestClient) -> None:
+def check_same_answers(plain: TestClient, *others: tuple[TestClient, int]) -> None:
+    """`plain` (solving `q` 4 times) and each of `others` (solving it as many times as
+    said) answer the same requests the same."""
     requests: list[tuple[str, dict[str, str]]] = [
         ("/items/1?q=a", {}),
         ("/items/1?q=a", {}),
@@ -86,16 +96,13 @@ def check_same_answers(plain: TestClient, early: TestClient) -> None:
     ]
     solved = SOLVED["q"]
     plain_responses = [stable(plain.get(path, headers=headers)) for path, headers in requests]
-    plain_solved, solved = SOLVED["q"] - solved, SOLVED["q"]
-    early_responses = [stable(early.get(path, headers=headers)) for path, headers in requests]
-    early_solved = SOLVED["q"] - solved
-    assert plain_responses == early_responses
-    # The plain route solved `q` on every request that gave it; CachedRoute only on the
-    # misses (the first request of each raw URL, which teaches it the key).
-    assert plain_solved == 4
-    assert early_solved == 2
-    etag = early.get("/items/1?q=a").headers["etag"]
-    for client in (plain, early):
+    assert SOLVED["q"] - solved == 4
+    for other, expected in others:
+        solved = SOLVED["q"]
+        responses = [stable(other.get(path, headers=headers)) for path, headers in requests]
+        assert (responses, SOLVED["q"] - solved) == (plain_responses, expected)
+    etag = plain.get("/items/1?q=a").headers["etag"]
+    for client in (plain, *(other for other, _ in others)):
         response = client.get("/items/1?q=a", headers={"If-None-Match": etag})
         assert response.status_code == 304 and response.content == b""
         assert response.headers["etag"] == etag
@@ -385,3 +392,106 @@ def test_secret_vary_values_are_remembered_hashed_and_long_requests_not_at_all()
     remembered = list(memo.keys)
     assert len(remembered) == 1  # the long request was not remembered
     assert b"s3cr3t" not in repr(remembered).encode()
+
+
+# -- the plain APIRoute answers early too (route.adopt) ---------------------------------------
+
+
+def counted_items(store: Cache, counter: Counter[str], router: APIRouter | FastAPI) -> None:
+    @router.get("/items/{item_id}")
+    @cache(expire=300, store=store)
+    async def item(item_id: int, q: CountedQuery = "none") -> dict[str, Any]:
+        counter["ran"] += 1
+        return {"id": item_id, "q": q, "run": counter["ran"]}
+
+
+def solving(client: TestClient, url: str, **headers: str) -> tuple[str | None, int]:
+    """The request's `X-FastAPI-Cache` and how often FastAPI solved `q` for it."""
+    before = SOLVED["q"]
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200
+    return response.headers.get("x-fastapi-cache"), SOLVED["q"] - before
+
+
+def test_a_plain_route_answers_hits_early_from_its_second_request(make_store: MakeStore) -> None:
+    """Without any route class: a direct route and one router included twice are each
+    rebuilt at their first request, then answer known hits without solving `q`."""
+    store = make_store()
+    counter: Counter[str] = Counter()
+    app = FastAPI()
+    router = APIRouter()
+    counted_items(store, counter, app)
+    counted_items(store, counter, router)
+    app.include_router(router, prefix="/a")
+    app.include_router(router, prefix="/b")
+    with client_for(app, store) as client:
+        # The router's endpoint is one endpoint under both prefixes: /b hits /a's entry.
+        for prefix, first in (("", "Miss"), ("/a", "Miss"), ("/b", "Hit")):
+            url = f"{prefix}/items/1?q=x"
+            # Served by FastAPI's handler, which rebuilds the route; then the rebuilt
+            # route learns the raw request's key on a hit, and answers it early after.
+            assert solving(client, url) == (first, 1)
+            assert solving(client, url) == ("Hit", 1)
+            assert solving(client, url) == ("Hit", 0)
+            assert client.get(url).json()["id"] == 1
+        assert solving(client, "/b/items/2?q=x") == ("Miss", 1)
+        assert solving(client, "/b/items/2?q=x") == ("Hit", 0)
+    assert counter["ran"] == 3
+    assert all(type(route) is APIRoute for route in app.routes if isinstance(route, APIRoute))
+
+
+def test_a_route_class_with_its_own_handler_is_left_to_fastapi(make_store: MakeStore) -> None:
+    store = make_store()
+    counter: Counter[str] = Counter()
+    app = FastAPI()
+    app.router.route_class = OwnHandlerRoute
+    counted_items(store, counter, app)
+    (route,) = (r for r in app.routes if isinstance(r, OwnHandlerRoute))
+    built = route.app
+    with client_for(app, store) as client:
+        assert solving(client, "/items/1?q=x") == ("Miss", 1)
+        for _ in range(3):
+            assert solving(client, "/items/1?q=x") == ("Hit", 1)
+    assert route.app is built and counter["ran"] == 1
+
+
+def test_answer_early_false_leaves_plain_routes_to_fastapi(make_store: MakeStore) -> None:
+    store = make_store(answer_early=False)
+    counter: Counter[str] = Counter()
+    app = FastAPI()
+    counted_items(store, counter, app)
+    (route,) = (r for r in app.routes if isinstance(r, APIRoute))
+    built = route.app
+    with client_for(app, store) as client:
+        assert solving(client, "/items/1?q=x") == ("Miss", 1)
+        for _ in range(3):
+            assert solving(client, "/items/1?q=x") == ("Hit", 1)
+    assert route.app is built and counter["ran"] == 1
+
+
+def test_a_plain_route_with_guards_refuses_on_every_hit(make_store: MakeStore) -> None:
+    """Rebuilt, a guarded plain route solves its guard before every early answer."""
+    store = make_store()
+    calls: Counter[str] = Counter()
+
+    def guard(token: str = Depends(auth)) -> None:
+        calls["guard"] += 1
+
+    app = FastAPI(dependencies=[Depends(guard)])
+
+    @app.get("/report")
+    @cache(expire=300, store=store, shared=True)
+    async def report() -> dict[str, int]:
+        calls["ran"] += 1
+        return {"n": calls["ran"]}
+
+    with client_for(app, store) as client:
+        check_guarded(client)
+        check_guarded_hits(client)
+    assert calls["ran"] == 1
+
+
+def check_guarded_hits(client: TestClient) -> None:
+    for _ in range(3):
+        assert client.get("/report", headers={"X-Token": "secret"}).json() == {"n": 1}
+        assert client.get("/report").status_code == 401

@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from oxcache.body import cached_methods
 from oxcache.deferred import PENDING_PARAM
+from oxcache.early import EARLY_SCOPE_KEY
 from oxcache.endpoint import REQUEST_PARAM, RESPONSE_PARAM, USER_PARAM, CachedEndpoint
 from oxcache.options import (
     ONE_DAY,
@@ -27,6 +28,7 @@ from oxcache.options import (
     compress_threshold,
     ttl_ms,
 )
+from oxcache.route import adopt
 from oxcache.serve import NO_USER, handle
 from oxcache.store import Cache
 
@@ -206,6 +208,8 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
             if endpoint.is_async:
                 return await func(*args, **kwargs)
             return await run_in_threadpool(func, *args, **kwargs)
+        if EARLY_SCOPE_KEY not in request.scope:  # a route not answering hits early (yet)
+            adopt(endpoint, request.scope)
         if deferred:  # the dependencies a hit does not need: solved when the endpoint runs
             kwargs[PENDING_PARAM] = endpoint.pending(request, sub_response)
         return await handle(endpoint, request, sub_response, kwargs, user)

@@ -1,10 +1,11 @@
-"""`CachedRoute`: hits answered before FastAPI solves the endpoint's parameters.
+"""Hits answered before FastAPI solves the endpoint's parameters: `CachedRoute`, and
+`adopt`, which gives a plain `APIRoute` the same early path at its first request.
 
-With the plain `APIRoute`, a hit still pays FastAPI's whole request handling before `@cache`
+Through FastAPI's handler, a hit still pays FastAPI's whole request handling before `@cache`
 runs: the `Request`, solving and validating the path and query parameters, and the call into
 the decorated function. For an endpoint whose key depends on nothing but its path, its query
 string and its `vary` headers, that work gives the same key every time the same raw request
-comes back. `CachedRoute` remembers, per route, which raw request (path, query string, the
+comes back. The early path remembers, per route, which raw request (path, query string, the
 `vary` headers' values) led to which key, learned when FastAPI's own path computed it, and on
 the next such request reads the entry and answers straight away; anything it is not sure of
 goes the usual way, which applies every rule of `@cache`.
@@ -22,8 +23,9 @@ defers (a database session) are not among them: they run only with the endpoint.
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
 import fastapi.routing
@@ -35,8 +37,15 @@ from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
 from oxcache.guards import GUARDS_SCOPE_KEY, Guards
 from oxcache.serve import answer_early
+from oxcache.store import default_store
 
-__all__ = ["CachedRoute", "can_answer_after_guards", "can_answer_early"]
+__all__ = [
+    "CachedRoute",
+    "adopt",
+    "can_answer_after_guards",
+    "can_answer_early",
+    "early_handler",
+]
 
 
 def _in_use(route: APIRoute) -> Any:
@@ -49,11 +58,6 @@ def _in_use(route: APIRoute) -> Any:
         if context is not None and getattr(context, "original_route", None) is route:
             return context
     return route
-
-
-def _dependant_in_use(route: APIRoute) -> Any:
-    """The dependant the route's handler is built with (see `_in_use`)."""
-    return getattr(_in_use(route), "dependant", None)
 
 
 def _plain_parameters(route: APIRoute, dependant: Any) -> bool:
@@ -97,9 +101,70 @@ def can_answer_after_guards(route: APIRoute, endpoint: CachedEndpoint, dependant
         return False
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def early_handler(
+    route: APIRoute,
+    holder: Any,
+    handler: Handler,
+    build: Callable[[Any, Any], Handler],
+) -> Handler | None:
+    """The handler answering `route`'s hits early in front of FastAPI's `handler` (built
+    for `holder`: the route, or the inclusion of its router), or None when its endpoint is
+    not cached or the route does not qualify (see the module docstring). `build(holder,
+    dependant)` builds FastAPI's handler with another dependant (`Guards.handler_dependant`)."""
+    endpoint = getattr(route.endpoint, "__oxcache__", None)
+    if not isinstance(endpoint, CachedEndpoint):
+        return None
+    dependant = getattr(holder, "dependant", None)
+    guards: Guards | None = None
+    if not can_answer_early(route, endpoint, dependant):
+        if not can_answer_after_guards(route, endpoint, dependant):
+            return None
+        guards = Guards(holder, dependant)
+    memo = RouteMemo(endpoint)
+    # The memos of the handlers built and still in use (FastAPI builds one handler per
+    # inclusion of a router); weak, so a rebuilt handler's old memo goes with it.
+    memos: weakref.WeakSet[RouteMemo] | None = getattr(route, "oxcache_memos", None)
+    if memos is None:
+        memos = weakref.WeakSet()
+        route.oxcache_memos = memos  # type: ignore[attr-defined]
+    memos.add(memo)
+
+    if guards is None:
+
+        async def cached_route_handler(request: Request) -> Response:
+            response = await answer_early(endpoint, request.scope, memo)
+            if response is not None:
+                return response
+            return await handler(request)
+
+        return cached_route_handler
+
+    solved_handler = build(guards.holder, guards.handler_dependant())
+    found = guards
+
+    async def guarded_route_handler(request: Request) -> Response:
+        async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
+            values = await found.solve(request)
+            return None if values is None else found.key_parts(endpoint, store, values)
+
+        response = await answer_early(endpoint, request.scope, memo, solve)
+        if response is not None:
+            return response
+        if GUARDS_SCOPE_KEY in request.scope:  # solved: FastAPI takes their values
+            return await solved_handler(request)
+        return await handler(request)
+
+    return guarded_route_handler
+
+
 class CachedRoute(APIRoute):
     """An `APIRoute` that answers hits of `@cache` endpoints before FastAPI solves their
-    parameters (see the module docstring). Use it for a whole app or router:
+    parameters (see the module docstring), from the first request on and whatever the
+    store's `answer_early` (a plain `APIRoute` does so from its second request on, see
+    `adopt`). Use it for a whole app or router:
 
         app = FastAPI()
         app.router.route_class = CachedRoute   # before the routes are added
@@ -114,58 +179,62 @@ class CachedRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        endpoint = getattr(self.endpoint, "__oxcache__", None)
-        if not isinstance(endpoint, CachedEndpoint):
-            return handler
-        dependant = _dependant_in_use(self)
-        guards: Guards | None = None
-        if not can_answer_early(self, endpoint, dependant):
-            if not can_answer_after_guards(self, endpoint, dependant):
-                return handler
-            guards = Guards(_in_use(self), dependant)
-        memo = RouteMemo(endpoint)
-        # The memos of the handlers built and still in use (FastAPI builds one handler per
-        # inclusion of a router); weak, so a rebuilt handler's old memo goes with it.
-        memos: weakref.WeakSet[RouteMemo] | None = getattr(self, "oxcache_memos", None)
-        if memos is None:
-            memos = weakref.WeakSet()
-            self.oxcache_memos = memos
-        memos.add(memo)
+        early = early_handler(self, _in_use(self), handler, self._handler_with)
+        return handler if early is None else early
 
-        if guards is None:
-
-            async def cached_route_handler(request: Request) -> Response:
-                response = await answer_early(endpoint, request.scope, memo)
-                if response is not None:
-                    return response
-                return await handler(request)
-
-            return cached_route_handler
-
-        solved_handler = self._handler_with(guards.holder, guards.handler_dependant())
-        found = guards
-
-        async def guarded_route_handler(request: Request) -> Response:
-            async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
-                values = await found.solve(request)
-                return None if values is None else found.key_parts(endpoint, store, values)
-
-            response = await answer_early(endpoint, request.scope, memo, solve)
-            if response is not None:
-                return response
-            if GUARDS_SCOPE_KEY in request.scope:  # solved: FastAPI takes their values
-                return await solved_handler(request)
-            return await handler(request)
-
-        return guarded_route_handler
-
-    def _handler_with(
-        self, holder: Any, dependant: Any
-    ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def _handler_with(self, holder: Any, dependant: Any) -> Handler:
         """FastAPI's handler of this route, built with `dependant` instead of its own."""
-        original = holder.dependant
-        holder.dependant = dependant
-        try:
-            return super().get_route_handler()
-        finally:
-            holder.dependant = original
+        return _built_with(super().get_route_handler, holder, dependant)
+
+
+def _built_with(build: Callable[[], Handler], holder: Any, dependant: Any) -> Handler:
+    """`build()` (FastAPI's handler of a route) with `holder.dependant` set to `dependant`."""
+    original = holder.dependant
+    holder.dependant = dependant
+    try:
+        return build()
+    finally:
+        holder.dependant = original
+
+
+def _effective(scope: MutableMapping[str, Any]) -> Any:
+    """The route as included (FastAPI >= 0.16x keeps it in the scope), if any."""
+    state = scope.get("fastapi")
+    return state.get("effective_route_context") if isinstance(state, dict) else None
+
+
+def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
+    """Answer the hits of the plain `APIRoute` that FastAPI just called a `@cache` endpoint
+    through (`scope["route"]`) early from now on, as `CachedRoute` does: its handler
+    (`app`, of the route or of its router's inclusion) is rebuilt once with
+    `early_handler` in front. A route whose class builds its own handler (`CachedRoute`,
+    or any subclass overriding `get_route_handler`) is left as it is, and so is one that
+    does not qualify; either is looked at once. Not when `endpoint`'s store says
+    `answer_early=False`."""
+    route = scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    context = _effective(scope)
+    holder: Any = context if getattr(context, "original_route", None) is route else route
+    if getattr(holder, "oxcache_adopted", False):
+        return
+    if not (endpoint.store or default_store()).answer_early:
+        return
+    holder.oxcache_adopted = True
+    if type(route).get_route_handler is not APIRoute.get_route_handler:
+        return
+    var: Any = getattr(fastapi.routing, "_effective_route_context_var", None)
+    token = None if var is None or holder is route else var.set(holder)
+    try:
+        build = functools.partial(APIRoute.get_route_handler, route)
+        early = early_handler(route, holder, build(), functools.partial(_built_with, build))
+    finally:
+        if token is not None:
+            var.reset(token)
+    if early is None:
+        return
+    app = fastapi.routing.request_response(early)
+    limit = getattr(fastapi.routing, "wrap_app_with_body_limit", None)
+    if limit is not None:
+        app = limit(app, getattr(holder, "max_body_size", None))
+    holder.app = app

@@ -95,6 +95,11 @@ class Cache(Lifecycle):
             such a store does not check the backend. `store.enabled` may change any time.
         observers: `Observer`s told of every request of its endpoints and every storage
             failure (metrics, traces: docs/observability.md); `store.observers` is the list.
+        answer_early: Whether the hits of `@cache` endpoints on plain `APIRoute` routes are
+            answered before FastAPI solves their parameters and dependencies, as with
+            `CachedRoute` (True, the default): each route is rebuilt that way at its first
+            request. False leaves plain routes to FastAPI's handler on every request; read
+            when a route serves its first request.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Cache(Lifecycle):
         cache_status: str | None = "oxcache",
         enabled: bool = True,
         observers: Iterable[Observer] = (),
+        answer_early: bool = True,
     ) -> None:
         check_store_options(
             sources=(url, backend, client, sentinel),
@@ -170,6 +176,8 @@ class Cache(Lifecycle):
         self.compress_over = compress_over
         #: Whether requests and `@cached` calls use the cache (see `disabled()`).
         self.enabled = enabled
+        #: Whether plain `APIRoute` routes answer hits early (see `oxcache.route.adopt`).
+        self.answer_early = answer_early
         self.counters = Stats()
         #: Told of each request and storage failure (`oxcache.observe`); empty: nobody.
         self.observers = Observers(observers)

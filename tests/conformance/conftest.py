@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from oxcache import Cache, CachedRoute
+from tests.apps import OwnHandlerRoute
 from tests.conftest import sync_client
 
 MakeApp = Callable[[], FastAPI]
@@ -36,7 +37,9 @@ def store(request: pytest.FixtureRequest) -> Iterator[Cache]:
     raw.close()
 
 
-@pytest.fixture(params=[APIRoute, CachedRoute], ids=["APIRoute", "CachedRoute"])
+# FastAPI's handler on every request, the plain route (answering hits early from its
+# second request on), and CachedRoute.
+@pytest.fixture(params=[OwnHandlerRoute, APIRoute, CachedRoute], ids=lambda cls: cls.__name__)
 def route_class(request: pytest.FixtureRequest) -> type[APIRoute]:
     return request.param  # type: ignore[no-any-return]
 
