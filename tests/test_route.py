@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from pydantic import AfterValidator
 
 import oxcache.early
+import oxcache.route
 import oxcache.serve
 from oxcache import Cache, CachedRoute, MemoryBackend, cache
 from tests.apps import MakeStore, OwnHandlerRoute, client_for
@@ -495,3 +496,26 @@ def check_guarded_hits(client: TestClient) -> None:
     for _ in range(3):
         assert client.get("/report", headers={"X-Token": "secret"}).json() == {"n": 1}
         assert client.get("/report").status_code == 401
+
+
+def test_a_route_that_cannot_be_rebuilt_stays_as_fastapi_built_it(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rebuilding happens during a request: if it fails (a FastAPI whose internals differ),
+    that request and the next are served by FastAPI's handler, with one warning."""
+    store = make_store()
+    counter: Counter[str] = Counter()
+    app = FastAPI()
+    counted_items(store, counter, app)
+
+    def broken(*args: Any) -> None:
+        raise TypeError("unexpected handler")
+
+    monkeypatch.setattr(oxcache.route, "early_handler", broken)
+    with client_for(app, store) as client:
+        assert solving(client, "/items/1?q=x") == ("Miss", 1)
+        for _ in range(2):
+            assert solving(client, "/items/1?q=x") == ("Hit", 1)
+    assert [r.getMessage() for r in caplog.records if "left to FastAPI" in r.getMessage()] == [
+        "item: its route is left to FastAPI's handler (hits are not answered early)"
+    ]

@@ -24,6 +24,7 @@ defers (a database session) are not among them: they run only with the endpoint.
 from __future__ import annotations
 
 import functools
+import logging
 import weakref
 from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
@@ -100,6 +101,8 @@ def can_answer_after_guards(route: APIRoute, endpoint: CachedEndpoint, dependant
     except AttributeError:
         return False
 
+
+logger = logging.getLogger("oxcache")
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -228,13 +231,20 @@ def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     try:
         build = functools.partial(APIRoute.get_route_handler, route)
         early = early_handler(route, holder, build(), functools.partial(_built_with, build))
+        if early is None:
+            return
+        app = fastapi.routing.request_response(early)
+        limit = getattr(fastapi.routing, "wrap_app_with_body_limit", None)
+        if limit is not None:
+            app = limit(app, getattr(holder, "max_body_size", None))
+    except Exception:  # a FastAPI this does not know: the route stays as FastAPI built it
+        logger.warning(
+            "%s: its route is left to FastAPI's handler (hits are not answered early)",
+            endpoint.name,
+            exc_info=True,
+        )
+        return
     finally:
         if token is not None:
             var.reset(token)
-    if early is None:
-        return
-    app = fastapi.routing.request_response(early)
-    limit = getattr(fastapi.routing, "wrap_app_with_body_limit", None)
-    if limit is not None:
-        app = limit(app, getattr(holder, "max_body_size", None))
     holder.app = app
