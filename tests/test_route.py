@@ -511,7 +511,7 @@ def test_a_route_that_cannot_be_rebuilt_stays_as_fastapi_built_it(
     def broken(*args: Any) -> None:
         raise TypeError("unexpected handler")
 
-    monkeypatch.setattr(oxcache.route, "early_handler", broken)
+    monkeypatch.setattr(oxcache.route, "early_app", broken)
     with client_for(app, store) as client:
         assert solving(client, "/items/1?q=x") == ("Miss", 1)
         for _ in range(2):
@@ -519,3 +519,78 @@ def test_a_route_that_cannot_be_rebuilt_stays_as_fastapi_built_it(
     assert [r.getMessage() for r in caplog.records if "left to FastAPI" in r.getMessage()] == [
         "item: its route is left to FastAPI's handler (hits are not answered early)"
     ]
+
+
+def guarded_app(store: Cache, route_class: type[APIRoute], calls: Counter[str]) -> FastAPI:
+    """A per-user route whose guards the lean plan solves: an HTTP bearer scheme (FastAPI's
+    own, given the Request) and an API key header; the app renders HTTP errors its way."""
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    bearer = HTTPBearer()
+
+    def user(credentials: HTTPAuthorizationCredentials = Depends(bearer)) -> str:
+        calls["user"] += 1
+        return credentials.credentials
+
+    def api_key(x_key: str = Header()) -> None:
+        calls["key"] += 1
+        if x_key != "k":
+            raise HTTPException(status_code=403, detail="bad key")
+
+    app = FastAPI(dependencies=[Depends(api_key)])
+    app.router.route_class = route_class
+
+    @app.exception_handler(HTTPException)
+    async def rendered(request: Any, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/me")
+    @cache(expire=300, store=store, per_user=user)
+    async def me(page: int = 1, who: str = Depends(user)) -> dict[str, Any]:
+        calls["ran"] += 1
+        return {"user": who, "page": page}
+
+    return app
+
+
+def test_guards_solved_before_fastapis_request_handling_refuse_and_render_the_same(
+    make_store: MakeStore,
+) -> None:
+    """The plain route answers a guarded hit before FastAPI's request handling (no
+    `Request`-taking dependency but FastAPI's security scheme): refusals go through the
+    app's exception handlers as from FastAPI's handler, a missing header is FastAPI's 422,
+    and every guard runs once per request."""
+    requests: list[dict[str, str]] = [
+        {"authorization": "Bearer alice", "x-key": "k"},
+        {"authorization": "Bearer bob", "x-key": "k"},
+        {"authorization": "Bearer alice", "x-key": "nope"},
+        {"x-key": "k"},
+        {"authorization": "Basic xyz", "x-key": "k"},
+        {"authorization": "Bearer alice"},
+    ]
+    outcomes = []
+    for route_class in (OwnHandlerRoute, APIRoute):
+        store = make_store()
+        calls: Counter[str] = Counter()
+        app = guarded_app(store, route_class, calls)
+        with client_for(app, store) as client:
+            seen = [
+                (r.status_code, r.json())
+                for _ in range(3)
+                for headers in requests
+                for r in [client.get("/me?page=2", headers=headers)]
+            ]
+        if route_class is APIRoute:
+            (route,) = (r for r in app.routes if isinstance(r, APIRoute))
+            assert route.app.__qualname__ == "_answering_guarded.<locals>.answering_app"
+        outcomes.append((seen, calls["key"], calls["user"], calls["ran"]))
+    assert outcomes[0] == outcomes[1]
+    seen, keys, users, ran = outcomes[1]
+    assert seen[:2] == [(200, {"user": "alice", "page": 2}), (200, {"user": "bob", "page": 2})]
+    statuses = [status for status, _ in seen[2:6]]
+    # FastAPI's HTTPBearer refuses with 403 before 0.16x, 401 since.
+    assert statuses[0] == 403 and statuses[1] == statuses[2] in (401, 403) and statuses[3] == 422
+    assert seen[6:] == seen[:6] * 2
+    # `user` runs on the 422 too: FastAPI solves every dependency before it answers one.
+    assert (keys, users, ran) == (15, 9, 2)

@@ -477,10 +477,11 @@ def comparable(response: Any) -> tuple[int, Any, dict[str, str]]:
     return response.status_code, response.json(), headers
 
 
-def test_cached_route_answers_as_the_uncached_app_hit_or_not() -> None:
+@pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
+def test_cached_route_answers_as_the_uncached_app_hit_or_not(route_class: type[APIRoute]) -> None:
     store = Cache()
     plain = client_for(per_user_app(None, store), store)
-    with plain, client_for(per_user_app(CachedRoute, store), store) as cached:
+    with plain, client_for(per_user_app(route_class, store), store) as cached:
         for _round in range(3):
             for headers, query in PER_USER_REQUESTS:
                 expected = comparable(plain.get("/me" + query, headers=headers))
@@ -490,9 +491,10 @@ def test_cached_route_answers_as_the_uncached_app_hit_or_not() -> None:
                     assert got.headers["x-fastapi-cache"] == "Hit"
 
 
-def test_an_override_set_after_the_first_hit_applies_to_the_next_hit() -> None:
+@pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
+def test_an_override_set_after_the_first_hit_applies_to_the_next_hit(route_class: type[APIRoute]) -> None:
     store = Cache()
-    app = per_user_app(CachedRoute, store)
+    app = per_user_app(route_class, store)
     token = {"authorization": "Bearer u1", "x-key": "k"}
 
     async def someone_else() -> str:
@@ -512,7 +514,10 @@ def test_an_override_set_after_the_first_hit_applies_to_the_next_hit() -> None:
         assert client.get("/me", headers={"x-key": "k"}).status_code == 401
 
 
-def test_a_simple_guarded_hit_never_calls_fastapis_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
+def test_a_simple_guarded_hit_never_calls_fastapis_solver(
+    monkeypatch: pytest.MonkeyPatch, route_class: type[APIRoute]
+) -> None:
     """The early path's guards go through the plan, FastAPI's solver only where the plan
     declines: an override of one of its dependencies (FastAPI's handler then runs too)."""
     import oxcache.guards
@@ -525,7 +530,7 @@ def test_a_simple_guarded_hit_never_calls_fastapis_solver(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(oxcache.guards, "solve_dependencies", counted)
     store = Cache()
-    app = per_user_app(CachedRoute, store)
+    app = per_user_app(route_class, store)
     token = {"authorization": "Bearer u1", "x-key": "k"}
 
     async def someone_else() -> str:

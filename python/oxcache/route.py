@@ -19,6 +19,13 @@ request they refuse is refused, hit or not, and the user id and the key's depend
 join the raw request's signature. On a miss,
 FastAPI's handler takes their values instead of running them again. Dependencies `@cache`
 defers (a database session) are not among them: they run only with the endpoint.
+
+`adopt` wraps the ASGI app FastAPI built for the route (`early_app`), so a hit of a route
+without guards, or whose guards the lean plan solves without handing the `Request` to
+anything but FastAPI's security schemes, is answered before FastAPI's request handling
+(the `Request`, its exit stacks, its exception wrapper); a guard's refusal then reaches the
+app's exception handlers from the router, as it would from the route. `CachedRoute` builds
+the early path into the route's handler, inside that request handling.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ import fastapi.routing
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
 from oxcache.guards import GUARDS_SCOPE_KEY, Guards
 from oxcache.serve import answer_early
+from oxcache.solve import Invalid, LeanSolver
 from oxcache.store import default_store
 
 __all__ = [
@@ -45,6 +54,7 @@ __all__ = [
     "adopt",
     "can_answer_after_guards",
     "can_answer_early",
+    "early_app",
     "early_handler",
 ]
 
@@ -107,25 +117,22 @@ logger = logging.getLogger("oxcache")
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def early_handler(
-    route: APIRoute,
-    holder: Any,
-    handler: Handler,
-    build: Callable[[Any, Any], Handler],
-) -> Handler | None:
-    """The handler answering `route`'s hits early in front of FastAPI's `handler` (built
-    for `holder`: the route, or the inclusion of its router), or None when its endpoint is
-    not cached or the route does not qualify (see the module docstring). `build(holder,
-    dependant)` builds FastAPI's handler with another dependant (`Guards.handler_dependant`)."""
+def _plan(route: APIRoute, holder: Any) -> tuple[CachedEndpoint, Guards | None] | None:
+    """`route`'s cached endpoint and the guards solved before an early answer (None: it
+    has none), or None when its endpoint is not cached or it does not qualify (see the
+    module docstring). `holder` is the route, or the inclusion of its router."""
     endpoint = getattr(route.endpoint, "__oxcache__", None)
     if not isinstance(endpoint, CachedEndpoint):
         return None
     dependant = getattr(holder, "dependant", None)
-    guards: Guards | None = None
-    if not can_answer_early(route, endpoint, dependant):
-        if not can_answer_after_guards(route, endpoint, dependant):
-            return None
-        guards = Guards(holder, dependant)
+    if can_answer_early(route, endpoint, dependant):
+        return endpoint, None
+    if can_answer_after_guards(route, endpoint, dependant):
+        return endpoint, Guards(holder, dependant)
+    return None
+
+
+def _memo(route: APIRoute, endpoint: CachedEndpoint) -> RouteMemo:
     memo = RouteMemo(endpoint)
     # The memos of the handlers built and still in use (FastAPI builds one handler per
     # inclusion of a router); weak, so a rebuilt handler's old memo goes with it.
@@ -134,8 +141,19 @@ def early_handler(
         memos = weakref.WeakSet()
         route.oxcache_memos = memos  # type: ignore[attr-defined]
     memos.add(memo)
+    return memo
 
-    if guards is None:
+
+def _handler(
+    endpoint: CachedEndpoint,
+    memo: RouteMemo,
+    guards: Guards | None,
+    handler: Handler,
+    solved_handler: Handler | None,
+) -> Handler:
+    """The handler answering hits early in front of FastAPI's `handler`; with guards,
+    `solved_handler` is FastAPI's handler taking their solved values."""
+    if guards is None or solved_handler is None:
 
         async def cached_route_handler(request: Request) -> Response:
             response = await answer_early(endpoint, request.scope, memo)
@@ -145,8 +163,7 @@ def early_handler(
 
         return cached_route_handler
 
-    solved_handler = build(guards.holder, guards.handler_dependant())
-    found = guards
+    found, solved = guards, solved_handler
 
     async def guarded_route_handler(request: Request) -> Response:
         async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
@@ -157,10 +174,122 @@ def early_handler(
         if response is not None:
             return response
         if GUARDS_SCOPE_KEY in request.scope:  # solved: FastAPI takes their values
-            return await solved_handler(request)
+            return await solved(request)
         return await handler(request)
 
     return guarded_route_handler
+
+
+def early_handler(
+    route: APIRoute,
+    holder: Any,
+    handler: Handler,
+    build: Callable[[Any, Any], Handler],
+) -> Handler | None:
+    """The handler answering `route`'s hits early in front of FastAPI's `handler` (built
+    for `holder`: the route, or the inclusion of its router), or None when its endpoint is
+    not cached or the route does not qualify (see the module docstring). `build(holder,
+    dependant)` builds FastAPI's handler with another dependant (`Guards.handler_dependant`)."""
+    plan = _plan(route, holder)
+    if plan is None:
+        return None
+    endpoint, guards = plan
+    solved = None if guards is None else build(guards.holder, guards.handler_dependant())
+    return _handler(endpoint, _memo(route, endpoint), guards, handler, solved)
+
+
+def _answering(endpoint: CachedEndpoint, memo: RouteMemo, app: ASGIApp) -> ASGIApp:
+    """An ASGI app answering known hits of a route without guards before FastAPI's `app`
+    (its request handling: the `Request`, the exit stacks, the exception wrapper) runs."""
+
+    async def answering_app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await answer_early(endpoint, scope, memo)
+        if response is None:
+            await app(scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    return answering_app
+
+
+def _answering_guarded(
+    endpoint: CachedEndpoint,
+    memo: RouteMemo,
+    guards: Guards,
+    lean: LeanSolver,
+    apps: tuple[ASGIApp, ASGIApp, ASGIApp],
+) -> ASGIApp:
+    """The same for a route whose guards the lean plan solves without the `Request` ever
+    reaching a dependency (and without yield dependencies, so without an exit stack). A
+    guard's refusal propagates to the app's exception handlers, as from FastAPI's handler.
+    `apps`: FastAPI's, the guarded handler's (`_handler`, for requests overriding a guard),
+    and FastAPI's taking the solved values (a miss)."""
+    plain, guarded, solved_app = apps
+    holder = guards.holder
+
+    async def answering_app(scope: Scope, receive: Receive, send: Send) -> None:
+        provider = getattr(holder, "dependency_overrides_provider", None) or scope.get("app")
+        overrides = getattr(provider, "dependency_overrides", None)
+        if overrides and lean.overridden(overrides):
+            await guarded(scope, receive, send)  # FastAPI's solver, with its exit stack
+            return
+        request = Request(scope, receive, send)
+
+        async def solve(store: Any) -> tuple[str | None, tuple[Any, ...]] | None:
+            values = await lean.solve(request)
+            if values is None:  # pragma: no cover - overrides were checked above
+                return None
+            scope[GUARDS_SCOPE_KEY] = (values, None)
+            return guards.key_parts(endpoint, store, values)
+
+        try:
+            response = await answer_early(endpoint, scope, memo, solve)
+        except Invalid:  # nothing ran: FastAPI's handler answers its 422
+            await plain(scope, receive, send)
+            return
+        if response is not None:
+            await response(scope, receive, send)
+        elif GUARDS_SCOPE_KEY in scope:  # solved: FastAPI takes their values
+            await solved_app(scope, receive, send)
+        else:
+            await plain(scope, receive, send)
+
+    return answering_app
+
+
+def _asgi(handler: Handler, holder: Any) -> ASGIApp:
+    """`handler` as FastAPI makes a route's ASGI app of it."""
+    app = fastapi.routing.request_response(handler)
+    limit = getattr(fastapi.routing, "wrap_app_with_body_limit", None)
+    if limit is not None:
+        app = limit(app, getattr(holder, "max_body_size", None))
+    return app
+
+
+def early_app(
+    route: APIRoute, holder: Any, app: ASGIApp, build: Callable[[Any, Any], Handler]
+) -> ASGIApp | None:
+    """The ASGI app answering `route`'s hits early in front of `app`, what FastAPI built for
+    `holder` (the route, or the inclusion of its router), or None when its endpoint is not
+    cached or the route does not qualify. `build(holder, dependant)` builds FastAPI's
+    handler with `dependant`. A hit is answered before FastAPI's request handling when the
+    route has no guards or the lean plan solves them without the `Request`; otherwise in
+    a handler FastAPI's way (`_handler`)."""
+    plan = _plan(route, holder)
+    if plan is None:
+        return None
+    endpoint, guards = plan
+    memo = _memo(route, endpoint)
+    if guards is None:
+        return _answering(endpoint, memo, app)
+    solved = build(holder, guards.handler_dependant())
+    guarded = _asgi(
+        _handler(endpoint, memo, guards, build(holder, holder.dependant), solved), holder
+    )
+    lean = guards.lean
+    if lean is None or lean.takes_request:
+        return guarded
+    return _answering_guarded(endpoint, memo, guards, lean, (app, guarded, _asgi(solved, holder)))
 
 
 class CachedRoute(APIRoute):
@@ -230,13 +359,7 @@ def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     token = None if var is None or holder is route else var.set(holder)
     try:
         build = functools.partial(APIRoute.get_route_handler, route)
-        early = early_handler(route, holder, build(), functools.partial(_built_with, build))
-        if early is None:
-            return
-        app = fastapi.routing.request_response(early)
-        limit = getattr(fastapi.routing, "wrap_app_with_body_limit", None)
-        if limit is not None:
-            app = limit(app, getattr(holder, "max_body_size", None))
+        app = early_app(route, holder, holder.app, functools.partial(_built_with, build))
     except Exception:  # a FastAPI this does not know: the route stays as FastAPI built it
         logger.warning(
             "%s: its route is left to FastAPI's handler (hits are not answered early)",
@@ -247,4 +370,5 @@ def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     finally:
         if token is not None:
             var.reset(token)
-    holder.app = app
+    if app is not None:
+        holder.app = app

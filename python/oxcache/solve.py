@@ -240,6 +240,15 @@ class _Node:
             self.fields.append((source, field.name, alias, required, default))
 
 
+def _fastapi_scheme(call: Any) -> bool:
+    """Whether `call` is one of FastAPI's security schemes (`OAuth2PasswordBearer()`,
+    `HTTPBearer()`, `APIKeyHeader()`...), as FastAPI defines its `__call__`."""
+    if not callable(call):
+        return False
+    method = type(call).__call__
+    return str(getattr(method, "__module__", "")).startswith("fastapi.security.")
+
+
 def _source(request: Request, source: int) -> Mapping[str, Any]:
     if source == _HEADER:
         return request.headers
@@ -261,6 +270,16 @@ class LeanSolver:
         self.nodes = nodes
         #: Every callable of the tree, to notice `dependency_overrides` of one.
         self.calls = tuple(dict.fromkeys(n.call for n in nodes if n is not root))
+
+    @property
+    def takes_request(self) -> bool:
+        """Whether a dependency of the plan other than FastAPI's own security schemes
+        (which read headers only) is given the `Request`."""
+        return any(
+            node.request_names and not _fastapi_scheme(node.call)
+            for node in self.nodes
+            if node is not self.root
+        )
 
     @classmethod
     def compile(cls, dependant: Any) -> LeanSolver | None:
