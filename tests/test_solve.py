@@ -492,7 +492,9 @@ def test_cached_route_answers_as_the_uncached_app_hit_or_not(route_class: type[A
 
 
 @pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
-def test_an_override_set_after_the_first_hit_applies_to_the_next_hit(route_class: type[APIRoute]) -> None:
+def test_an_override_set_after_the_first_hit_applies_to_the_next_hit(
+    route_class: type[APIRoute],
+) -> None:
     store = Cache()
     app = per_user_app(route_class, store)
     token = {"authorization": "Bearer u1", "x-key": "k"}
