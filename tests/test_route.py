@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import anyio
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import AfterValidator
@@ -594,3 +594,109 @@ def test_guards_solved_before_fastapis_request_handling_refuse_and_render_the_sa
     assert seen[6:] == seen[:6] * 2
     # `user` runs on the 422 too: FastAPI solves every dependency before it answers one.
     assert (keys, users, ran) == (15, 9, 2)
+
+
+# -- what adopt leaves alone (found in review) ------------------------------------------------
+
+
+def test_a_decorator_above_cache_runs_on_every_hit(make_store: MakeStore) -> None:
+    """`functools.wraps` copies `__oxcache__` onto a decorator above `@cache`; answering
+    early would skip it, so such a route (plain or `CachedRoute`) is never answered early."""
+    import functools
+
+    def staff_only(func: Any) -> Any:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = next(v for v in kwargs.values() if isinstance(v, Request))
+            if request.headers.get("x-role") != "staff":
+                raise HTTPException(403, "staff only")
+            return await func(*args, **kwargs)
+
+        return wrapper
+
+    for route_class in (APIRoute, CachedRoute):
+        store = make_store()
+        app = FastAPI()
+        app.router.route_class = route_class
+
+        @app.get("/report")
+        @staff_only
+        @cache(expire=300, store=store)
+        async def report() -> dict[str, int]:
+            return {"secret": 42}
+
+        with client_for(app, store) as client:
+            statuses = [
+                client.get("/report", headers={"x-role": role}).status_code
+                for role in ("staff", "staff", "guest", "staff", "guest")
+            ]
+        assert statuses == [200, 200, 403, 200, 403], route_class
+
+
+def internal_only(inner: Any) -> Any:
+    """A per-route ASGI guard wrapping the app FastAPI built."""
+    from starlette.responses import PlainTextResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if dict(scope["headers"]).get(b"x-internal") != b"1":
+            await PlainTextResponse("forbidden", 403)(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    return app
+
+
+class InternalRoute(APIRoute):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = internal_only(self.app)
+
+
+@pytest.mark.parametrize("how", ["route.app", "route class"])
+def test_a_route_whose_app_was_wrapped_keeps_its_wrapper(make_store: MakeStore, how: str) -> None:
+    store = make_store()
+    app = FastAPI()
+    if how == "route class":
+        app.router.route_class = InternalRoute
+
+    @app.get("/internal")
+    @cache(expire=300, store=store)
+    async def internal(n: int = 0) -> dict[str, int]:
+        return {"n": n}
+
+    (route,) = (r for r in app.routes if isinstance(r, APIRoute))
+    if how == "route.app":
+        route.app = internal_only(route.app)
+    wrapped = route.app
+    with client_for(app, store) as client:
+        inside = [client.get("/internal", headers={"x-internal": "1"}) for _ in range(3)]
+        assert [r.headers["x-fastapi-cache"] for r in inside] == ["Miss", "Hit", "Hit"]
+        assert client.get("/internal").status_code == 403  # a hit, from outside
+        assert client.get("/internal?n=2").status_code == 403  # a miss
+    assert route.app is wrapped
+
+
+def test_a_cache_function_called_by_another_endpoint_does_not_rebuild_its_route(
+    make_store: MakeStore,
+) -> None:
+    """`adopt` rebuilds the route of the endpoint FastAPI called, under that endpoint's
+    store's `answer_early`, never the route of another endpoint calling a `@cache` one."""
+    inner_store, outer_store = make_store(), make_store(answer_early=False)
+
+    @cache(expire=300, store=inner_store)
+    async def inner(request: Request) -> dict[str, int]:
+        return {"inner": 1}
+
+    app = FastAPI()
+
+    @app.get("/outer")
+    @cache(expire=300, store=outer_store)
+    async def outer(request: Request) -> Any:
+        return await inner(request=request)  # the inner endpoint's response
+
+    (route,) = (r for r in app.routes if isinstance(r, APIRoute))
+    built = route.app
+    with client_for(app, store=outer_store) as client:
+        for _ in range(3):
+            assert client.get("/outer").status_code == 200
+    assert route.app is built and not getattr(route, "oxcache_adopted", False)

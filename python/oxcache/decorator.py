@@ -216,6 +216,7 @@ def _wrap(func: F, endpoint: CachedEndpoint) -> F:
 
     wrapper.__signature__ = endpoint.signature  # type: ignore[attr-defined]
     wrapper.__oxcache__ = endpoint  # type: ignore[attr-defined]
+    endpoint.wrapper = wrapper
     del wrapper.__wrapped__  # FastAPI must read our signature, not the original's
     return cast(F, wrapper)
 

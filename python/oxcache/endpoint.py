@@ -101,6 +101,10 @@ class CachedEndpoint:
 
     def __init__(self, func: Callable[..., Any], options: Options, store: Cache | None) -> None:
         self.func = func
+        #: The function FastAPI is given for it (the `@cache` wrapper, set by `_wrap`): a
+        #: route whose endpoint is another (a decorator above `@cache`) is never answered
+        #: early, since what that decorator does would be skipped.
+        self.wrapper: Callable[..., Any] | None = None
         self.options = options
         #: The request methods it caches (the store's lifespan warns about a route with none).
         self.methods = options.methods

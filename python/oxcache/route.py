@@ -124,6 +124,16 @@ def _plan(route: APIRoute, holder: Any) -> tuple[CachedEndpoint, Guards | None] 
     endpoint = getattr(route.endpoint, "__oxcache__", None)
     if not isinstance(endpoint, CachedEndpoint):
         return None
+    if route.endpoint is not endpoint.wrapper:
+        # `functools.wraps` copied `__oxcache__` onto a decorator above `@cache`: an early
+        # answer would skip what it does (an auth check, say).
+        logger.warning(
+            "%s: a decorator above @cache wraps it, so its hits are not answered before "
+            "FastAPI solves the parameters (put @cache just below the route decorator's "
+            "other decorators, or make them dependencies)",
+            endpoint.name,
+        )
+        return None
     dependant = getattr(holder, "dependant", None)
     if can_answer_early(route, endpoint, dependant):
         return endpoint, None
@@ -335,17 +345,31 @@ def _effective(scope: MutableMapping[str, Any]) -> Any:
     return state.get("effective_route_context") if isinstance(state, dict) else None
 
 
+def _fastapis_own(app: Any) -> bool:
+    """Whether `app` is what FastAPI builds for a route, `request_response(handler)` (within
+    its body-size limit), and not something that wraps it (a per-route ASGI guard)."""
+    if type(app).__module__ == "starlette.middleware.body_limit":
+        inner = getattr(app, "app", None)
+        if type(inner).__module__ == "fastapi._body_limit":
+            app = getattr(inner, "app", None)
+    return (
+        getattr(app, "__module__", None) == "fastapi.routing"
+        and getattr(app, "__qualname__", None) == "request_response.<locals>.app"
+    )
+
+
 def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     """Answer the hits of the plain `APIRoute` that FastAPI just called a `@cache` endpoint
     through (`scope["route"]`) early from now on, as `CachedRoute` does: its handler
     (`app`, of the route or of its router's inclusion) is rebuilt once with
-    `early_handler` in front. A route whose class builds its own handler (`CachedRoute`,
-    or any subclass overriding `get_route_handler`) is left as it is, and so is one that
-    does not qualify; either is looked at once. Not when `endpoint`'s store says
-    `answer_early=False`."""
+    `early_app` in front. Left as it is, each looked at once: a route whose class builds
+    its own handler (`CachedRoute`, or any subclass overriding `get_route_handler`), one
+    whose `app` is not the one FastAPI built (wrapped by someone else), one whose endpoint
+    is a decorator above `@cache`, and one that does not qualify. Not at all when
+    `endpoint`'s store says `answer_early=False`, or `endpoint` is not the route's."""
     route = scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
+    if not isinstance(route, APIRoute) or getattr(route.endpoint, "__oxcache__", 0) is not endpoint:
+        return  # not this endpoint's route (a @cache function called by another endpoint)
     context = _effective(scope)
     holder: Any = context if getattr(context, "original_route", None) is route else route
     if getattr(holder, "oxcache_adopted", False):
@@ -353,8 +377,10 @@ def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     if not (endpoint.store or default_store()).answer_early:
         return
     holder.oxcache_adopted = True
-    if type(route).get_route_handler is not APIRoute.get_route_handler:
-        return
+    if type(route).get_route_handler is not APIRoute.get_route_handler or not _fastapis_own(
+        holder.app
+    ):
+        return  # a handler or an app someone else built or wrapped: left as it is
     var: Any = getattr(fastapi.routing, "_effective_route_context_var", None)
     token = None if var is None or holder is route else var.set(holder)
     try:
