@@ -441,25 +441,15 @@ def test_a_plain_route_answers_hits_early_from_its_second_request(make_store: Ma
     assert all(type(route) is APIRoute for route in app.routes if isinstance(route, APIRoute))
 
 
-def test_a_route_class_with_its_own_handler_is_left_to_fastapi(make_store: MakeStore) -> None:
-    store = make_store()
+@pytest.mark.parametrize("why", ["own handler", "answer_early=False"])
+def test_a_route_left_to_fastapi_solves_on_every_hit(make_store: MakeStore, why: str) -> None:
+    """A route class building its own handler, or a store saying `answer_early=False`: the
+    route keeps the app FastAPI built, and FastAPI solves `q` on every hit."""
+    store = make_store(answer_early=why != "answer_early=False")
     counter: Counter[str] = Counter()
     app = FastAPI()
-    app.router.route_class = OwnHandlerRoute
-    counted_items(store, counter, app)
-    (route,) = (r for r in app.routes if isinstance(r, OwnHandlerRoute))
-    built = route.app
-    with client_for(app, store) as client:
-        assert solving(client, "/items/1?q=x") == ("Miss", 1)
-        for _ in range(3):
-            assert solving(client, "/items/1?q=x") == ("Hit", 1)
-    assert route.app is built and counter["ran"] == 1
-
-
-def test_answer_early_false_leaves_plain_routes_to_fastapi(make_store: MakeStore) -> None:
-    store = make_store(answer_early=False)
-    counter: Counter[str] = Counter()
-    app = FastAPI()
+    if why == "own handler":
+        app.router.route_class = OwnHandlerRoute
     counted_items(store, counter, app)
     (route,) = (r for r in app.routes if isinstance(r, APIRoute))
     built = route.app
