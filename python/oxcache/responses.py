@@ -9,6 +9,7 @@ and hands FastAPI a finished Response, which FastAPI passes through untouched.
 from __future__ import annotations
 
 import inspect
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import routing as fastapi_routing
@@ -17,7 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
-__all__ = ["CachedResponse", "render"]
+__all__ = ["CachedResponse", "render", "route_settings"]
 
 _SERIALIZE_PARAMS = frozenset(inspect.signature(fastapi_routing.serialize_response).parameters)
 _effective_context = getattr(fastapi_routing, "_get_scope_effective_route_context", None)
@@ -41,12 +42,12 @@ class CachedResponse(Response):
         self.background = None
 
 
-def _route_settings(request: Request) -> Any:
+def route_settings(scope: MutableMapping[str, Any]) -> Any:
     """The matched APIRoute, or the effective settings FastAPI applies to it when the route
     was included through a router (FastAPI >= 0.16x)."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     if _effective_context is not None:
-        context = _effective_context(request.scope)
+        context = _effective_context(scope)
         if context is not None and getattr(context, "original_route", None) is route:
             return context
     return route
@@ -58,7 +59,7 @@ async def render(
     """The Response FastAPI would send for `raw`, the value the endpoint returned."""
     if isinstance(raw, Response):
         return raw
-    route = _route_settings(request)
+    route = route_settings(request.scope)
     if route is None or not hasattr(route, "response_field"):
         # Called outside FastAPI's routing (a plain Starlette route, say): plain JSON.
         return JSONResponse(jsonable_encoder(raw))

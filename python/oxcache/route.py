@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from oxcache.early import RouteMemo
 from oxcache.endpoint import CachedEndpoint
 from oxcache.guards import GUARDS_SCOPE_KEY, Guards
+from oxcache.responses import route_settings
 from oxcache.serve import answer_early
 from oxcache.solve import Invalid, LeanSolver
 from oxcache.store import default_store
@@ -339,12 +340,6 @@ def _built_with(build: Callable[[], Handler], holder: Any, dependant: Any) -> Ha
         holder.dependant = original
 
 
-def _effective(scope: MutableMapping[str, Any]) -> Any:
-    """The route as included (FastAPI >= 0.16x keeps it in the scope), if any."""
-    state = scope.get("fastapi")
-    return state.get("effective_route_context") if isinstance(state, dict) else None
-
-
 def _fastapis_own(app: Any) -> bool:
     """Whether `app` is what FastAPI builds for a route, `request_response(handler)` (within
     its body-size limit), and not something that wraps it (a per-route ASGI guard)."""
@@ -370,8 +365,7 @@ def adopt(endpoint: CachedEndpoint, scope: MutableMapping[str, Any]) -> None:
     route = scope.get("route")
     if not isinstance(route, APIRoute) or getattr(route.endpoint, "__oxcache__", 0) is not endpoint:
         return  # not this endpoint's route (a @cache function called by another endpoint)
-    context = _effective(scope)
-    holder: Any = context if getattr(context, "original_route", None) is route else route
+    holder = route_settings(scope)  # the route, or its router's inclusion
     if getattr(holder, "oxcache_adopted", False):
         return
     if not (endpoint.store or default_store()).answer_early:
