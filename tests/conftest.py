@@ -140,6 +140,18 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+#: What makes a redis-server a cluster node here: cluster mode, and fast failure detection
+#: (a killed primary's replica takes over in seconds).
+CLUSTER_NODE_OPTIONS = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+)
+
+
 class RedisCluster:
     """A real Redis Cluster on loopback ports: `primaries` primaries with one replica each,
     created with `redis-cli --cluster create`, every slot covered before it is used."""
@@ -147,13 +159,7 @@ class RedisCluster:
     def __init__(self, primaries: int = 3) -> None:
         cli = redis_binary("redis-cli")
         options = (
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            # Fast failure detection, so a killed primary's replica takes over in seconds.
-            "--cluster-node-timeout",
-            "1000",
+            *CLUSTER_NODE_OPTIONS,
             # A replica may always take over, however long it was cut off.
             "--cluster-replica-validity-factor",
             "0",

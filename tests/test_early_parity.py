@@ -36,17 +36,34 @@ def user_from_header(x_user: str | None = Header(default=None)) -> str:
     return x_user
 
 
-def rewriting_app(route_class: type[APIRoute] | None, store: Cache) -> FastAPI:
-    app = FastAPI(dependencies=[Depends(verified_user_header)])
+def me_app(route_class: type[APIRoute] | None, store: Cache, rewrite: Any, user: Any) -> FastAPI:
+    """`/me` behind the app-wide dependency `rewrite`, answering `user`'s result; cached per
+    user through `route_class` (None: not cached, FastAPI alone)."""
+    app = FastAPI(dependencies=[Depends(rewrite)])
     if route_class is not None:
         app.router.route_class = route_class
 
-    async def me(user: str = Depends(user_from_header)) -> dict[str, Any]:
-        return {"user": user}
+    async def me(who: str = Depends(user)) -> dict[str, Any]:
+        return {"user": who}
 
-    endpoint = me if route_class is None else cache(60, store=store, per_user=user_from_header)(me)
-    app.get("/me")(endpoint)
+    app.get("/me")(me if route_class is None else cache(60, store=store, per_user=user)(me))
     return app
+
+
+def check_same_answers(
+    route_class: type[APIRoute], rewrite: Any, user: Any, requests: list[dict[str, str]]
+) -> None:
+    """Each of `requests` gets the same status and body from the cached app as from
+    FastAPI alone."""
+    store = Cache()
+    with (
+        client_for(me_app(None, store, rewrite, user), Cache()) as plain,
+        client_for(me_app(route_class, store, rewrite, user), store) as cached,
+    ):
+        for headers in requests:
+            expected = plain.get("/me", headers=headers)
+            got = cached.get("/me", headers=headers)
+            assert (got.status_code, got.json()) == (expected.status_code, expected.json()), headers
 
 
 @pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
@@ -56,19 +73,13 @@ def test_a_header_rewritten_by_an_earlier_dependency_is_the_one_the_user_depende
     """FastAPI validates a dependency's parameters after the dependencies before it ran; the
     lean solver validates every parameter first, so it reads the client's X-User: alice's
     entry is served to mallory, and to a request without a session (401 in FastAPI)."""
-    store = Cache()
-    plain = client_for(rewriting_app(None, store), Cache())
-    with plain, client_for(rewriting_app(route_class, store), store) as cached:
-        requests = [
-            {"cookie": "session=tok-alice"},
-            {"cookie": "session=tok-alice"},
-            {"cookie": "session=tok-mallory", "x-user": "alice"},
-            {"x-user": "alice"},
-        ]
-        for headers in requests:
-            expected = plain.get("/me", headers=headers)
-            got = cached.get("/me", headers=headers)
-            assert (got.status_code, got.json()) == (expected.status_code, expected.json()), headers
+    requests = [
+        {"cookie": "session=tok-alice"},
+        {"cookie": "session=tok-alice"},
+        {"cookie": "session=tok-mallory", "x-user": "alice"},
+        {"x-user": "alice"},
+    ]
+    check_same_answers(route_class, verified_user_header, user_from_header, requests)
 
 
 def legacy_cookie(request: Request) -> None:
@@ -90,28 +101,10 @@ def test_a_cookie_renamed_by_an_earlier_dependency_is_the_one_the_user_dependenc
 ) -> None:
     """The same with `request.cookies`: bob, whose request also carries `sid=alice`, gets
     alice's entry from CachedRoute (FastAPI: bob's own response)."""
-    store = Cache()
-
-    def build(cls: type[APIRoute] | None, on: Cache) -> FastAPI:
-        app = FastAPI(dependencies=[Depends(legacy_cookie)])
-        if cls is not None:
-            app.router.route_class = cls
-
-        async def me(user: str = Depends(user_from_cookie)) -> dict[str, Any]:
-            return {"user": user}
-
-        endpoint = me if cls is None else cache(60, store=on, per_user=user_from_cookie)(me)
-        app.get("/me")(endpoint)
-        return app
-
-    with (
-        client_for(build(None, Cache()), Cache()) as plain,
-        client_for(build(route_class, store), store) as cached,
-    ):
-        for cookie in ["sid=alice", "old_sid=bob", "old_sid=bob; sid=alice"]:
-            expected = plain.get("/me", headers={"cookie": cookie})
-            got = cached.get("/me", headers={"cookie": cookie})
-            assert (got.status_code, got.json()) == (expected.status_code, expected.json()), cookie
+    cookies = ["sid=alice", "old_sid=bob", "old_sid=bob; sid=alice"]
+    check_same_answers(
+        route_class, legacy_cookie, user_from_cookie, [{"cookie": c} for c in cookies]
+    )
 
 
 # -- 2. a dependency @cache defers, whose value the key holds, is not in the early signature --

@@ -34,6 +34,7 @@ ROOT = WORKER.parent.parent
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds (polled every 5 ms)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

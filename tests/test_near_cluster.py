@@ -26,26 +26,24 @@ from redis.crc import key_slot
 from oxcache import Cache, NearCache, cache
 from oxcache._core import encode_entry
 from oxcache.backends.cluster_tracking import ClusterTracker, parse_shards
-from tests.conftest import RedisCluster, RedisServer, free_cluster_port, sync_client
+from tests.conftest import (
+    CLUSTER_NODE_OPTIONS,
+    RedisCluster,
+    RedisServer,
+    free_cluster_port,
+    sync_client,
+)
 from tests.test_cluster_failover import wait_promoted
 from tests.test_near import (
     CHANGES,
     COHERENCE_BOUND_S,
     Worker,
     change_reaches_the_other_worker,
+    wait_until,
     worker_pair,
 )
 
 ITEMS = 24  # entries of /things/{n}: enough for every primary to hold some
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 def primaries(url: str) -> list[redis.Redis]:
@@ -423,15 +421,7 @@ def migrate_slot(cluster: RedisCluster, slot: int, to: int | None, pause_s: floa
 
 def join(cluster: RedisCluster) -> int:
     """A new, empty primary added to `cluster` (CLUSTER MEET), once every node knows it."""
-    options = (
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-        "--cluster-node-timeout",
-        "1000",
-    )
-    node = RedisServer(free_cluster_port(), options)
+    node = RedisServer(free_cluster_port(), CLUSTER_NODE_OPTIONS)
     cluster.nodes.append(node)  # stopped with the others
     with redis.Redis(port=cluster.primary_ports()[0]) as first:
         first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)

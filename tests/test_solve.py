@@ -491,28 +491,32 @@ def test_cached_route_answers_as_the_uncached_app_hit_or_not(route_class: type[A
                     assert got.headers["x-fastapi-cache"] == "Hit"
 
 
+#: A valid request of `per_user_app`'s `/me`: user u1.
+TOKEN = {"authorization": "Bearer u1", "x-key": "k"}
+
+
+async def someone_else() -> str:
+    """An override of `token_user`."""
+    return "u2"
+
+
 @pytest.mark.parametrize("route_class", [APIRoute, CachedRoute])
 def test_an_override_set_after_the_first_hit_applies_to_the_next_hit(
     route_class: type[APIRoute],
 ) -> None:
     store = Cache()
     app = per_user_app(route_class, store)
-    token = {"authorization": "Bearer u1", "x-key": "k"}
-
-    async def someone_else() -> str:
-        return "u2"
-
     with client_for(app, store) as client:
         first = {"user": "u1", "tenant": "t:-", "page": 1}
-        assert client.get("/me", headers=token).json() == first
-        assert client.get("/me", headers=token).headers["x-fastapi-cache"] == "Hit"
+        assert client.get("/me", headers=TOKEN).json() == first
+        assert client.get("/me", headers=TOKEN).headers["x-fastapi-cache"] == "Hit"
         app.dependency_overrides[token_user] = someone_else
-        assert client.get("/me", headers=token).json() == {**first, "user": "u2"}
-        assert client.get("/me", headers=token).headers["x-fastapi-cache"] == "Hit"
+        assert client.get("/me", headers=TOKEN).json() == {**first, "user": "u2"}
+        assert client.get("/me", headers=TOKEN).headers["x-fastapi-cache"] == "Hit"
         no_token = client.get("/me", headers={"x-key": "k"})
         assert no_token.json() == {**first, "user": "u2"}  # no token needed
         app.dependency_overrides.clear()
-        assert client.get("/me", headers=token).json() == first
+        assert client.get("/me", headers=TOKEN).json() == first
         assert client.get("/me", headers={"x-key": "k"}).status_code == 401
 
 
@@ -533,17 +537,12 @@ def test_a_simple_guarded_hit_never_calls_fastapis_solver(
     monkeypatch.setattr(oxcache.guards, "solve_dependencies", counted)
     store = Cache()
     app = per_user_app(route_class, store)
-    token = {"authorization": "Bearer u1", "x-key": "k"}
-
-    async def someone_else() -> str:
-        return "u2"
-
     with client_for(app, store) as client:
-        assert client.get("/me", headers=token).status_code == 200  # the miss
-        hits = [client.get("/me", headers=token) for _ in range(3)]
+        assert client.get("/me", headers=TOKEN).status_code == 200  # the miss
+        hits = [client.get("/me", headers=TOKEN) for _ in range(3)]
         assert [r.headers["x-fastapi-cache"] for r in hits] == ["Hit"] * 3
         assert client.get("/me", headers={"x-key": "k"}).status_code == 401
         assert calls == []
         app.dependency_overrides[token_user] = someone_else
-        assert client.get("/me", headers=token).json()["user"] == "u2"
+        assert client.get("/me", headers=TOKEN).json()["user"] == "u2"
         assert calls == [1]
