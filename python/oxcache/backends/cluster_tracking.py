@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Coroutine
 from typing import Any, Callable
 
-from oxcache.backends.tracking import Tracker, connection_for
+from oxcache.backends.tracking import LoopTask, Tracker, connection_for
 
 __all__ = ["ClusterTracker", "parse_shards"]
 
@@ -72,7 +72,7 @@ def parse_shards(reply: Any, asked: Address) -> set[Address]:
     return found
 
 
-class ClusterTracker:
+class ClusterTracker(LoopTask):
     """Hears of every change any primary of a Redis Cluster makes to a key starting with
     `prefix`: a `Tracker` on each primary, following failovers, slot moves and nodes that
     join or leave. The same interface and callbacks as `Tracker` (`backends/tracking.py`),
@@ -99,6 +99,7 @@ class ClusterTracker:
         on_changed: Callable[[list[str] | None], None],
         on_lost: Callable[[Exception | None], None],
     ) -> None:
+        super().__init__()
         self.client = client
         self.prefix = prefix
         self.timeout = timeout
@@ -106,16 +107,12 @@ class ClusterTracker:
         self.on_subscribed = on_subscribed
         self.on_changed = on_changed
         self.on_lost = on_lost
-        #: One tracker per primary of the last topology read.
+        #: One tracker per primary of the last topology read; `subscribed` when every
+        #: one is.
         self.trackers: dict[Address, Tracker] = {}
-        #: Whether every primary's tracker is subscribed: every change is being announced.
-        self.subscribed = False
         #: How many times the set of primaries changed (the first read included).
         self.changes = 0
         self._known = False
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
         self._poke: asyncio.Event | None = None
         self._conn: Any = None
         self._asked: Address | None = None
@@ -127,51 +124,22 @@ class ClusterTracker:
             f"subscribed={self.subscribed})"
         )
 
-    def start(self) -> None:
-        """Start following the cluster on the running loop (no-op if it does already)."""
-        loop = asyncio.get_running_loop()
-        old = self._task
-        if old is not None and not old.done():
-            if self._loop is loop:
-                return
-            # Started again from another event loop: one follower, on the newest loop.
-            with contextlib.suppress(RuntimeError):
-                old.get_loop().call_soon_threadsafe(old.cancel)
-        self._loop = loop
+    def _run(self) -> Coroutine[Any, Any, None]:
+        return self._follow()
+
+    def _on_new_loop(self) -> None:
         self._conn = None  # a connection of the old loop is of no use here
-        self._event = asyncio.Event()
         self._poke = asyncio.Event()
-        self._task = loop.create_task(self._follow())
 
     async def stop(self) -> None:
         """Stop every tracker and the topology reads; `on_lost(None)` runs."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            if task.get_loop() is asyncio.get_running_loop():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:
-                with contextlib.suppress(RuntimeError):
-                    task.get_loop().call_soon_threadsafe(task.cancel)
+        await self._cancel()
         trackers, self.trackers = list(self.trackers.values()), {}
         self._known = False
         for tracker in trackers:
             await tracker.stop()
         await self._close()
         self._lost(None)
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until every primary is subscribed (at most `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        while not self.subscribed and time.monotonic() < deadline:
-            event = self._event
-            if event is None or self._loop is not asyncio.get_running_loop():
-                await asyncio.sleep(0.01)
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), max(deadline - time.monotonic(), 0.001))
-        return self.subscribed
 
     async def sync(self, timeout: float) -> bool:
         """Wait until every announcement any primary sent before now has been passed to

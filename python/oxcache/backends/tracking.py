@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any, Callable, Protocol
 
-__all__ = ["Listener", "Tracker", "connection_for"]
+__all__ = ["Listener", "LoopTask", "Tracker", "connection_for"]
 
 _CHANNEL = b"__redis__:invalidate"
 _RECONNECT_MIN_S = 0.05
@@ -71,7 +72,67 @@ def connection_for(pool: Any, *, timeout: float, heartbeat: float) -> Any:
     return pool.connection_class(**kwargs)
 
 
-class Tracker:
+class LoopTask:
+    """What a `Listener` shares with the other: one background task (`_run()`) on the event
+    loop that started it, moved to the newest loop when started from another, and an
+    event set while `subscribed`."""
+
+    def __init__(self) -> None:
+        #: Whether every change is being announced.
+        self.subscribed = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def _run(self) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    def _on_new_loop(self) -> None:
+        """Make afresh what is bound to the loop, before the task runs on a new one."""
+
+    def start(self) -> None:
+        """Start on the running loop (no-op if it runs there already)."""
+        loop = asyncio.get_running_loop()
+        old = self._task
+        if old is not None and not old.done():
+            if self._loop is loop:
+                return
+            # Started again from another event loop: one task, on the newest loop.
+            with contextlib.suppress(RuntimeError):
+                old.get_loop().call_soon_threadsafe(old.cancel)
+        self._loop = loop
+        self._event = asyncio.Event()
+        self._on_new_loop()
+        self._task = loop.create_task(self._run())
+
+    async def _cancel(self) -> None:
+        """Cancel the task, here or on the loop it runs on (if that loop still runs)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            if task.get_loop() is asyncio.get_running_loop():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            else:
+                with contextlib.suppress(RuntimeError):
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until subscribed (at most `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while not self.subscribed and time.monotonic() < deadline:
+            event = self._event
+            if event is None or self._loop is not asyncio.get_running_loop():
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                await asyncio.wait_for(event.wait(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                break
+        return self.subscribed
+
+
+class Tracker(LoopTask):
     """Hears of every change Redis makes to a key starting with `prefix`; made, not yet
     started, by `RedisBackend.track()`.
 
@@ -102,6 +163,7 @@ class Tracker:
         on_changed: Callable[[list[str] | None], None],
         on_lost: Callable[[Exception | None], None],
     ) -> None:
+        super().__init__()
         self.pool = pool
         self.prefix = prefix
         self.timeout = timeout
@@ -109,57 +171,19 @@ class Tracker:
         self.on_subscribed = on_subscribed
         self.on_changed = on_changed
         self.on_lost = on_lost
-        #: Whether the connection is subscribed: every change is being announced.
-        self.subscribed = False
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
-        self._event: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"Tracker(prefix={self.prefix!r}, subscribed={self.subscribed})"
 
-    def start(self) -> None:
-        """Start listening on the running loop (no-op if it listens there already)."""
-        loop = asyncio.get_running_loop()
-        old = self._task
-        if old is not None and not old.done():
-            if self._loop is loop:
-                return
-            # Started again from another event loop: one listener, on the newest loop.
-            with contextlib.suppress(RuntimeError):
-                old.get_loop().call_soon_threadsafe(old.cancel)
-        self._loop = loop
-        self._event = asyncio.Event()
-        self._task = loop.create_task(self._listen())
+    def _run(self) -> Coroutine[Any, Any, None]:
+        return self._listen()
 
     async def stop(self) -> None:
         """Stop listening and close the connection; `on_lost(None)` runs."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            if task.get_loop() is asyncio.get_running_loop():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:  # started on another loop: cancel it there, if that loop still runs
-                with contextlib.suppress(RuntimeError):
-                    task.get_loop().call_soon_threadsafe(task.cancel)
+        await self._cancel()
         self._down(None)
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait until the connection is subscribed (at most `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        while not self.subscribed and time.monotonic() < deadline:
-            event = self._event
-            if event is None or self._loop is not asyncio.get_running_loop():
-                await asyncio.sleep(0.01)
-                continue
-            try:
-                await asyncio.wait_for(event.wait(), max(deadline - time.monotonic(), 0.001))
-            except asyncio.TimeoutError:
-                break
-        return self.subscribed
 
     async def sync(self, timeout: float) -> bool:
         """Wait until every announcement Redis sent before now has been passed to
